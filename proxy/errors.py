@@ -1,0 +1,95 @@
+"""The proxy's error family: every failure the proxy answers on a client's behalf.
+
+Each class carries its own wire mapping (HTTP status, gRPC status, failure stage), so
+one renderer can answer any of them. Foreign exceptions are translated into these
+once, where they enter (a socket error in the connector, a parse error in a codec).
+This module imports nothing from the rest of `proxy`: codecs may import it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ProxyError(Exception):
+    """A failure the proxy answers on the client's behalf (with `l5d-err`)."""
+
+    status: ClassVar[int] = 502
+    grpc_status: ClassVar[int] = 14  # UNAVAILABLE
+    stage: ClassVar[str] = "proxy"  # metric label and access-log field
+    retryable: ClassVar[bool] = False  # True: known not to have reached the destination
+
+
+class ProtocolError(ProxyError):
+    """A framing or protocol violation found by a codec."""
+
+    stage = "protocol"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status  # type: ignore[misc]
+
+
+class PeerProtocolError(ProtocolError):
+    """The peer broke the protocol. On the server side the client gets a 4xx and the
+    connection closes; on the client side the upstream response is unusable (502)."""
+
+    status = 400
+    grpc_status = 13  # INTERNAL
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to send something the protocol does not allow (our bug or a
+    translation that cannot be expressed)."""
+
+    status = 502
+    grpc_status = 13
+
+
+class BadRequest(ProxyError):
+    """The request cannot be routed as sent: bad override, unidentifiable, bad name."""
+
+    status, grpc_status, stage = 400, 3, "identify"  # 3: INVALID_ARGUMENT
+
+
+class OverrideRefused(ProxyError):
+    """A per-request override broke a trust rule or a limit; the message names the rule."""
+
+    status, grpc_status, stage = 403, 7, "override"  # 7: PERMISSION_DENIED
+
+
+class RequestTooLarge(ProxyError):
+    """A request head or override exceeded a configured limit (the message names it)."""
+
+    status, grpc_status, stage = 431, 8, "limits"  # 8: RESOURCE_EXHAUSTED
+
+
+class NoRoute(ProxyError):
+    """The name bound to nothing (Neg, Fail, Empty) or a naming error (spec §13.4: 502)."""
+
+    status, grpc_status, stage = 502, 12, "bind"  # 12: UNIMPLEMENTED
+    retryable = True
+
+
+class ConnectFailed(ProxyError):
+    """Raised from OSError in the connector, and nowhere else."""
+
+    stage = "connect"
+    retryable = True
+
+
+class UpstreamFailed(ProxyError):
+    """The upstream connection broke or answered something unusable after the request left."""
+
+    stage = "upstream"
+
+
+class Timeout(ProxyError):
+    """A deadline passed (spec §13.4: 503)."""
+
+    status, grpc_status, stage = 503, 4, "timeout"  # 4: DEADLINE_EXCEEDED
+
+
+class Overloaded(ProxyError):
+    status, grpc_status, stage = 503, 14, "overload"
