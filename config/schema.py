@@ -1,0 +1,202 @@
+"""The validated configuration: frozen dataclasses, one per YAML block.
+
+Every value here has already been checked by `config.load`; nothing in this module
+parses or validates text, touches files or imports `proxy`. Field names are Python's
+(`dst_prefix`), the YAML keys are Linkerd's (`dstPrefix`); `config.load.to_json` maps
+back. Durations carry their unit in the name (`timeout_ms`), sizes say `bytes`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from dtab import Dtab, Path, Prefix
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Where a per-request override is trusted from when the router says nothing (and the
+#: server does not `clearContext`): this host and the private ranges (RFC 1918 for
+#: IPv4, RFC 4193 unique-local for IPv6), i.e. callers inside the cluster or the host.
+DEFAULT_TRUSTED_CIDRS: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(c)
+    for c in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128", "fc00::/7")
+)
+
+#: Identifier kinds, with the protocols each one makes sense for. `methodAndHost`
+#: names HTTP/1 versions (`/1.1/GET/host`), so an h2 router has no use for it.
+IDENTIFIER_KINDS: dict[str, frozenset[str]] = {
+    "io.l5d.header.token": frozenset({"http", "h2"}),
+    "io.l5d.header": frozenset({"http", "h2"}),
+    "io.l5d.methodAndHost": frozenset({"http"}),
+    "io.l5d.path": frozenset({"http", "h2"}),
+    "io.l5d.static": frozenset({"http", "h2"}),
+    "io.l5d.header.path": frozenset({"http", "h2"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """The admin server (ping, readiness, metrics, delegator). Loopback by default: it
+    shows every dtab and lets anyone run the delegator, so it is not for the outside."""
+
+    ip: str = "127.0.0.1"
+    port: int = 9990
+    shutdown_grace_ms: int = 10_000  # Linkerd's `shutdownGraceMs`: how long a drain may take
+
+
+@dataclass(frozen=True, slots=True)
+class NamerConfig:
+    """A configured namer (`/#/<prefix>/...`). Only `io.l5d.fs` is supported so far."""
+
+    kind: str
+    prefix: Path  # as configured, without `/#`: `/io.l5d.fs`
+    root_dir: str  # absolute: a relative `rootDir` is taken from the config file's directory
+    poll_interval_ms: int = 250  # our extension: fast enough for the 1 s change budget
+
+    @property
+    def bind_prefix(self) -> Prefix:
+        """The prefix a dtab names this namer by: `/#/io.l5d.fs`."""
+        return Prefix((b"#", *self.prefix.elems))
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierConfig:
+    """One identifier of a router's chain (spec §11). Only the fields of its `kind` are
+    meaningful; the others keep their defaults.
+
+    - `io.l5d.header.token`: `header` (default `host`; `:authority` on h2)
+    - `io.l5d.header`: `header` (default `l5d-name`), value read as a path
+    - `io.l5d.methodAndHost`: `http_uri_in_dst`
+    - `io.l5d.path`: `segments` (default 1), `consume`
+    - `io.l5d.static`: `path`
+    - `io.l5d.header.path`: `segments` (None: the whole path); names from `:path` on h2
+    """
+
+    kind: str
+    header: str | None = None  # lower case: header names are case-insensitive (RFC 9110 §5.1)
+    http_uri_in_dst: bool = False
+    segments: int | None = None
+    consume: bool = False
+    path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    cert_path: str
+    key_path: str
+    ca_cert_path: str | None = None  # set with `require_client_auth` for mutual TLS
+    require_client_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """A listener of a router. `port` 0 asks the OS for a free port (tests use it)."""
+
+    ip: str = "127.0.0.1"
+    port: int = 4140
+    clear_context: bool = False  # edge server: strip every `l5d-*` header from callers
+    tls: ServerTls | None = None
+    max_concurrent_requests: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """TLS to upstreams, in Linkerd's shape (`commonName`, `trustCerts`, ...)."""
+
+    common_name: str | None = None  # the name to verify; None: the upstream's host
+    trust_certs: tuple[str, ...] = ()  # CA files; empty: the system store
+    disable_validation: bool = False
+    cert_path: str | None = None  # client certificate (Linkerd's `clientAuth`)
+    key_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """How a router talks to upstreams."""
+
+    protocol: str  # "http" | "h2"; defaults to the router's protocol
+    tls: ClientTls | None = None
+    connect_timeout_ms: int = 1_000
+    idle_timeout_ms: int = 10_000
+    max_connections: int | None = None  # per endpoint; None: unbounded
+
+
+@dataclass(frozen=True, slots=True)
+class HmacConfig:
+    """Trust an `l5d-dtab` whose HMAC-SHA256 signature (in `header`) checks with `key`."""
+
+    header: str
+    key: bytes = field(repr=False)  # a secret: kept out of repr, logs and /config.json
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideConfig:
+    """Who may send per-request overrides (`l5d-dtab`, `l5d-ctx-dtab`) and how large.
+
+    `cidrs` None means "not configured": see `trusted_cidrs`."""
+
+    cidrs: tuple[IPNetwork, ...] | None = None
+    hmac: HmacConfig | None = None
+    max_bytes: int = 4096  # an override is parsed per request; a dtab of a few rules fits
+    max_entries: int = 32
+    allow_prefixes: tuple[Prefix, ...] | None = None  # None: any prefix
+
+    def trusted_cidrs(self, clear_context: bool) -> tuple[IPNetwork, ...]:
+        """The networks an override is honoured from on a server. Configured CIDRs
+        apply everywhere; without them an inside server trusts loopback and private
+        ranges, and an edge (`clearContext`) server trusts nobody by address."""
+        if self.cidrs is not None:
+            return self.cidrs
+        return () if clear_context else DEFAULT_TRUSTED_CIDRS
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection limits of a router's servers. Each is a defence against a slow or
+    hostile caller; the defaults are generous for service traffic."""
+
+    max_header_bytes: int = 65_536
+    max_headers: int = 100
+    header_read_timeout_ms: int = 10_000
+    idle_timeout_ms: int = 60_000
+    max_request_body_bytes: int | None = None  # None: unbounded (bodies are streamed)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    label: str
+    protocol: str  # "http" | "h2"
+    dst_prefix: Path
+    identifiers: tuple[IdentifierConfig, ...]
+    dtab: Dtab
+    dtab_text: str  # as written, comments included, for the delegator UI
+    servers: tuple[ServerConfig, ...]
+    client: ClientConfig
+    timeout_ms: int = 10_000
+    binding_timeout_ms: int = 10_000
+    overrides: OverrideConfig = OverrideConfig()
+    limits: Limits = Limits()
+    add_forwarded: bool = False
+    add_via: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole configuration. `admin` None: no admin server was configured.
+
+    `notes` lists keys that were accepted for Linkerd compatibility but have no
+    effect here (each was also logged once at load)."""
+
+    admin: Admin | None
+    namers: tuple[NamerConfig, ...]
+    routers: tuple[RouterConfig, ...]
+    source: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def router(self, label: str) -> RouterConfig | None:
+        for r in self.routers:
+            if r.label == label:
+                return r
+        return None

@@ -1,0 +1,114 @@
+"""`EndpointSet`: the live address set a namer publishes and a balancer reads.
+
+A bound name (`dtab.Bound`) carries one of these as its `addr`, and the same object
+lives as long as the name does, so a cached bound tree always sees the current
+addresses: endpoint churn never invalidates a binding. An update replaces one tuple
+reference, so a reader on the event loop sees either the old set or the new one,
+never half of each. No I/O and no asyncio here; callbacks run synchronously in
+`update`, on whatever thread the namer calls it from (namers call it on the loop).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+log = logging.getLogger(__name__)
+
+Addr = tuple[str, int]
+Callback = Callable[["EndpointSet"], None]
+
+# The states of an address set (spec §12.5's addr types).
+BOUND: Final = "bound"  # known, possibly empty (a service that exists with no endpoints)
+NEG: Final = "neg"  # the name does not exist (any more)
+PENDING: Final = "pending"  # not known yet
+FAILED: Final = "failed"  # the namer cannot tell; `cause` says why
+
+
+class EndpointSet:
+    """A changing set of `(host, port)` endpoints with a state and a version.
+
+    `addrs` is an immutable tuple, replaced whole on change; `version` increases by
+    one for every change a subscriber is told about."""
+
+    __slots__ = ("addrs", "cause", "state", "version", "_subscribers")
+
+    def __init__(self, addrs: Iterable[Addr] | None = None, state: str | None = None) -> None:
+        self.addrs: tuple[Addr, ...] = _dedupe(addrs) if addrs is not None else ()
+        self.state: str = state or (BOUND if addrs is not None else PENDING)
+        self.cause: str | None = None
+        self.version = 0
+        self._subscribers: tuple[Callback, ...] = ()  # a tuple: notify iterates without copying
+
+    def __repr__(self) -> str:
+        return f"<EndpointSet {self.state} v{self.version} {self.addrs!r}>"
+
+    def subscribe(self, callback: Callback) -> Callable[[], None]:
+        """Call `callback(self)` after every change; returns the unsubscribe function."""
+        self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            subs = list(self._subscribers)
+            if callback in subs:
+                subs.remove(callback)
+                self._subscribers = tuple(subs)
+
+        return unsubscribe
+
+    def update(self, addrs: Iterable[Addr]) -> bool:
+        """Bound to `addrs` (order kept, duplicates dropped). Returns whether anything
+        changed; an identical update notifies no one."""
+        new = _dedupe(addrs)
+        if self.state == BOUND and new == self.addrs:
+            return False
+        self.addrs = new  # the one reference swap readers see
+        self.state = BOUND
+        self.cause = None
+        self._changed()
+        return True
+
+    def set_neg(self) -> bool:
+        """The name no longer exists."""
+        return self._set_state(NEG, None)
+
+    def set_pending(self) -> bool:
+        return self._set_state(PENDING, None)
+
+    def set_failed(self, cause: str) -> bool:
+        """The namer cannot say; the addresses are dropped, so nothing is sent to a set
+        that may be stale."""
+        return self._set_state(FAILED, cause)
+
+    def _set_state(self, state: str, cause: str | None) -> bool:
+        if self.state == state and self.cause == cause:
+            return False
+        self.addrs = ()
+        self.state = state
+        self.cause = cause
+        self._changed()
+        return True
+
+    def _changed(self) -> None:
+        self.version += 1
+        for callback in self._subscribers:
+            try:
+                callback(self)
+            except Exception:  # one broken subscriber must not starve the others
+                log.error("endpoint set subscriber %r failed", callback, exc_info=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The delegator's addr shape (spec §12.5)."""
+        if self.state == BOUND:
+            return {
+                "type": "bound",
+                "addrs": [{"ip": host, "port": port, "meta": {}} for host, port in self.addrs],
+                "meta": {},
+            }
+        if self.state == FAILED:
+            return {"type": "failed", "cause": self.cause or ""}
+        return {"type": self.state}
+
+
+def _dedupe(addrs: Iterable[Addr]) -> tuple[Addr, ...]:
+    return tuple(dict.fromkeys((host, port) for host, port in addrs))
