@@ -15,12 +15,14 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import dtab
-from dtab import EMPTY, FAIL, NEG, Bound, BindError, Dtab, Leaf, NameTree, Path, Union
+from dtab import EMPTY, FAIL, NEG, BindError, Bound, Dtab, Leaf, NameTree, Path, Union
 
 from ..errors import NoRoute
 from ..upstream.balancer import Client, ClientRegistry
 
 log = logging.getLogger(__name__)
+
+_SVC: Final = Path((b"svc",))
 
 #: Bound on cached routes per router: one per (override, name) seen recently.
 ROUTE_CACHE_SIZE: Final = 10_000
@@ -100,7 +102,7 @@ class Router:
         identifier: Any,
         namers: Sequence[tuple[Any, Any]] = (),
         policy: Any = None,
-        dst_prefix: Path = Path.of("svc"),
+        dst_prefix: Path = _SVC,
         clients: ClientRegistry | None = None,
         config: Any = None,
     ) -> None:

@@ -1,0 +1,559 @@
+"""THE hot path: HTTP/1.1 in and out, as `asyncio.Protocol`s over the sans-IO codec.
+
+`ServerH1` is one downstream connection. It parses requests, asks the router where each
+goes, borrows a keep-alive `UpstreamH1` from the chosen endpoint (or connects one), and
+streams the request body up and the response back, with backpressure both ways:
+whichever side's write buffer fills pauses the other side's reads. Pipelined requests
+are answered in order, one exchange at a time. No task per request: connection set-up
+is a future with a callback; everything else is a protocol callback.
+
+The exchange state lives on the `ServerH1` itself (one request in flight per
+connection), so a request allocates no exchange object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from dtab import Dtab
+
+from ..codec.h1 import (
+    LAST_CHUNK,
+    Body,
+    EndOfMessage,
+    RequestHead,
+    RequestReader,
+    ResponseHead,
+    encode_chunk,
+    encode_response_head,
+    encode_trailers,
+)
+from ..errors import (
+    NoRoute,
+    PeerProtocolError,
+    ProxyError,
+    Timeout,
+)
+from ..route.l5d import TraceContext, decode_trace, format_deadline, parse_deadline
+from .render import error_response
+from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
+
+log = logging.getLogger(__name__)
+
+# Request headers the proxy consumes or re-writes, and hop-by-hop ones (RFC 9110 §7.6.1).
+_H_DTAB: Final = 1
+_H_CTX_DTAB: Final = 2
+_H_DEADLINE: Final = 3
+_H_TRACE: Final = 4
+_H_DROP: Final = 5  # hop-by-hop: never forwarded
+_H_CONNECTION: Final = 6
+_H_UPGRADE: Final = 7
+_H_SIG: Final = 8
+_REQ_SPECIAL: Final = {
+    b"l5d-dtab": _H_DTAB,
+    b"l5d-ctx-dtab": _H_CTX_DTAB,
+    b"l5d-ctx-deadline": _H_DEADLINE,
+    b"l5d-ctx-trace": _H_TRACE,
+    b"l5d-sample": _H_DROP,
+    # Informational headers an earlier hop added describe that hop, not this one.
+    b"l5d-dst-service": _H_DROP,
+    b"l5d-dst-client": _H_DROP,
+    b"l5d-dst-residual": _H_DROP,
+    b"l5d-reqid": _H_DROP,
+    b"connection": _H_CONNECTION,
+    b"keep-alive": _H_DROP,
+    b"proxy-connection": _H_DROP,
+    b"te": _H_DROP,
+    b"trailer": _H_DROP,
+    b"transfer-encoding": _H_DROP,
+    b"upgrade": _H_UPGRADE,
+}
+_RESP_DROP: Final = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade")
+)
+
+_CHUNKED: Final = (b"transfer-encoding", b"chunked")
+_CONN_CLOSE: Final = (b"connection", b"close")
+_CONN_KEEP_ALIVE: Final = (b"connection", b"keep-alive")
+_CONN_UPGRADE: Final = (b"connection", b"upgrade")
+_VIA: Final = (b"via", b"1.1 dtabproxy")
+_CONN_KEEP: Final = frozenset((b"close", b"keep-alive", b"upgrade"))
+#: Pipelined events queued behind an in-flight request before reads pause.
+MAX_QUEUED_EVENTS: Final = 64
+
+
+class _HeaderLookup:
+    """The request view identifiers read: first value by lower-case name."""
+
+    __slots__ = ("method", "target", "version", "_headers")
+
+    def __init__(self, head: RequestHead) -> None:
+        self.method = head.method
+        self.target = head.target
+        self.version = head.version
+        self._headers = head.headers
+
+    def headers(self, name: bytes) -> bytes | None:
+        for n, v in self._headers:
+            if n == name:
+                return v
+        return None
+
+
+class ServerH1(asyncio.Protocol):
+    """Downstream HTTP/1.1 connection: parse, route, forward. Never blocks."""
+
+    __slots__ = (
+        "_server", "_router", "_loop", "_transport", "_reader", "_queue", "_peer_ip",
+        "_busy", "_req_done", "_resp_started", "_resp_done", "_discard", "_close_after",
+        "_up", "_head", "_resp_chunked", "_resp_head_only", "_client_keep_alive", "_timer",
+        "_paused", "_tunnel", "last_active", "_route", "_pumping", "_started_at",
+    )
+
+    def __init__(self, server: Any) -> None:
+        self._server = server  # the listener's shared state: router ref, limits, flags
+        self._router = server.router
+        self._loop = server.loop
+        self._transport: Any = None
+        lim = server.limits
+        self._reader = RequestReader(max_header_bytes=lim.max_header_bytes, max_headers=lim.max_headers)
+        self._queue: deque[Any] = deque()
+        self._peer_ip = ""
+        self._busy = False
+        self._req_done = True
+        self._resp_started = False
+        self._resp_done = True
+        self._discard = False
+        self._close_after = False
+        self._up: Any = None  # the upstream exchange handle (see upstream_h1)
+        self._head: RequestHead | None = None
+        self._resp_chunked = False
+        self._resp_head_only = False
+        self._client_keep_alive = True
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False  # our transport's reading is paused
+        self._tunnel = False
+        self.last_active = 0.0
+        self._route: Any = None
+        self._pumping = False
+        self._started_at = 0.0
+
+    # -- connection lifecycle ------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's are not asyncio.Transport subclasses
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer_ip = peer[0] if peer else ""
+        set_nodelay(transport)
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self.last_active = self._loop.time()
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        up, self._up = self._up, None
+        if up is not None:  # the client went away mid-exchange (or closed a tunnel)
+            up.cancel()
+        self._busy = False
+        self._server.connections.discard(self)
+        self._server.connection_closed(self)
+
+    def idle(self) -> bool:
+        return not self._busy and not self._queue
+
+    def close_when_idle(self) -> None:
+        """Drain: close now if idle, else after the current response."""
+        self._close_after = True
+        if self.idle() and self._transport is not None:
+            self._transport.close()
+
+    # -- downstream bytes ----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel:
+            up = self._up
+            if up is not None:
+                up.tunnel_write(data)
+            return
+        self.last_active = self._loop.time()
+        q = self._queue
+        try:
+            q.extend(self._reader.feed(data))
+        except PeerProtocolError as exc:
+            q.append(exc)  # answered after the responses already owed, then close
+        self._pump()
+        if len(q) > MAX_QUEUED_EVENTS and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        # A half-closed client may still want its response (RFC 9112 §9.6 allows it).
+        if self.idle():
+            return False
+        self._close_after = True
+        return True
+
+    def _pump(self) -> None:
+        if self._pumping:  # a request finished inside the loop below: it continues there
+            return
+        self._pumping = True
+        try:
+            self._pump_events()
+        finally:
+            self._pumping = False
+
+    def _pump_events(self) -> None:
+        q = self._queue
+        while q:
+            ev = q[0]
+            cls = ev.__class__
+            if cls is Body:
+                q.popleft()
+                if not self._discard and self._up is not None:
+                    self._up.send_body(ev.data)
+            elif cls is RequestHead:
+                if self._busy:
+                    break
+                q.popleft()
+                self._start(ev)
+            elif cls is EndOfMessage:
+                q.popleft()
+                self._request_end(ev.trailers)
+            else:  # a PeerProtocolError: the request stream cannot be parsed further
+                if self._busy:
+                    break
+                q.clear()
+                self._server.count_failure(ev)
+                self._write_error(ev, close=True)
+                return
+        if self._paused and len(q) < MAX_QUEUED_EVENTS // 2 and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
+    # -- one exchange --------------------------------------------------------------------
+
+    def _start(self, head: RequestHead) -> None:
+        self._busy = True
+        self._head = head
+        self._req_done = False
+        self._resp_started = False
+        self._resp_done = False
+        self._discard = False
+        self._client_keep_alive = head.keep_alive
+        if not head.keep_alive:
+            self._close_after = True
+        server = self._server
+        self._router = server.router  # a reload swapped it: new requests use the new snapshot
+        try:
+            self._open(head)
+        except ProxyError as exc:
+            self._fail_early(exc)
+            return
+        if server.timeout is not None:
+            self._timer = self._loop.call_later(server.timeout, self._on_timeout)
+
+    def _open(self, head: RequestHead) -> None:
+        """Identify, assemble the local dtab, bind, pick, and start the upstream request."""
+        server = self._server
+        router = self._router
+        clear = server.clear_context
+        ctx_vals: list[bytes] = []
+        user_vals: list[bytes] = []
+        deadline_vals: list[bytes] | None = None
+        trace_val: bytes | None = None
+        conn_tokens: bytes | None = None
+        upgrade: bytes | None = None
+        out: list[tuple[bytes, bytes]] = []
+        special = _REQ_SPECIAL
+        sig_header = server.sig_header
+        sig: bytes | None = None
+        for item in head.headers:
+            name = item[0]
+            kind = special.get(name)
+            if kind is None:
+                if name[:4] == b"l5d-":
+                    if clear:
+                        continue
+                    if name == sig_header:
+                        sig = item[1]
+                        continue
+                out.append(item)
+            elif clear and name[:4] == b"l5d-":
+                continue
+            elif kind == _H_DTAB:
+                user_vals.append(item[1])
+            elif kind == _H_CTX_DTAB:
+                ctx_vals.append(item[1])
+            elif kind == _H_DEADLINE:
+                if deadline_vals is None:
+                    deadline_vals = []
+                deadline_vals.append(item[1])
+            elif kind == _H_TRACE:
+                trace_val = item[1]
+            elif kind == _H_CONNECTION:
+                conn_tokens = item[1] if conn_tokens is None else conn_tokens + b"," + item[1]
+            elif kind == _H_UPGRADE:
+                upgrade = item[1]
+        if conn_tokens is not None:  # names listed in Connection are hop-by-hop too
+            listed = {t.strip().lower() for t in conn_tokens.split(b",")}
+            listed -= _CONN_KEEP
+            if listed:
+                out = [h for h in out if h[0] not in listed]
+
+        # Local dtab (spec §10): trusted override sources only, within limits.
+        if ctx_vals or user_vals:
+            local, local_key = server.check_override(self._peer_ip, ctx_vals, user_vals, sig)
+        else:
+            local, local_key = Dtab.EMPTY, b""
+
+        ident = router.identifier.identify(_HeaderLookup(head))
+        route = router.route(ident.path, local, local_key)
+        self._route = route
+        picked = route.pick()
+        if picked is None:
+            raise router.no_route(route)
+        client, bound = picked
+        endpoint = client.pick()
+        if endpoint is None:
+            raise NoRoute(
+                f"No hosts are available for {client.id.show()}, "
+                f"Dtab.base=[{router.base.dtab.show()}], Dtab.local=[{route.local.show()}]"
+            )
+
+        # Linkerd's informational and context headers (spec §13.1, §13.3).
+        tc = decode_trace(trace_val) if trace_val is not None else None
+        tc = tc.child() if tc is not None else TraceContext.root()
+        out.append((b"l5d-dst-service", route.service_hdr))
+        out.append((b"l5d-dst-client", client.id_show))
+        if bound.residual.elems:
+            out.append((b"l5d-dst-residual", bound.residual.show().encode("latin-1")))
+        out.append((b"l5d-reqid", tc.reqid()))
+        out.append((b"l5d-ctx-trace", tc.encode()))
+        if route.local_hdr:
+            out.append((b"l5d-ctx-dtab", route.local_hdr))
+        if deadline_vals is not None:
+            dl = parse_deadline(deadline_vals)
+            if dl is not None:
+                out.append((b"l5d-ctx-deadline", format_deadline(dl)))
+        if server.add_via:
+            out.append(_VIA)
+        if head.upgrade and upgrade is not None:
+            out.append(_CONN_UPGRADE)
+            out.append((b"upgrade", upgrade))
+
+        if head.chunked:
+            body_mode = BODY_CHUNKED
+        elif head.content_length:
+            body_mode = BODY_LENGTH
+        else:
+            body_mode = BODY_NONE
+        target = ident.rewritten_target if ident.rewritten_target is not None else head.target
+        endpoint.outstanding += 1
+        self._up = server.open_upstream(endpoint, self, head.method, target, out, body_mode, self._loop)
+
+    def rebind_upstream(self, handle: Any) -> None:
+        """The upstream replaced its handle (a stale pooled connection was replayed)."""
+        self._up = handle
+
+    def _fail_early(self, exc: ProxyError) -> None:
+        """A failure before anything went upstream: answer, then skip the request body."""
+        self._server.count_failure(exc)
+        head = self._head
+        assert head is not None
+        if head.chunked or (head.content_length or 0) > self._server.discard_limit:
+            self._close_after = True  # don't read an unbounded body just to throw it away
+        self._discard = True
+        self._resp_done = True
+        self._write_error(exc, close=self._close_after)
+        if self._close_after:
+            self._finish()
+
+    def _request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        self._req_done = True
+        if not self._discard and self._up is not None:
+            self._up.send_end(trailers)
+        if self._resp_done:
+            self._finish()
+
+    # -- upstream events -----------------------------------------------------------------
+
+    def on_upstream_event(self, ev: Any) -> None:
+        t = self._transport
+        cls = ev.__class__
+        if cls is Body:
+            if t is not None and not self._resp_head_only:
+                t.write(encode_chunk(ev.data) if self._resp_chunked else ev.data)
+        elif cls is ResponseHead:
+            if ev.status < 200 and ev.status != 101:
+                if t is not None:  # 1xx: pass it on, the final response follows
+                    t.write(encode_response_head(ev.status, ev.reason, [h for h in ev.headers if h[0] not in _RESP_DROP]))
+                return
+            self._response_head(ev)
+        elif cls is EndOfMessage:
+            if t is not None and self._resp_chunked:
+                t.write(encode_trailers(ev.trailers) if ev.trailers else LAST_CHUNK)
+            self._response_end()
+
+    def _response_head(self, ev: ResponseHead) -> None:
+        head = self._head
+        assert head is not None
+        self._resp_started = True
+        status = ev.status
+        clear = self._server.clear_context
+        out = [h for h in ev.headers if h[0] not in _RESP_DROP and not (clear and h[0][:4] == b"l5d-")]
+        self._resp_head_only = head.method == b"HEAD"
+        bodyless = self._resp_head_only or status in (204, 304)
+        self._resp_chunked = False
+        if status == 101:
+            out.append(_CONN_UPGRADE)
+            for n, v in ev.headers:
+                if n == b"upgrade":
+                    out.append((n, v))
+        elif not bodyless and ev.content_length is None:
+            if head.version == b"1.1":
+                self._resp_chunked = True  # re-chunk a body that ends at close
+                out.append(_CHUNKED)
+            else:
+                self._close_after = True  # HTTP/1.0 client: the body ends when we close
+        elif self._resp_head_only and ev.chunked:
+            out.append(_CHUNKED)  # HEAD mirrors GET's framing (RFC 9110 §9.3.2)
+        if self._close_after:
+            out.append(_CONN_CLOSE)
+        elif head.version == b"1.0":
+            out.append(_CONN_KEEP_ALIVE)
+        t = self._transport
+        if t is not None:
+            t.write(encode_response_head(status, ev.reason, out))
+        if status == 101:
+            self._start_tunnel()
+
+    def _response_end(self) -> None:
+        self._resp_done = True
+        self._up = None  # the handle returns itself to the pool when both sides are done
+        if not self._req_done:
+            self._discard = True  # answered before the upload ended: drop the rest
+            head = self._head
+            if head is not None and (head.chunked or (head.content_length or 0) > self._server.discard_limit):
+                self._close_after = True
+                self._finish()
+            return
+        self._finish()
+
+    def upstream_failed(self, exc: ProxyError) -> None:
+        self._up = None
+        if self._resp_done:
+            return
+        if not self._resp_started:
+            self._respond_error(exc)
+        else:  # the response is cut short: the client must see the connection end
+            self._abort()
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if not self._busy or self._resp_done:
+            return
+        up, self._up = self._up, None
+        if up is not None:
+            up.cancel()
+        if not self._resp_started:
+            name = self._route.service.show() if self._route is not None else "the destination"
+            self._respond_error(Timeout(f"exceeded {self._server.timeout * 1000:.0f} ms to {name}"))
+        else:
+            self._abort()
+
+    def _respond_error(self, exc: ProxyError) -> None:
+        """Answer a failure after the exchange started; skip any body still to come."""
+        self._server.count_failure(exc)
+        if not self._req_done:
+            self._discard = True
+            head = self._head
+            if head is not None and (head.chunked or (head.content_length or 0) > self._server.discard_limit):
+                self._close_after = True
+        self._resp_done = True
+        self._write_error(exc, close=self._close_after)
+        if self._req_done or self._close_after:
+            self._finish()
+
+    def _write_error(self, exc: ProxyError, *, close: bool) -> None:
+        t = self._transport
+        if t is None:
+            return
+        head = self._head
+        is_head = head is not None and head.method == b"HEAD" and self._busy
+        t.write(error_response(exc, close=close, clear_context=self._server.clear_context, head=is_head))
+        if close:
+            t.close()
+
+    def _abort(self) -> None:
+        self._busy = False
+        t = self._transport
+        if t is not None:
+            t.abort()
+
+    def _finish(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._busy = False
+        self._head = None
+        self._route = None
+        self._server.count_done()
+        t = self._transport
+        if t is None:
+            return
+        if self._close_after:
+            self._queue.clear()
+            t.close()
+            return
+        if self._queue:
+            self._pump()
+
+    # -- backpressure --------------------------------------------------------------------
+
+    def pause_client_reads(self) -> None:
+        if not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume_client_reads(self) -> None:
+        if self._paused and self._transport is not None and len(self._queue) < MAX_QUEUED_EVENTS:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def pause_writing(self) -> None:  # our client reads slower than the upstream sends
+        if self._up is not None:
+            self._up.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._up is not None:
+            self._up.resume_reading()
+
+    # -- upgrade (WebSocket) ---------------------------------------------------------------
+
+    def _start_tunnel(self) -> None:
+        """After a 101, bytes flow unparsed both ways until either side closes."""
+        self._tunnel = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        up = self._up
+        if up is None or self._transport is None:
+            self._abort()
+            return
+        up.start_tunnel(self._transport)
+        tail = self._reader.upgrade_tail
+        if tail:
+            up.tunnel_write(tail)
+
+
+def make_protocol_factory(server: Any) -> Callable[[], ServerH1]:
+    return lambda: ServerH1(server)
