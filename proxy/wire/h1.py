@@ -82,6 +82,8 @@ _CONN_KEEP_ALIVE: Final = (b"connection", b"keep-alive")
 _CONN_UPGRADE: Final = (b"connection", b"upgrade")
 _VIA: Final = (b"via", b"1.1 dtabproxy")
 _CONN_KEEP: Final = frozenset((b"close", b"keep-alive", b"upgrade"))
+_PAUSE_QUEUE: Final = 1  # too many pipelined events queued
+_PAUSE_UPSTREAM: Final = 2  # the upstream cannot take more request body yet
 #: Pipelined events queued behind an in-flight request before reads pause.
 MAX_QUEUED_EVENTS: Final = 64
 
@@ -135,7 +137,7 @@ class ServerH1(asyncio.Protocol):
         self._resp_head_only = False
         self._client_keep_alive = True
         self._timer: asyncio.TimerHandle | None = None
-        self._paused = False  # our transport's reading is paused
+        self._paused = 0  # why our reading is paused: _PAUSE_QUEUE | _PAUSE_UPSTREAM
         self._tunnel = False
         self.last_active = 0.0
         self._route: Any = None
@@ -189,11 +191,14 @@ class ServerH1(asyncio.Protocol):
         except PeerProtocolError as exc:
             q.append(exc)  # answered after the responses already owed, then close
         self._pump()
-        if len(q) > MAX_QUEUED_EVENTS and not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
+        if len(q) > MAX_QUEUED_EVENTS:
+            self._pause(_PAUSE_QUEUE)
 
     def eof_received(self) -> bool:
+        if self._tunnel:  # pass the half-close on; the tunnel ends when the peer closes too
+            if self._up is not None:
+                self._up.tunnel_eof()
+            return True
         # A half-closed client may still want its response (RFC 9112 §9.6 allows it).
         if self.idle():
             return False
@@ -233,9 +238,8 @@ class ServerH1(asyncio.Protocol):
                 self._server.count_failure(ev)
                 self._write_error(ev, close=True)
                 return
-        if self._paused and len(q) < MAX_QUEUED_EVENTS // 2 and self._transport is not None:
-            self._paused = False
-            self._transport.resume_reading()
+        if self._paused & _PAUSE_QUEUE and len(q) < MAX_QUEUED_EVENTS // 2:
+            self._resume(_PAUSE_QUEUE)
 
     # -- one exchange --------------------------------------------------------------------
 
@@ -405,6 +409,9 @@ class ServerH1(asyncio.Protocol):
         head = self._head
         assert head is not None
         self._resp_started = True
+        if self._timer is not None:  # the timeout covers the wait for a response, as in
+            self._timer.cancel()  # Linkerd; a streamed body may take as long as it takes
+            self._timer = None
         status = ev.status
         clear = self._server.clear_context
         out = [h for h in ev.headers if h[0] not in _RESP_DROP and not (clear and h[0][:4] == b"l5d-")]
@@ -519,15 +526,23 @@ class ServerH1(asyncio.Protocol):
 
     # -- backpressure --------------------------------------------------------------------
 
-    def pause_client_reads(self) -> None:
-        if not self._paused and self._transport is not None:
-            self._paused = True
+    def _pause(self, reason: int) -> None:
+        was = self._paused
+        self._paused = was | reason
+        if not was and self._transport is not None:
             self._transport.pause_reading()
 
-    def resume_client_reads(self) -> None:
-        if self._paused and self._transport is not None and len(self._queue) < MAX_QUEUED_EVENTS:
-            self._paused = False
+    def _resume(self, reason: int) -> None:
+        was = self._paused
+        self._paused = was & ~reason
+        if was and not self._paused and self._transport is not None:
             self._transport.resume_reading()
+
+    def pause_client_reads(self) -> None:  # the upstream's write buffer is full
+        self._pause(_PAUSE_UPSTREAM)
+
+    def resume_client_reads(self) -> None:
+        self._resume(_PAUSE_UPSTREAM)
 
     def pause_writing(self) -> None:  # our client reads slower than the upstream sends
         if self._up is not None:

@@ -165,6 +165,14 @@ class UpstreamH1(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    def tunnel_eof(self) -> None:
+        t = self.transport
+        if t is not None and not self.closed:
+            if t.can_write_eof():
+                t.write_eof()
+            else:
+                self.close()
+
     # -- protocol callbacks --------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
@@ -190,9 +198,10 @@ class UpstreamH1(asyncio.Protocol):
 
     def _deliver(self, owner: Any, events: list[Any]) -> None:
         for ev in events:
-            if self.owner is not owner:  # the exchange ended part-way through the batch
-                self.close()
-                return
+            if self.owner is not owner:
+                if self.peer is None:  # the exchange ended part-way through the batch
+                    self.close()
+                return  # or a 101 turned the connection into a tunnel
             if ev.__class__ is _EOM_CLASS:
                 self._resp_ended = True
                 owner.on_upstream_event(ev)
@@ -211,9 +220,10 @@ class UpstreamH1(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self.peer is not None:
-            if self.peer.can_write_eof():
-                self.peer.write_eof()
-            return True
+            # The upstream finished the tunnel: the client's side ends too (its own
+            # half-close, if any, has already been passed on).
+            self.peer.close()
+            return False
         owner = self.owner
         if owner is not None:
             try:
@@ -329,6 +339,10 @@ class PendingH1:
     def tunnel_write(self, data: bytes) -> None:
         if self.conn is not None:
             self.conn.tunnel_write(data)
+
+    def tunnel_eof(self) -> None:
+        if self.conn is not None:
+            self.conn.tunnel_eof()
 
     def connected(self, fut: asyncio.Future[Any]) -> None:
         ep = self.endpoint
