@@ -42,7 +42,7 @@ class Route:
         self.error = error
         self._pick = _picker(tree, clients) if tree is not None else None
 
-    def pick(self) -> tuple[Client, Bound] | None:
+    def pick(self) -> tuple[Client, Bound, bytes | None] | None:
         """A client for this request: a weighted choice through the unions (spec §9.3);
         None when the branch taken is empty, negative or failed."""
         p = self._pick
@@ -53,7 +53,8 @@ def _picker(tree: NameTree, clients: ClientRegistry) -> Any:
     if isinstance(tree, Leaf):
         bound = tree.value
         assert isinstance(bound, Bound)
-        choice = (clients.get(bound), bound)
+        residual = bound.residual.show().encode("latin-1") if bound.residual.elems else None
+        choice = (clients.get(bound), bound, residual)  # the l5d-dst-residual value, printed once
         return lambda: choice
     if isinstance(tree, Union):
         members = []

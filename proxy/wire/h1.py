@@ -38,7 +38,7 @@ from ..errors import (
     ProxyError,
     Timeout,
 )
-from ..route.l5d import TraceContext, decode_trace, format_deadline, parse_deadline
+from ..route.l5d import decode_trace, format_deadline, new_root_trace, parse_deadline
 from .render import error_response
 from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
@@ -89,15 +89,21 @@ MAX_QUEUED_EVENTS: Final = 64
 
 
 class _HeaderLookup:
-    """The request view identifiers read: first value by lower-case name."""
+    """The request view identifiers read: first value by lower-case name. One per
+    connection, re-pointed at each request, so identifying allocates nothing."""
 
     __slots__ = ("method", "target", "version", "_headers")
 
-    def __init__(self, head: RequestHead) -> None:
+    def __init__(self) -> None:
+        self.method = self.target = self.version = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    def point(self, head: RequestHead) -> _HeaderLookup:
         self.method = head.method
         self.target = head.target
         self.version = head.version
         self._headers = head.headers
+        return self
 
     def headers(self, name: bytes) -> bytes | None:
         for n, v in self._headers:
@@ -113,7 +119,7 @@ class ServerH1(asyncio.Protocol):
         "_server", "_router", "_loop", "_transport", "_reader", "_queue", "_peer_ip",
         "_busy", "_req_done", "_resp_started", "_resp_done", "_discard", "_close_after",
         "_up", "_head", "_resp_chunked", "_resp_head_only", "_client_keep_alive", "_timer",
-        "_paused", "_tunnel", "last_active", "_route", "_pumping", "_started_at",
+        "_paused", "_tunnel", "last_active", "_route", "_pumping", "_deadline", "_view", "_wbuf",
     )
 
     def __init__(self, server: Any) -> None:
@@ -142,7 +148,9 @@ class ServerH1(asyncio.Protocol):
         self.last_active = 0.0
         self._route: Any = None
         self._pumping = False
-        self._started_at = 0.0
+        self._deadline = 0.0  # when the current request times out (0: no deadline)
+        self._view = _HeaderLookup()
+        self._wbuf: list[bytes] | None = None  # response bytes batched per upstream read
 
     # -- connection lifecycle ------------------------------------------------------------
 
@@ -189,10 +197,39 @@ class ServerH1(asyncio.Protocol):
         try:
             q.extend(self._reader.feed(data))
         except PeerProtocolError as exc:
-            q.append(exc)  # answered after the responses already owed, then close
+            self._bad_input(exc)
+            return
         self._pump()
         if len(q) > MAX_QUEUED_EVENTS:
             self._pause(_PAUSE_QUEUE)
+
+    def _bad_input(self, exc: PeerProtocolError) -> None:
+        """The request stream broke. Whole requests parsed before the error are still
+        answered, in order; the 400 follows them and the connection closes."""
+        events = self._reader.take_events()
+        end = 0
+        for i, ev in enumerate(events):
+            if ev.__class__ is EndOfMessage:
+                end = i + 1
+        q = self._queue
+        if self._busy and not self._req_done and not any(e.__class__ is EndOfMessage for e in events[:end]) and not any(
+            e.__class__ is EndOfMessage for e in q
+        ):
+            # The error is inside the body being forwarded now: that exchange cannot end.
+            q.clear()
+            up, self._up = self._up, None
+            if up is not None:
+                up.cancel()
+            self._server.count_failure(exc)
+            if self._resp_started:
+                self._abort()
+            else:
+                self._resp_done = True
+                self._write_error(exc, close=True)
+            return
+        q.extend(events[:end])
+        q.append(exc)  # answered after the responses already owed, then close
+        self._pump()
 
     def eof_received(self) -> bool:
         if self._tunnel:  # pass the half-close on; the tunnel ends when the peer closes too
@@ -261,7 +298,10 @@ class ServerH1(asyncio.Protocol):
             self._fail_early(exc)
             return
         if server.timeout is not None:
-            self._timer = self._loop.call_later(server.timeout, self._on_timeout)
+            # One timer per connection, re-armed lazily: requests only move the deadline.
+            self._deadline = self._loop.time() + server.timeout
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
     def _open(self, head: RequestHead) -> None:
         """Identify, assemble the local dtab, bind, pick, and start the upstream request."""
@@ -317,13 +357,13 @@ class ServerH1(asyncio.Protocol):
         else:
             local, local_key = Dtab.EMPTY, b""
 
-        ident = router.identifier.identify(_HeaderLookup(head))
+        ident = router.identifier.identify(self._view.point(head))
         route = router.route(ident.path, local, local_key)
         self._route = route
         picked = route.pick()
         if picked is None:
             raise router.no_route(route)
-        client, bound = picked
+        client, bound, residual_hdr = picked
         endpoint = client.pick()
         if endpoint is None:
             raise NoRoute(
@@ -333,13 +373,17 @@ class ServerH1(asyncio.Protocol):
 
         # Linkerd's informational and context headers (spec §13.1, §13.3).
         tc = decode_trace(trace_val) if trace_val is not None else None
-        tc = tc.child() if tc is not None else TraceContext.root()
+        if tc is not None:
+            tc = tc.child()
+            reqid, trace = tc.reqid(), tc.encode()
+        else:
+            reqid, trace = new_root_trace()
         out.append((b"l5d-dst-service", route.service_hdr))
         out.append((b"l5d-dst-client", client.id_show))
-        if bound.residual.elems:
-            out.append((b"l5d-dst-residual", bound.residual.show().encode("latin-1")))
-        out.append((b"l5d-reqid", tc.reqid()))
-        out.append((b"l5d-ctx-trace", tc.encode()))
+        if residual_hdr is not None:
+            out.append((b"l5d-dst-residual", residual_hdr))
+        out.append((b"l5d-reqid", reqid))
+        out.append((b"l5d-ctx-trace", trace))
         if route.local_hdr:
             out.append((b"l5d-ctx-dtab", route.local_hdr))
         if deadline_vals is not None:
@@ -389,29 +433,42 @@ class ServerH1(asyncio.Protocol):
     # -- upstream events -----------------------------------------------------------------
 
     def on_upstream_event(self, ev: Any) -> None:
-        t = self._transport
+        """One response event. Bytes for the client collect in `_wbuf` and go out in one
+        write when the upstream's batch ends (`flush_writes`): a head, a body and its end
+        usually arrive together, and each write may be a syscall."""
         cls = ev.__class__
+        buf = self._wbuf
+        if buf is None:
+            buf = self._wbuf = []
         if cls is Body:
-            if t is not None and not self._resp_head_only:
-                t.write(encode_chunk(ev.data) if self._resp_chunked else ev.data)
+            if not self._resp_head_only:
+                buf.append(encode_chunk(ev.data) if self._resp_chunked else ev.data)
         elif cls is ResponseHead:
-            if ev.status < 200 and ev.status != 101:
-                if t is not None:  # 1xx: pass it on, the final response follows
-                    t.write(encode_response_head(ev.status, ev.reason, [h for h in ev.headers if h[0] not in _RESP_DROP]))
+            if ev.status < 200 and ev.status != 101:  # 1xx: pass it on, the final one follows
+                buf.append(encode_response_head(ev.status, ev.reason, [h for h in ev.headers if h[0] not in _RESP_DROP]))
                 return
             self._response_head(ev)
         elif cls is EndOfMessage:
-            if t is not None and self._resp_chunked:
-                t.write(encode_trailers(ev.trailers) if ev.trailers else LAST_CHUNK)
+            if self._resp_chunked:
+                buf.append(encode_trailers(ev.trailers) if ev.trailers else LAST_CHUNK)
+            self.flush_writes()
             self._response_end()
+
+    def flush_writes(self) -> None:
+        buf = self._wbuf
+        if buf:
+            self._wbuf = None
+            t = self._transport
+            if t is not None:
+                t.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
     def _response_head(self, ev: ResponseHead) -> None:
         head = self._head
         assert head is not None
         self._resp_started = True
-        if self._timer is not None:  # the timeout covers the wait for a response, as in
-            self._timer.cancel()  # Linkerd; a streamed body may take as long as it takes
-            self._timer = None
+        # The timeout covers the wait for a response, as in Linkerd; a streamed body may
+        # take as long as it takes. The timer itself stays armed for later requests.
+        self._deadline = 0.0
         status = ev.status
         clear = self._server.clear_context
         out = [h for h in ev.headers if h[0] not in _RESP_DROP and not (clear and h[0][:4] == b"l5d-")]
@@ -435,10 +492,12 @@ class ServerH1(asyncio.Protocol):
             out.append(_CONN_CLOSE)
         elif head.version == b"1.0":
             out.append(_CONN_KEEP_ALIVE)
-        t = self._transport
-        if t is not None:
-            t.write(encode_response_head(status, ev.reason, out))
+        buf = self._wbuf
+        if buf is None:
+            buf = self._wbuf = []
+        buf.append(encode_response_head(status, ev.reason, out))
         if status == 101:
+            self.flush_writes()
             self._start_tunnel()
 
     def _response_end(self) -> None:
@@ -464,8 +523,18 @@ class ServerH1(asyncio.Protocol):
 
     # -- endings -------------------------------------------------------------------------
 
-    def _on_timeout(self) -> None:
+    def _on_timer(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if not deadline or not self._busy or self._resp_started:
+            return
+        if self._loop.time() < deadline:  # an earlier request's timer: wait for this one
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            return
+        self._on_timeout()
+
+    def _on_timeout(self) -> None:
+        self._deadline = 0.0
         if not self._busy or self._resp_done:
             return
         up, self._up = self._up, None
@@ -491,6 +560,7 @@ class ServerH1(asyncio.Protocol):
             self._finish()
 
     def _write_error(self, exc: ProxyError, *, close: bool) -> None:
+        self.flush_writes()
         t = self._transport
         if t is None:
             return
@@ -501,15 +571,14 @@ class ServerH1(asyncio.Protocol):
             t.close()
 
     def _abort(self) -> None:
+        self.flush_writes()
         self._busy = False
         t = self._transport
         if t is not None:
             t.abort()
 
     def _finish(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = 0.0
         self._busy = False
         self._head = None
         self._route = None

@@ -197,6 +197,12 @@ class UpstreamH1(asyncio.Protocol):
         self._deliver(owner, events)
 
     def _deliver(self, owner: Any, events: list[Any]) -> None:
+        try:
+            self._deliver_events(owner, events)
+        finally:
+            owner.flush_writes()  # one write to the client per upstream read
+
+    def _deliver_events(self, owner: Any, events: list[Any]) -> None:
         for ev in events:
             if self.owner is not owner:
                 if self.peer is None:  # the exchange ended part-way through the batch

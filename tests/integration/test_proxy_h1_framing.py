@@ -82,3 +82,21 @@ def test_error_after_a_good_pipelined_request_comes_after_its_response(run: Any)
         await web.close()
 
     run(main())
+
+
+def test_bad_chunk_inside_a_forwarded_body_cancels_that_exchange(run: Any) -> None:
+    async def main() -> None:
+        web = await Backend("web").start()
+        rt = await start_proxy(router_yaml(f"/svc => /$/inet/127.0.0.1/{web.port}"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port(rt))
+        writer.write(b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        writer.write(b"zz\r\nnot a chunk\r\n0\r\n\r\n")
+        data = await reader.read()
+        assert data.startswith(b"HTTP/1.1 400 ")
+        assert web.seen == []  # the backend never saw a complete request
+        writer.close()
+        await rt.drain()
+        await web.close()
+
+    run(main())

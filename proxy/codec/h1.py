@@ -1,0 +1,887 @@
+"""HTTP/1.1 message framing (RFC 9112) for the data plane: sans-IO, on httptools.
+
+Owns: turning request bytes (server side) and response bytes (client side) into
+head / body / end-of-message events, the framing rules a proxy must enforce so that
+no backend can frame a forwarded message differently from us (request smuggling),
+the head-size limits, and the encoders for heads, chunks and trailers.
+
+Must not: touch sockets, loops or clocks; import asyncio or anything from `proxy`
+but `proxy.errors`; decode bytes on the hot path.
+
+llhttp (inside httptools) runs in its strict mode: no leniency flag is ever set, so
+bare LF, obs-fold, CR/NUL/CTL in values, whitespace before the colon, bad chunk
+sizes and extensions, a missing CRLF after chunk data, duplicate Content-Length and
+Content-Length with Transfer-Encoding are rejected by llhttp itself. What llhttp
+accepts but a proxy must not is checked in `on_headers_complete`: the HTTP version
+(llhttp takes 0.9 and 2.0), transfer codings other than a single final `chunked`,
+Transfer-Encoding in HTTP/1.0, Host rules, target forms, status code range and
+reason-phrase characters. The unit tests pin each rule to a failing input.
+
+Two httptools limits shape the code. It skips the body of a request that asks for an
+upgrade, so such a body (Content-Length only) is cut out of the tunnel bytes here.
+And it cannot be told that a response has no body, so responses to HEAD and 2xx
+responses to CONNECT are cut at the end of their head: while one is outstanding,
+input is fed to llhttp in pieces that end after each CRLFCRLF (a head ends at the
+first one), and the parser is replaced after such a head.
+
+Known limits, all from llhttp and none a framing risk: only llhttp's fixed method
+list is accepted (an extension method gets 400); "GET / RTSP/1.0" reads as HTTP/1.0
+because httptools does not report the protocol name; a doubled space in the request
+line is tolerated; a repeated, equal Content-Length is refused (RFC 9110 §8.6 allows
+refusing or collapsing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from http import HTTPStatus
+
+import httptools
+
+from proxy.errors import LocalProtocolError, PeerProtocolError
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+
+_OWS = b" \t"
+_CRLF = b"\r\n"
+_HEAD_END = b"\r\n\r\n"
+_HTTP_10 = b"1.0"
+_HTTP_11 = b"1.1"
+# httptools reports the version as a str; anything but these two is refused (llhttp
+# itself accepts 0.9, a missing version, and 2.0).
+_VERSIONS = {"1.1": _HTTP_11, "1.0": _HTTP_10}
+_HEAD = b"HEAD"
+_CONNECT = b"CONNECT"
+_OPTIONS = b"OPTIONS"
+_SPECIAL_METHODS = (_HEAD, _CONNECT)  # responses to these are cut at the head
+_CHUNKED = b"chunked"
+_CLOSE = b"close"
+_KEEP_ALIVE = b"keep-alive"
+_KEEP_ALIVE_VALUES = frozenset((b"keep-alive", b"Keep-Alive"))
+_CONTINUE = b"100-continue"
+# llhttp parses RTSP/1.0 request lines too; these methods only exist there.
+_RTSP_ONLY = frozenset(
+    (
+        b"DESCRIBE",
+        b"ANNOUNCE",
+        b"SETUP",
+        b"PLAY",
+        b"PAUSE",
+        b"TEARDOWN",
+        b"GET_PARAMETER",
+        b"SET_PARAMETER",
+        b"REDIRECT",
+        b"RECORD",
+        b"FLUSH",
+    )
+)
+# Fields that decide framing or connection handling; everything else passes through.
+# The small ints keep the per-field test to one dict probe and int comparisons.
+_CL, _TE, _HOST, _CONN, _EXPECT = 1, 2, 3, 4, 5
+_FRAMING = {
+    b"content-length": _CL,
+    b"transfer-encoding": _TE,
+    b"host": _HOST,
+    b"connection": _CONN,
+    b"expect": _EXPECT,
+}
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ] -- unreserved, pct-encoded,
+# sub-delims, ":" and the IP-literal brackets. `translate(None, chars)` deletes them,
+# so a valid value translates to b"" (one C pass instead of a regex).
+_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]"
+# RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ); llhttp lets CTLs by.
+_REASON_CHARS = bytes([9, 32, *range(0x21, 0x7F), *range(0x80, 0x100)])
+
+# Reader states.
+_IDLE = 0  # between messages
+_IN_HEAD = 1  # start line or fields being read
+_IN_BODY = 2  # body with a known end (Content-Length, chunked, or none)
+_UNTIL_EOF = 3  # response body delimited by the connection closing (RFC 9112 §6.3 item 8)
+
+# Why a response head stopped the parser (ResponseReader._detach).
+_NO_BODY = 1  # response to HEAD: the next response follows the head
+_TUNNEL = 2  # 2xx to CONNECT: the connection is a tunnel after the head
+
+
+class _Event:
+    """Value semantics and a readable repr for the event classes (tests, trace logs)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and all(
+            getattr(self, s) == getattr(other, s) for s in self.__slots__
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable value objects
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class RequestHead(_Event):
+    """A request's start line and header section.
+
+    `headers` keep wire order with lowercase names and values stripped of OWS.
+    `content_length` is None when the request has no Content-Length (no body unless
+    `chunked`). `upgrade` is set for CONNECT and for `Connection: upgrade` with an
+    Upgrade field; after such a head the reader stops (see `RequestReader`).
+    """
+
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "keep_alive",
+        "chunked",
+        "content_length",
+        "upgrade",
+        "expect_continue",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: Headers,
+        keep_alive: bool = True,
+        chunked: bool = False,
+        content_length: int | None = None,
+        upgrade: bool = False,
+        expect_continue: bool = False,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+        self.upgrade = upgrade
+        self.expect_continue = expect_continue
+
+
+class ResponseHead(_Event):
+    """A response's status line and header section.
+
+    A 1xx other than 101 is interim: no Body or EndOfMessage follows it, the final
+    response comes next. Responses to HEAD, 204 and 304 are followed directly by
+    EndOfMessage; their `chunked`/`content_length` report the fields as sent, which a
+    proxy forwards unchanged. `upgrade` is set for 101 and for a 2xx to CONNECT.
+    """
+
+    __slots__ = (
+        "status",
+        "reason",
+        "version",
+        "headers",
+        "keep_alive",
+        "chunked",
+        "content_length",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        headers: Headers,
+        keep_alive: bool = True,
+        chunked: bool = False,
+        content_length: int | None = None,
+        upgrade: bool = False,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+        self.upgrade = upgrade
+
+
+class Body(_Event):
+    """A piece of decoded body (chunk framing removed). Pieces follow the input."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class EndOfMessage(_Event):
+    """The message is complete; `trailers` holds a chunked body's trailer section
+    (lowercase names), or None when it had none."""
+
+    __slots__ = ("trailers",)
+
+    def __init__(self, trailers: Headers | None = None) -> None:
+        self.trailers = trailers
+
+
+# Shared instance for the common case: events are facts, nobody mutates them.
+_EOM = EndOfMessage(None)
+
+RequestEvent = RequestHead | Body | EndOfMessage
+ResponseEvent = ResponseHead | Body | EndOfMessage
+
+
+class _Detach(Exception):
+    """Raised from a callback to stop llhttp at the end of a response head."""
+
+
+def _scan(
+    headers: Headers, http10: bool, status: int
+) -> tuple[bool, int | None, bool, int, bytes | None, bytes | None]:
+    """Framing fields of a header section: (chunked, content_length, keep_alive,
+    number of Host fields, first Host, Expect). Raises PeerProtocolError(status)."""
+    length: int | None = None
+    te: bytes | None = None
+    conn: bytes | None = None
+    hosts = 0
+    host: bytes | None = None
+    expect: bytes | None = None
+    framing = _FRAMING
+    for name, value in headers:
+        if name in framing:
+            kind = framing[name]
+            if kind == _CL:
+                # RFC 9110 §8.6: 1*DIGIT. llhttp already refuses signs, lists and
+                # duplicates (even equal ones); this keeps the rule local and explicit.
+                if not value.isdigit():
+                    raise PeerProtocolError(f"invalid Content-Length: {value!r}", status=status)
+                n = int(value)
+                if length is not None and n != length:
+                    raise PeerProtocolError("conflicting Content-Length values", status=status)
+                length = n
+            elif kind == _HOST:
+                hosts += 1
+                if host is None:
+                    host = value
+            elif kind == _CONN:
+                conn = value if conn is None else conn + b"," + value
+            elif kind == _TE:
+                te = value if te is None else te + b"," + value
+            else:
+                expect = value
+    chunked = False
+    if te is not None:
+        if http10:
+            # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means faulty
+            # framing; an HTTP/1.0 hop may not even understand it.
+            raise PeerProtocolError("Transfer-Encoding in an HTTP/1.0 message", status=status)
+        if length is not None:
+            # RFC 9112 §6.1: never pick one of the two (llhttp also refuses this).
+            raise PeerProtocolError("both Content-Length and Transfer-Encoding present", status=status)
+        if te != _CHUNKED:
+            _check_codings(te, status)
+        chunked = True
+    if conn is None:
+        keep_alive = not http10
+    elif conn in _KEEP_ALIVE_VALUES:  # what most clients send
+        keep_alive = True
+    else:
+        tokens = _tokens(conn)
+        if _CLOSE in tokens:
+            keep_alive = False
+        else:
+            keep_alive = not http10 or _KEEP_ALIVE in tokens
+    return chunked, length, keep_alive, hosts, host, expect
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    if b"," not in value:
+        return [value.strip(_OWS).lower()]
+    return [t for t in (item.strip(_OWS).lower() for item in value.split(b",")) if t]
+
+
+def _check_codings(te: bytes, status: int) -> None:
+    codings = _tokens(te)
+    if not codings or codings[-1] != _CHUNKED:
+        # RFC 9112 §6.3 item 4: for a request the body length is then unknown (400);
+        # a response would run to the connection's close, which we do not forward.
+        raise PeerProtocolError(f"Transfer-Encoding does not end in chunked: {te!r}", status=status)
+    if _CHUNKED in codings[:-1]:
+        raise PeerProtocolError(f"chunked applied more than once: {te!r}", status=status)
+    if len(codings) > 1:
+        # RFC 9112 §6.1: a coding we do not implement gets 501. We only forward the
+        # decoded chunked body, so any other coding would be lost on the next hop.
+        raise PeerProtocolError(
+            f"unsupported transfer coding: {te!r}", status=501 if status == 400 else status
+        )
+
+
+def _head_size(headers: Headers) -> int:
+    # Bytes the fields take on the wire, without optional whitespace: `name: value\r\n`.
+    return sum(len(n) + len(v) + 4 for n, v in headers)
+
+
+class _Reader:
+    """What request and response readers share: limits, failure, trailers."""
+
+    __slots__ = (
+        "_parser",
+        "_events",
+        "_headers",
+        "_state",
+        "_error",
+        "_closed",
+        "_slow",
+        "_keep_alive",
+        "_feed_len",
+        "_start_len",
+        "_span",
+        "_max_header_bytes",
+        "_max_headers",
+        "upgraded",
+        "upgrade_tail",
+        "_side",
+        "_status",
+    )
+
+    def _init(self, max_header_bytes: int, max_headers: int, side: str, status: int) -> None:
+        self._events: list[RequestHead | ResponseHead | Body | EndOfMessage] = []
+        self._headers: Headers = []  # fresh and empty at each message's start
+        self._state = _IDLE
+        self._error: PeerProtocolError | None = None
+        self._closed = False  # a message without keep-alive ended: ignore what follows
+        self._slow = False  # any of error / closed / upgraded / upgrade body: not the fast path
+        self._keep_alive = True
+        self._feed_len = 0
+        self._start_len = 0  # length of the feed in which the current head began
+        self._span = 0  # bytes of later feeds while that head was incomplete
+        self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
+        self.upgraded = False
+        self.upgrade_tail = b""
+        self._side = side  # "request" / "response", for messages
+        self._status = status  # HTTP status our errors carry
+
+    def _fail(self, message: str, status: int | None = None) -> PeerProtocolError:
+        err = PeerProtocolError(message, status=self._status if status is None else status)
+        self._error = err
+        self._slow = True
+        return err
+
+    def _too_large(self, what: str) -> PeerProtocolError:
+        # 431 on the server side (RFC 6585 §5); the client side keeps its 502.
+        return self._fail(
+            f"{self._side} header fields too large: more than {what}",
+            431 if self._status == 400 else None,
+        )
+
+    def _check_head(self, headers: Headers, extra: int) -> None:
+        """Called when the cheap test trips: too many fields, or the feeds that carried
+        this head add up to more than the limit. Then measure what we hold (fields,
+        plus the start line's parts in `extra`)."""
+        if len(headers) > self._max_headers:
+            raise self._too_large(f"{self._max_headers} header fields")
+        if extra + _head_size(headers) > self._max_header_bytes:
+            raise self._too_large(f"{self._max_header_bytes} bytes")
+
+    def _check_partial(self) -> None:
+        """After a feed that left a head or trailer section incomplete: bound it."""
+        if self._state == _IN_HEAD:
+            # Every byte of a feed after the one where the head began is head.
+            if self._span > self._max_header_bytes:
+                raise self._too_large(f"{self._max_header_bytes} bytes")
+            if len(self._headers) > self._max_headers:
+                raise self._too_large(f"{self._max_headers} header fields")
+        else:
+            self._check_trailers(self._headers)
+
+    def _check_trailers(self, trailers: Headers) -> None:
+        if len(trailers) > self._max_headers:
+            raise self._fail(f"trailer section too large: more than {self._max_headers} fields")
+        if _head_size(trailers) > self._max_header_bytes:
+            raise self._fail(f"trailer section too large: more than {self._max_header_bytes} bytes")
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        err = self._error
+        if err is None:
+            if self._closed:
+                return  # bytes after a `Connection: close` message: not ours to read
+            cause = exc.__context__
+            if isinstance(exc, httptools.HttpParserCallbackError) and cause is not None:
+                raise cause  # a callback failed with something that is not ours: a bug
+            err = self._fail(f"malformed {self._side}: {exc}")
+        raise err
+
+    # httptools callbacks shared by both sides.
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Lowercase once, here; llhttp leaves trailing OWS in the value (RFC 9110 §5.5).
+        self._headers.append((name.lower(), value.rstrip(_OWS)))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Body(body))
+
+    def _end_message(self) -> None:
+        trailers = self._headers
+        if trailers:
+            self._check_trailers(trailers)
+            self._headers = []
+            self._events.append(EndOfMessage(trailers))
+        else:
+            self._events.append(_EOM)
+        self._state = _IDLE
+        if not self._keep_alive:
+            self._closed = self._slow = True
+
+
+class RequestReader(_Reader):
+    """HTTP/1.1 request framing for the server side. Bytes in, events out; no I/O.
+
+    `feed` returns RequestHead, Body and EndOfMessage events in order, across any
+    number of pipelined requests, and raises PeerProtocolError (400; 431 or 414 for
+    a limit, 501 for a transfer coding we do not implement) -- the connection is
+    then unusable. After a head with `upgrade` set and its EndOfMessage, `upgraded`
+    is True and the bytes that followed collect in `upgrade_tail` (later feeds are
+    appended there) for the caller to tunnel; `decline_upgrade` resumes HTTP/1.1 if
+    the upstream refused. Input after a request without keep-alive is ignored.
+    """
+
+    __slots__ = ("_target", "_max_target", "_upgrade_body")
+
+    def __init__(
+        self, *, max_header_bytes: int = 65536, max_headers: int = 100, max_target: int = 8192
+    ) -> None:
+        # 64 KiB of fields and 100 fields: the common server defaults (nginx's
+        # large_client_header_buffers allow 4x8k, Go's net/http 1 MB, Node 16 KiB);
+        # 8 KiB of target is the limit most servers and CDNs apply (RFC 9112 §3
+        # recommends supporting at least 8000 octets).
+        self._init(max_header_bytes, max_headers, "request", 400)
+        self._target = b""
+        self._max_target = max_target
+        self._upgrade_body = 0  # Content-Length still to cut out of the tunnel bytes
+        self._parser = httptools.HttpRequestParser(self)  # looks our callbacks up once
+
+    def feed(self, data: bytes) -> list[RequestEvent]:
+        if self._slow:
+            self._feed_slow(data)
+        else:
+            self._parse(data)
+        events = self._events
+        self._events = []
+        return events  # type: ignore[return-value]
+
+    def take_events(self) -> list[RequestEvent]:
+        """After `feed` raised: the events parsed before the error (the caller may still
+        answer the whole requests among them; the rest belongs to the bad request)."""
+        events = self._events
+        self._events = []
+        return events  # type: ignore[return-value]
+
+    def feed_eof(self) -> list[RequestEvent]:
+        """The client closed its side. Raises if a request was cut short."""
+        if self._error is not None:
+            raise self._error
+        if self._upgrade_body or (self._state != _IDLE and not self.upgraded):
+            raise self._fail("connection closed in the middle of a request")
+        return []
+
+    def decline_upgrade(self) -> list[RequestEvent]:
+        """The upstream answered the upgrade or CONNECT with an ordinary response:
+        go back to parsing HTTP/1.1, starting with the bytes held in `upgrade_tail`."""
+        if not self.upgraded:
+            raise LocalProtocolError("no upgrade to decline")
+        tail = self.upgrade_tail
+        self.upgraded = False
+        self.upgrade_tail = b""
+        self._slow = bool(self._upgrade_body) or self._closed
+        self._parser = httptools.HttpRequestParser(self)
+        return self.feed(tail)
+
+    def _feed_slow(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        left = self._upgrade_body
+        if left:
+            if len(data) < left:
+                if data:
+                    self._events.append(Body(data))
+                self._upgrade_body = left - len(data)
+                return
+            self._events.append(Body(data[:left]))
+            self._events.append(_EOM)
+            self._upgrade_body = 0
+            self._slow = self.upgraded or self._closed
+            data = data[left:]
+        if self.upgraded:
+            self.upgrade_tail += data
+        elif data and not self._closed:
+            self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        self._feed_len = len(data)
+        if self._state == _IN_HEAD:
+            self._span += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = self._slow = True
+            self._state = _IDLE
+            self._feed_slow(data[exc.args[0] :])
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+        else:
+            if self._state == _IN_HEAD or self._headers:
+                self._check_partial()
+
+    # httptools callbacks (request side). There is no on_message_begin: on_url is
+    # always the first callback of a request, and one fewer Python call per request
+    # is measurable.
+
+    def on_url(self, url: bytes) -> None:
+        if self._state == _IN_HEAD:
+            target = self._target + url  # the target spans feeds
+        else:
+            self._state = _IN_HEAD
+            self._start_len = self._feed_len
+            self._span = 0
+            target = url
+        if len(target) > self._max_target:
+            # RFC 9110 §15.5.15
+            raise self._fail(f"request target too long: more than {self._max_target} bytes", 414)
+        self._target = target
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        headers = self._headers
+        self._headers = []  # collects trailers, if any
+        self._state = _IN_BODY
+        target = self._target
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise self._fail(f"unsupported HTTP version {parser.get_http_version()}")
+        method: bytes = parser.get_method()
+        # Cheap test first: the feeds that carried this head bound its size.
+        if len(headers) > self._max_headers or self._start_len + self._span > self._max_header_bytes:
+            self._check_head(headers, len(method) + len(target) + 12)
+        chunked, length, keep_alive, hosts, host, expect = _scan(headers, version is _HTTP_10, 400)
+        # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one ever, and valid.
+        if hosts != 1:
+            if hosts:
+                raise self._fail("more than one Host header")
+            if version is _HTTP_11:
+                raise self._fail("missing Host header")
+        elif host and host.translate(None, _HOST_CHARS):
+            raise self._fail(f"invalid Host header: {host!r}")
+        if method in _RTSP_ONLY:
+            raise self._fail(f"unsupported method {method!r}")
+        if target[:1] != b"/" or method == _CONNECT:
+            self._check_target(method, target)
+        upgrade: bool = parser.should_upgrade()
+        if upgrade:
+            if method == _CONNECT:
+                if chunked or length:
+                    # RFC 9110 §9.3.6: a CONNECT request has no content.
+                    raise self._fail("CONNECT request with content")
+            elif chunked:
+                # httptools skips an upgrade request's body, and we can only find
+                # the end of a Content-Length body in the bytes it leaves us.
+                raise self._fail("chunked body on an upgrade request is not supported", 501)
+            elif length:
+                self._upgrade_body = length
+        self._keep_alive = keep_alive
+        self._events.append(
+            RequestHead(
+                method,
+                target,
+                version,
+                headers,
+                keep_alive,
+                chunked,
+                length,
+                upgrade,
+                # RFC 9110 §10.1.1: ignored in an HTTP/1.0 request.
+                expect is not None and version is _HTTP_11 and expect.lower() == _CONTINUE,
+            )
+        )
+
+    def _check_target(self, method: bytes, target: bytes) -> None:
+        # RFC 9112 §3.2: origin-form for everything, absolute-form (proxies), the
+        # authority-form only for CONNECT and the asterisk-form only for OPTIONS.
+        # (Origin-form with a method other than CONNECT never gets here.)
+        if method == _CONNECT:
+            host, colon, port = target.rpartition(b":")
+            if colon and host and port.isdigit() and not host.translate(None, _HOST_CHARS):
+                return
+        elif target == b"*":
+            if method == _OPTIONS:
+                return
+        elif b"://" in target:
+            return
+        raise self._fail(f"invalid request target for {method.decode()}: {target!r}")
+
+    def on_message_complete(self) -> None:
+        if self._upgrade_body:
+            # The body is still in the bytes llhttp skipped; EndOfMessage follows it.
+            self._state = _IDLE
+            return
+        self._end_message()
+
+
+class ResponseReader(_Reader):
+    """HTTP/1.1 response framing for the client side. Bytes in, events out; no I/O.
+
+    Call `expect(method)` before each request is written; responses are matched to
+    those methods in order (a HEAD response has no body, a 2xx to CONNECT opens a
+    tunnel). `feed` raises PeerProtocolError (status 502) for anything malformed or
+    unsolicited; `feed_eof` ends a body delimited by the close, or raises if a
+    response was cut short. After an upgrade (101, or 2xx to CONNECT) `upgraded` is
+    True and later bytes collect in `upgrade_tail`.
+    """
+
+    __slots__ = ("_reason", "_methods", "_special", "_carry", "_interim", "_detach")
+
+    def __init__(self, *, max_header_bytes: int = 65536, max_headers: int = 100) -> None:
+        self._init(max_header_bytes, max_headers, "response", 502)
+        self._reason = b""
+        self._methods: deque[bytes] = deque()
+        self._special = 0  # HEAD / CONNECT requests outstanding: feed in pieces
+        self._carry = b""  # last 3 bytes fed, so a CRLFCRLF across feeds is found
+        self._interim = False
+        self._detach = 0
+        self._parser = httptools.HttpResponseParser(self)
+
+    def expect(self, method: bytes) -> None:
+        self._methods.append(method)
+        if method in _SPECIAL_METHODS:
+            if not self._special:
+                self._carry = b""
+            self._special += 1
+
+    def feed(self, data: bytes) -> list[ResponseEvent]:
+        if self._slow:
+            if self._error is not None:
+                raise self._error
+            if self.upgraded:
+                self.upgrade_tail += data
+        elif self._special:
+            self._parse_pieces(data)
+        else:
+            self._parse(data)
+        events = self._events
+        self._events = []
+        return events  # type: ignore[return-value]
+
+    def feed_eof(self) -> list[ResponseEvent]:
+        """The upstream closed its side."""
+        if self._error is not None:
+            raise self._error
+        if self.upgraded or self._closed:
+            return []
+        state = self._state
+        if state == _UNTIL_EOF:
+            self._end_message()
+            self._closed = self._slow = True
+        elif state != _IDLE:
+            raise self._fail("connection closed before the response was complete")
+        events = self._events
+        self._events = []
+        return events  # type: ignore[return-value]
+
+    def _parse(self, data: bytes) -> None:
+        self._feed_len = len(data)
+        if self._state == _IN_HEAD:
+            self._span += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = self._slow = True
+            self.upgrade_tail = data[exc.args[0] :]
+        except httptools.HttpParserError as exc:
+            if not self._detach:
+                self._parse_failed(exc)
+        else:
+            if self._state == _IN_HEAD or self._headers:
+                self._check_partial()
+
+    def _parse_pieces(self, data: bytes) -> None:
+        # A head ends at its first CRLFCRLF, so when every piece ends after one, the
+        # head of a HEAD/CONNECT response ends exactly where a piece does.
+        carry = self._carry
+        window = carry + data
+        base = len(carry)
+        self._carry = window[-3:]
+        size = len(data)
+        start = 0
+        search = 0
+        while start < size:
+            i = window.find(_HEAD_END, search)
+            if i < 0:
+                end = size
+            else:
+                search = i + 1  # overlapping: "\r\n\r\n\r\n" ends twice
+                end = i + 4 - base  # > start: the carry is shorter than CRLFCRLF
+            self._parse(data[start:end])
+            detach = self._detach
+            if detach:
+                self._detach = 0
+                self._state = _IDLE
+                if detach == _TUNNEL:
+                    self.upgraded = self._slow = True
+                    self.upgrade_tail = data[end:]
+                    return
+                if self._closed:
+                    return
+                self._parser = httptools.HttpResponseParser(self)  # llhttp awaits a body
+                if not self._special:
+                    if end < size:
+                        self._parse(data[end:])
+                    return
+            elif self._slow:  # upgraded (101) or closed
+                if self.upgraded:
+                    self.upgrade_tail += data[end:]
+                return
+            start = end
+
+    def _pop_method(self) -> bytes:
+        try:
+            method = self._methods.popleft()
+        except IndexError:
+            raise self._fail("response without a request") from None
+        if method in _SPECIAL_METHODS:
+            self._special -= 1
+        return method
+
+    # httptools callbacks (response side).
+
+    def on_message_begin(self) -> None:
+        self._state = _IN_HEAD
+        self._reason = b""
+        self._start_len = self._feed_len
+        self._span = 0
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        headers = self._headers
+        self._headers = []
+        self._state = _IN_BODY
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise self._fail(f"unsupported HTTP version {parser.get_http_version()}")
+        status: int = parser.get_status_code()
+        if not 100 <= status <= 599:
+            raise self._fail(f"invalid status code {status}")  # RFC 9110 §15
+        reason = self._reason
+        if reason.translate(None, _REASON_CHARS):
+            raise self._fail(f"invalid reason phrase: {reason!r}")
+        if len(headers) > self._max_headers or self._start_len + self._span > self._max_header_bytes:
+            self._check_head(headers, len(reason) + 15)
+        chunked, length, keep_alive, _, _, _ = _scan(headers, version is _HTTP_10, 502)
+        events = self._events
+        if status < 200 and status != 101:
+            # RFC 9110 §15.2: interim, no content; the request is still unanswered.
+            if chunked or length:
+                raise self._fail(f"{status} response with content")
+            self._interim = True
+            events.append(ResponseHead(status, reason, version, headers, True, False, None))
+            return
+        method = self._pop_method()
+        if status == 101:
+            if not parser.should_upgrade():
+                # RFC 9110 §7.8: 101 names the protocol in Upgrade (hop-by-hop).
+                raise self._fail("101 response without Connection: upgrade and Upgrade")
+            self._keep_alive = False  # the connection leaves HTTP/1.1
+            events.append(ResponseHead(status, reason, version, headers, False, False, None, True))
+            return
+        if method == _HEAD:
+            # RFC 9110 §9.3.2: no content, whatever the framing fields say.
+            events.append(ResponseHead(status, reason, version, headers, keep_alive, chunked, length))
+            self._keep_alive = keep_alive
+            self._end_message()
+            self._detach = _NO_BODY
+            raise _Detach
+        if method == _CONNECT and 200 <= status < 300:
+            # RFC 9112 §6.3 item 2: a tunnel from the empty line on; framing
+            # fields in this response are ignored.
+            events.append(ResponseHead(status, reason, version, headers, False, False, None, True))
+            events.append(_EOM)
+            self._detach = _TUNNEL
+            raise _Detach
+        if not chunked and length is None and status != 204 and status != 304:
+            keep_alive = False  # the body runs to the close
+            self._state = _UNTIL_EOF
+        self._keep_alive = keep_alive
+        events.append(ResponseHead(status, reason, version, headers, keep_alive, chunked, length))
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            self._state = _IDLE
+            return
+        self._end_message()
+
+
+# Encoders. Header names must be tokens (the parser guarantees it for forwarded
+# fields; the proxy's own are constants); CR, LF and NUL anywhere are refused.
+
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in HTTPStatus}
+_REASONS = {s.value: s.phrase.encode("latin-1") for s in HTTPStatus}
+LAST_CHUNK = b"0\r\n\r\n"
+_LAST_CHUNK_LINE = b"0\r\n"
+_REQUEST_LINE_END = b" HTTP/1.1\r\n"
+
+
+def _encode(first: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    # One %-format per field and one join: measured fastest among append loops,
+    # concatenation and nested joins (bench/micro/codec_h1.py).
+    lines = [b"%s: %s\r\n" % h for h in headers]
+    lines.append(_CRLF)
+    out = first + b"".join(lines)
+    # One C pass instead of a test per field: the head holds exactly one CR and one
+    # LF per line and no NUL, so any CR, LF or NUL inside a field or the start line
+    # shows as extra bytes deleted. Such a byte would let a value end the head early
+    # on the next hop (response splitting / smuggling).
+    if len(out) - len(out.translate(None, b"\r\n\x00")) != 2 * len(lines) + 2:
+        raise LocalProtocolError("CR, LF or NUL in a header field or start line")
+    return out
+
+
+def encode_request_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """`METHOD target HTTP/1.1`, the fields, and the empty line."""
+    return _encode(method + b" " + target + _REQUEST_LINE_END, headers)
+
+
+def encode_response_head(status: int, reason: bytes | None, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """`HTTP/1.1 status reason`, the fields, and the empty line. `reason` None uses
+    the registered phrase; the common lines are built at import."""
+    if reason is None or reason == _REASONS.get(status):
+        line = _STATUS_LINES.get(status)
+        if line is None:
+            if not 100 <= status <= 599:
+                raise LocalProtocolError(f"invalid status code {status}")
+            line = b"HTTP/1.1 %d \r\n" % status
+    else:
+        if not 100 <= status <= 599:
+            raise LocalProtocolError(f"invalid status code {status}")
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    return _encode(line, headers)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk. Empty data gives b"": a zero-size chunk would end the body."""
+    if not data:
+        return b""
+    return b"".join((b"%x\r\n" % len(data), data, _CRLF))
+
+
+def encode_trailers(trailers: Iterable[tuple[bytes, bytes]] | None) -> bytes:
+    """The last chunk with a trailer section (LAST_CHUNK when there is none)."""
+    if not trailers:
+        return LAST_CHUNK
+    return _encode(_LAST_CHUNK_LINE, trailers)

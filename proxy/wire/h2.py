@@ -1,0 +1,668 @@
+"""THE hot path for HTTP/2 and gRPC: the downstream connection and its streams.
+
+`ServerH2` is one downstream HTTP/2 connection (h2c with prior knowledge, or TLS with
+ALPN `h2`; `detect` decides). Each request stream becomes a `_Stream`, which routes
+exactly as `ServerH1._open` does (header pass, override check, identify, bind, pick,
+l5d headers) and then plays the *owner* role of the upstream handle API documented in
+`upstream_h1`: the same `server.open_upstream` gives it an HTTP/1.1 or an HTTP/2
+upstream, and responses come back as `codec.h1` events either way. So h2 -> h1 and
+h2 -> h2 are one code path; h1 -> h2 is `ServerH1` over `upstream_h2`.
+
+gRPC specifics live here too: `grpc-timeout` becomes the stream's deadline (the
+tighter of it and the router timeout) and is re-written upstream with the time left;
+a call the proxy fails itself is answered trailers-only with a gRPC status
+(`codec.grpc.error_trailers`), never a bare 502; resets travel both ways.
+
+Flow control forwards: request DATA is acknowledged to the client only once handed to
+the upstream and the upstream has not asked the client to pause; response DATA the
+client's window cannot take waits in the codec, and the upstream is paused while more
+than SEND_HIGH_WATER waits. Output is batched: everything queued during a read or a
+loop iteration leaves in one write.
+
+No task per stream: timers are loop handles; everything else is a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+from dtab import Dtab
+
+from ..codec import grpc
+from ..codec import h2 as h2c
+from ..codec.h1 import Body, EndOfMessage, ResponseHead
+from ..errors import BadRequest, NoRoute, PeerProtocolError, ProxyError, Timeout
+from ..route.l5d import TraceContext, decode_trace, encode_l5d_err, err_body, format_deadline, parse_deadline
+from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
+
+log = logging.getLogger(__name__)
+
+#: Concurrent streams a client may open when the server config sets no limit. Each
+#: stream holds a little state and at most its window of unforwarded bytes (the
+#: connection window caps the sum), so the bound is on bookkeeping, not memory.
+DEFAULT_MAX_STREAMS: Final = 1000
+
+_H_DTAB: Final = 1
+_H_CTX_DTAB: Final = 2
+_H_DEADLINE: Final = 3
+_H_TRACE: Final = 4
+_H_DROP: Final = 5
+_H_GRPC_TIMEOUT: Final = 6
+_H_HOST: Final = 7
+_H_COOKIE: Final = 8
+_REQ_SPECIAL: Final = {
+    b"l5d-dtab": _H_DTAB,
+    b"l5d-ctx-dtab": _H_CTX_DTAB,
+    b"l5d-ctx-deadline": _H_DEADLINE,
+    b"l5d-ctx-trace": _H_TRACE,
+    b"l5d-sample": _H_DROP,
+    # Informational headers an earlier hop added describe that hop, not this one.
+    b"l5d-dst-service": _H_DROP,
+    b"l5d-dst-client": _H_DROP,
+    b"l5d-dst-residual": _H_DROP,
+    b"l5d-reqid": _H_DROP,
+    b"grpc-timeout": _H_GRPC_TIMEOUT,
+    b"host": _H_HOST,
+    b"cookie": _H_COOKIE,
+}
+# Response fields never forwarded onto HTTP/2 (RFC 9113 §8.2.2), whatever the upstream.
+_RESP_DROP: Final = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade")
+)
+_STATUS: Final = {s: (b":status", b"%d" % s) for s in range(100, 600)}
+_VIA: Final = (b"via", b"2 dtabproxy")
+_TEXT_PLAIN: Final = (b"content-type", b"text/plain; charset=utf-8")
+_RETRYABLE: Final = (b"l5d-retryable", b"true")
+
+
+class _View:
+    """The request view identifiers read: `:authority` and `:path` by name, `host`
+    falling back to `:authority`, other fields by first value."""
+
+    __slots__ = ("method", "target", "version", "_req")
+
+    def __init__(self, req: h2c.Request) -> None:
+        self.method = req.method
+        self.target = req.path
+        self.version = b"2"
+        self._req = req
+
+    def headers(self, name: bytes) -> bytes | None:
+        req = self._req
+        if name == b":authority":
+            return req.authority
+        if name == b":path":
+            return req.path
+        for n, v in req.headers:
+            if n == name:
+                return v
+        if name == b"host":
+            return req.authority
+        return None
+
+
+class _Stream:
+    """One request stream: routes, then owns its upstream exchange (see upstream_h1)."""
+
+    __slots__ = ("conn", "sid", "up", "req_done", "resp_started", "resp_done", "is_grpc", "timer",
+                 "route", "unacked", "acks_paused", "up_paused", "head_out", "head_only", "timeout_s")
+
+    def __init__(self, conn: ServerH2, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.up: Any = None
+        self.req_done = False
+        self.resp_started = False  # response HEADERS went out (or are deferred to the flush)
+        self.resp_done = False
+        self.is_grpc = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.route: Any = None
+        self.unacked = 0
+        self.acks_paused = False  # the upstream asked us to stop crediting the client
+        self.up_paused = False  # we asked the upstream to stop (client window or buffer full)
+        self.head_out: list[tuple[bytes, bytes]] | None = None  # final response head, not sent yet
+        self.head_only = False
+        self.timeout_s = 0.0
+
+    # -- opening -------------------------------------------------------------------------
+
+    def open(self, req: h2c.Request, ended: bool) -> None:
+        """Identify, assemble the local dtab, bind, pick, and start the upstream request."""
+        conn = self.conn
+        server = conn._server
+        router = server.router
+        if req.method == b"CONNECT":
+            raise BadRequest("CONNECT is not supported over HTTP/2")
+        self.is_grpc = grpc.is_grpc(req.content_type)
+        self.head_only = req.method == b"HEAD"
+        clear = server.clear_context
+        ctx_vals: list[bytes] = []
+        user_vals: list[bytes] = []
+        deadline_vals: list[bytes] | None = None
+        trace_val: bytes | None = None
+        grpc_timeout: bytes | None = None
+        host: bytes | None = req.authority
+        cookies: list[bytes] | None = None
+        out: list[tuple[bytes, bytes]] = [(b"host", b"")]  # placeholder, filled below
+        special = _REQ_SPECIAL
+        sig_header = server.sig_header
+        sig: bytes | None = None
+        for item in req.headers:
+            name = item[0]
+            kind = special.get(name)
+            if kind is None:
+                if name[:4] == b"l5d-":
+                    if clear:
+                        continue
+                    if name == sig_header:
+                        sig = item[1]
+                        continue
+                out.append(item)
+            elif clear and name[:4] == b"l5d-":
+                continue
+            elif kind == _H_DTAB:
+                user_vals.append(item[1])
+            elif kind == _H_CTX_DTAB:
+                ctx_vals.append(item[1])
+            elif kind == _H_DEADLINE:
+                if deadline_vals is None:
+                    deadline_vals = []
+                deadline_vals.append(item[1])
+            elif kind == _H_TRACE:
+                trace_val = item[1]
+            elif kind == _H_GRPC_TIMEOUT:
+                grpc_timeout = item[1]
+            elif kind == _H_HOST:
+                if host is None:  # :authority wins (RFC 9113 §8.3.1)
+                    host = item[1]
+            elif kind == _H_COOKIE:
+                if req.cookies > 1:  # RFC 9113 §8.2.3: one field for HTTP/1.1
+                    if cookies is None:
+                        cookies = []
+                    cookies.append(item[1])
+                else:
+                    out.append(item)
+        if host is not None:
+            out[0] = (b"host", host)
+        else:
+            del out[0]
+        if cookies is not None:
+            out.append((b"cookie", b"; ".join(cookies)))
+
+        if ctx_vals or user_vals:
+            local, local_key = server.check_override(conn._peer_ip, ctx_vals, user_vals, sig)
+        else:
+            local, local_key = Dtab.EMPTY, b""
+
+        ident = router.identifier.identify(_View(req))
+        route = router.route(ident.path, local, local_key)
+        self.route = route
+        picked = route.pick()
+        if picked is None:
+            raise router.no_route(route)
+        client, bound = picked
+        endpoint = client.pick()
+        if endpoint is None:
+            raise NoRoute(
+                f"No hosts are available for {client.id.show()}, "
+                f"Dtab.base=[{router.base.dtab.show()}], Dtab.local=[{route.local.show()}]"
+            )
+
+        tc = decode_trace(trace_val) if trace_val is not None else None
+        tc = tc.child() if tc is not None else TraceContext.root()
+        out.append((b"l5d-dst-service", route.service_hdr))
+        out.append((b"l5d-dst-client", client.id_show))
+        if bound.residual.elems:
+            out.append((b"l5d-dst-residual", bound.residual.show().encode("latin-1")))
+        out.append((b"l5d-reqid", tc.reqid()))
+        out.append((b"l5d-ctx-trace", tc.encode()))
+        if route.local_hdr:
+            # The context travels to the next hop (Linkerd 1 lost it on a second gRPC hop).
+            out.append((b"l5d-ctx-dtab", route.local_hdr))
+        if deadline_vals is not None:
+            dl = parse_deadline(deadline_vals)
+            if dl is not None:
+                out.append((b"l5d-ctx-deadline", format_deadline(dl)))
+        timeout_s = server.timeout
+        if grpc_timeout is not None:
+            ns = grpc.parse_timeout(grpc_timeout)
+            if ns is not None:
+                t = ns / 1e9
+                if timeout_s is None or t < timeout_s:
+                    timeout_s = t
+                # The next hop gets what is left of the tighter deadline.
+                out.append((grpc.TIMEOUT, grpc.format_timeout(int(timeout_s * 1e9))))
+        if server.add_via:
+            out.append(_VIA)
+
+        if ended:
+            body_mode = BODY_NONE
+        elif req.content_length is not None:
+            body_mode = BODY_LENGTH
+        else:
+            body_mode = BODY_CHUNKED
+        target = ident.rewritten_target if ident.rewritten_target is not None else req.path
+        if timeout_s is not None:
+            self.timeout_s = timeout_s
+            self.timer = conn._loop.call_later(timeout_s, self.on_timeout)
+        endpoint.outstanding += 1
+        up = server.open_upstream(endpoint, self, req.method, target, out, body_mode, conn._loop)
+        if not self.resp_done:  # it may have failed synchronously
+            self.up = up
+
+    def rebind_upstream(self, handle: Any) -> None:
+        self.up = handle
+
+    # -- request side ----------------------------------------------------------------------
+
+    def data(self, data: bytes, flow_len: int) -> None:
+        up = self.up
+        if up is not None and data:
+            up.send_body(data)
+        if self.acks_paused and self.up is not None:
+            self.unacked += flow_len
+        else:
+            self.conn._codec.ack(self.sid, flow_len)
+
+    def request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        self.req_done = True
+        if self.up is not None:
+            self.up.send_end(trailers)
+        if self.resp_done:
+            self.finish()
+
+    # -- owner callbacks (upstream -> downstream) --------------------------------------------
+
+    def on_upstream_event(self, ev: Any) -> None:
+        cls = ev.__class__
+        conn = self.conn
+        codec = conn._codec
+        if cls is Body:
+            if self.head_out is not None:
+                self._send_head(False)
+            if self.head_only or not ev.data:
+                return
+            queued = codec.send_data(self.sid, ev.data)
+            conn.want_flush()
+            if queued > h2c.SEND_HIGH_WATER and not self.up_paused and self.up is not None:
+                self.up_paused = True
+                self.up.pause_reading()
+        elif cls is ResponseHead:
+            self._response_head(ev)
+        elif cls is EndOfMessage:
+            self.resp_done = True
+            self.up = None
+            trailers = ev.trailers
+            if trailers:
+                clear = conn._server.clear_context
+                trailers = [h for h in trailers if h[0] not in _RESP_DROP and not (clear and h[0][:4] == b"l5d-")]
+            if self.head_out is not None:
+                self._send_head(not trailers)
+                if trailers:
+                    codec.send_headers(self.sid, trailers, end_stream=True)
+            else:
+                codec.end_stream(self.sid, trailers or None)
+            conn.want_flush()
+            if self.req_done:
+                self.finish()
+            else:
+                self._stop_request()
+
+    def _response_head(self, ev: ResponseHead) -> None:
+        status = ev.status
+        conn = self.conn
+        clear = conn._server.clear_context
+        status_field = _STATUS.get(status)
+        if status_field is None or status == 101:
+            self.upstream_failed(PeerProtocolError(f"upstream answered status {status}, which HTTP/2 cannot carry"))
+            return
+        out = [status_field]
+        for h in ev.headers:
+            name = h[0]
+            if name in _RESP_DROP or (clear and name[:4] == b"l5d-"):
+                continue
+            out.append(h)
+        if status < 200:  # interim: pass it on now, the final response follows
+            conn._codec.send_headers(self.sid, out)
+            conn.want_flush()
+            return
+        self.resp_started = True
+        # Held until the next event or the end of this loop iteration, so a response
+        # that is all here (head, body, end) leaves as HEADERS+DATA, and a bodiless or
+        # trailers-only one as a single HEADERS with END_STREAM.
+        self.head_out = out
+        conn.defer_head(self)
+
+    def _send_head(self, end_stream: bool) -> None:
+        head, self.head_out = self.head_out, None
+        if head is not None:
+            self.conn._codec.send_headers(self.sid, head, end_stream=end_stream)
+
+    def upstream_failed(self, exc: ProxyError) -> None:
+        up, self.up = self.up, None
+        if up is not None and self.timer is None and not self.resp_done and self.resp_started:
+            pass
+        if self.resp_done:
+            return
+        if self.head_out is not None:  # nothing sent yet: answer with the error instead
+            self.head_out = None
+            self.resp_started = False
+        conn = self.conn
+        code = getattr(exc, "reset_code", None)
+        if code is not None or self.resp_started:
+            # Cancellation travels both ways: the client sees the upstream's reset (or
+            # a cut response as INTERNAL_ERROR, the stream-level form of a dropped body).
+            conn._server.count_failure(exc)
+            self.resp_done = True
+            self.req_done = True
+            conn._codec.reset(self.sid, h2c.INTERNAL_ERROR if code is None else code)
+            conn.want_flush()
+            self.finish()
+            return
+        self.respond_error(exc)
+
+    def pause_client_reads(self) -> None:
+        self.acks_paused = True
+
+    def resume_client_reads(self) -> None:
+        self.acks_paused = False
+        n = self.unacked
+        if n:
+            self.unacked = 0
+            self.conn._codec.ack(self.sid, n)
+            self.conn.want_flush()
+
+    # -- endings -------------------------------------------------------------------------------
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        if self.resp_done:
+            return
+        up, self.up = self.up, None
+        if up is not None:
+            up.cancel()
+        if not self.resp_started or self.head_out is not None:
+            self.head_out = None
+            self.resp_started = False
+            name = self.route.service.show() if self.route is not None else "the destination"
+            self.respond_error(Timeout(f"exceeded {self.timeout_s * 1000:.0f} ms to {name}"))
+        else:
+            conn = self.conn
+            conn._server.count_failure(Timeout("deadline exceeded mid-response"))
+            self.resp_done = self.req_done = True
+            conn._codec.reset(self.sid, h2c.CANCEL)
+            conn.want_flush()
+            self.finish()
+
+    def respond_error(self, exc: ProxyError) -> None:
+        """Answer a failure the proxy found itself: trailers-only for gRPC, else a
+        status with `l5d-err` and a text body (spec §13.4)."""
+        conn = self.conn
+        server = conn._server
+        server.count_failure(exc)
+        up, self.up = self.up, None
+        if up is not None:
+            up.cancel()
+        codec = conn._codec
+        clear = server.clear_context
+        message = str(exc) or type(exc).__name__
+        self.resp_started = True
+        self.resp_done = True
+        if self.is_grpc:
+            codec.send_headers(self.sid, grpc.error_trailers(exc, None if clear else encode_l5d_err(message)), end_stream=True)
+        else:
+            body = b"" if clear else err_body(message)
+            fields = [_STATUS.get(exc.status) or (b":status", b"502"), _TEXT_PLAIN, (b"content-length", b"%d" % len(body))]
+            if not clear:
+                fields.append((b"l5d-err", encode_l5d_err(message)))
+                if exc.retryable:
+                    fields.append(_RETRYABLE)
+            if body and not self.head_only:
+                codec.send_headers(self.sid, fields)
+                codec.send_data(self.sid, body, end_stream=True)
+            else:
+                codec.send_headers(self.sid, fields, end_stream=True)
+        conn.want_flush()
+        if self.req_done:
+            self.finish()
+        else:
+            self._stop_request()
+
+    def _stop_request(self) -> None:
+        """The response is complete before the request: RFC 9113 §8.1 lets a server
+        stop the rest with RST_STREAM(NO_ERROR), once the response has left."""
+        self.req_done = True
+        codec = self.conn._codec
+        if not codec.buffered(self.sid):
+            codec.reset(self.sid, h2c.NO_ERROR)
+        self.finish()
+
+    def client_reset(self) -> None:
+        """The client reset the stream (or went away): cancel upstream."""
+        self.req_done = self.resp_done = True
+        up, self.up = self.up, None
+        if up is not None:
+            up.cancel()
+        self.finish()
+
+    def finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn = self.conn
+        if conn._streams.pop(self.sid, None) is not None:
+            conn._server.count_done()
+            if conn._closing and not conn._streams:
+                conn.want_flush()
+                conn._close_soon = True
+
+
+class ServerH2(asyncio.Protocol):
+    """Downstream HTTP/2 connection: streams routed and forwarded. Never blocks."""
+
+    __slots__ = ("_server", "_loop", "_transport", "_codec", "_streams", "_peer_ip", "last_active",
+                 "_flush_scheduled", "_deferred", "_write_paused", "_closing", "_close_soon", "_in_read")
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self._loop = server.loop
+        self._transport: Any = None
+        self._codec: h2c.H2Codec = None  # type: ignore[assignment]  # made at connection_made
+        self._streams: dict[int, _Stream] = {}
+        self._peer_ip = ""
+        self.last_active = 0.0
+        self._flush_scheduled = False
+        self._deferred: list[_Stream] = []
+        self._write_paused = False
+        self._closing = False  # GOAWAY sent or received: close when the last stream ends
+        self._close_soon = False
+        self._in_read = False
+
+    # -- connection lifecycle ----------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer_ip = peer[0] if peer else ""
+        set_nodelay(transport)
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        server = self._server
+        limits = server.limits
+        max_streams = getattr(server.config, "max_concurrent_requests", None) or DEFAULT_MAX_STREAMS
+        self._codec = h2c.H2Codec(
+            client_side=False, max_concurrent_streams=max_streams, max_header_list_size=limits.max_header_bytes
+        )
+        transport.write(self._codec.take_output())
+        self.last_active = self._loop.time()
+        server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        streams, self._streams = self._streams, {}
+        for st in streams.values():
+            st.client_reset()
+        self._server.connections.discard(self)
+        self._server.connection_closed(self)
+
+    def idle(self) -> bool:
+        return not self._streams
+
+    def close_when_idle(self) -> None:
+        """Drain: GOAWAY now (streams in flight finish), close when the last one ends."""
+        if not self._closing and self._transport is not None:
+            self._closing = True
+            self._codec.close(h2c.NO_ERROR, self._codec.highest_inbound_stream_id)
+            self.want_flush()
+        if not self._streams:
+            self._close_soon = True
+            self.want_flush()
+
+    # -- downstream bytes --------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self._loop.time()
+        codec = self._codec
+        try:
+            events = codec.feed(data)
+        except PeerProtocolError as exc:
+            self._connection_error(exc)
+            return
+        self._in_read = True
+        streams = self._streams
+        try:
+            for ev in events:
+                cls = ev.__class__
+                if cls is h2c.DataReceived:
+                    st = streams.get(ev.stream_id)
+                    if st is None:
+                        codec.ack(ev.stream_id, ev.flow_controlled_length)
+                    else:
+                        st.data(ev.data, ev.flow_controlled_length)
+                elif cls is h2c.RequestReceived:
+                    self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+                elif cls is h2c.StreamEnded:
+                    st = streams.get(ev.stream_id)
+                    if st is not None and not st.req_done:
+                        st.request_end(None)
+                elif cls is h2c.TrailersReceived:
+                    self._trailers(ev.stream_id, ev.headers)
+                elif cls is h2c.StreamReset:
+                    codec.forget(ev.stream_id)
+                    st = streams.get(ev.stream_id)
+                    if st is not None:
+                        st.client_reset()
+                elif cls is h2c.ConnectionTerminated:
+                    self._closing = True  # the client opens nothing more
+                    if not streams:
+                        self._close_soon = True
+            drained = codec.drained
+            if drained:
+                codec.drained = []
+                for sid in drained:
+                    st = streams.get(sid)
+                    if st is not None and st.up_paused and not self._write_paused:
+                        st.up_paused = False
+                        if st.up is not None:
+                            st.up.resume_reading()
+        finally:
+            self._in_read = False
+        self.flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def _request(self, sid: int, fields: list[tuple[bytes, bytes]], ended: bool) -> None:
+        st = _Stream(self, sid)
+        try:
+            req = h2c.read_request(fields)
+        except PeerProtocolError as exc:
+            # RFC 9113 §8.1.1: a malformed request is a stream error of PROTOCOL_ERROR.
+            self._server.count_failure(exc)
+            self._codec.reset(sid, h2c.PROTOCOL_ERROR)
+            return
+        self._streams[sid] = st
+        if ended:
+            st.req_done = False  # set by the StreamEnded event that follows
+        try:
+            st.open(req, ended)
+        except ProxyError as exc:
+            st.is_grpc = grpc.is_grpc(req.content_type)
+            st.respond_error(exc)
+
+    def _trailers(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
+        st = self._streams.get(sid)
+        if st is None:
+            return
+        try:
+            trailers = h2c.read_response(fields, trailers=True)[1]
+        except PeerProtocolError as exc:
+            self._server.count_failure(exc)
+            self._codec.reset(sid, h2c.PROTOCOL_ERROR)
+            st.client_reset()
+            return
+        st.request_end(trailers)
+
+    def _connection_error(self, exc: PeerProtocolError) -> None:
+        """h2 found a connection error and queued GOAWAY: send it, drop every stream, close."""
+        self._server.count_failure(exc)
+        log.debug("h2 connection error from %s: %s", self._peer_ip, exc)
+        t = self._transport
+        streams, self._streams = self._streams, {}
+        for st in streams.values():
+            st.client_reset()
+        if t is not None:
+            data = self._codec.take_output()
+            if data:
+                t.write(data)
+            t.close()
+
+    # -- output batching -------------------------------------------------------------------
+
+    def defer_head(self, st: _Stream) -> None:
+        self._deferred.append(st)
+        self.want_flush()
+
+    def want_flush(self) -> None:
+        # Inside data_received the flush at its end covers it; from an upstream
+        # callback, one flush after this loop iteration carries every stream's frames.
+        if not self._flush_scheduled and not self._in_read:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        deferred = self._deferred
+        if deferred:
+            self._deferred = []
+            for st in deferred:
+                if st.head_out is not None:
+                    st._send_head(False)
+        t = self._transport
+        if t is None:
+            return
+        data = self._codec.take_output()
+        if data:
+            t.write(data)
+        if self._close_soon and not self._streams:
+            t.close()
+
+    # -- backpressure ------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:  # our client reads slower than upstreams send
+        self._write_paused = True
+        for st in self._streams.values():
+            if st.up is not None:
+                st.up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for st in self._streams.values():
+            if st.up is not None and not st.up_paused:
+                st.up.resume_reading()
+
+
+def make_protocol_factory(server: Any) -> Callable[[], ServerH2]:
+    return lambda: ServerH2(server)
