@@ -181,6 +181,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["demo"]:  # the demo has its own options (see proxy.demo.run)
+        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from .demo.run import main as demo_main
+
+        return int(demo_main(args_in[1:]) or 0)
     p = argparse.ArgumentParser(prog="dtabproxy", description="A per-request routing proxy driven by dtabs.")
     p.add_argument("--log-level", default=os.environ.get("DTABPROXY_LOG", "INFO"))
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("config")
     c.set_defaults(fn=cmd_check)
 
-    args = p.parse_args(argv)
+    args = p.parse_args(args_in)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.fn(args))
 
