@@ -111,6 +111,13 @@ def run(n: int, override: bool) -> float:
 
 
 def main(argv: list[str]) -> None:
+    if "--iterations" in argv:  # for instruction counting (perf stat / callgrind): N requests, no timing
+        n = int(argv[argv.index("--iterations") + 1])
+        server, up, req = setup("--override" in argv)
+        for _ in range(n):
+            server.data_received(req)
+            up.data_received(RESPONSE)
+        return
     if "--profile" in argv:
         server, up, req = setup("--override" in argv)
         prof = cProfile.Profile()

@@ -61,7 +61,7 @@ class Endpoint:
 class Client:
     """The concrete side of a bound id: its address set and endpoints."""
 
-    __slots__ = ("id", "id_show", "addr", "_endpoints", "_addrs_seen", "_list", "_rand")
+    __slots__ = ("id", "id_show", "addr", "_endpoints", "_addrs_seen", "_list", "_rand", "_static")
 
     def __init__(self, bound: Bound) -> None:
         self.id: Path = bound.id
@@ -71,6 +71,8 @@ class Client:
         self._addrs_seen: object = None
         self._list: list[Endpoint] = []
         self._rand = random.random
+        # An /$/inet address never changes: one endpoint, picked without any checks.
+        self._static = Endpoint(bound.addr.host, bound.addr.port) if isinstance(bound.addr, Inet) else None
 
     def _current_addrs(self) -> tuple[tuple[str, int], ...]:
         addr = self.addr
@@ -95,6 +97,8 @@ class Client:
         return self._list
 
     def pick(self) -> Endpoint | None:
+        if self._static is not None:
+            return self._static
         eps = self.endpoints()
         n = len(eps)
         if n == 0:
@@ -110,6 +114,8 @@ class Client:
         return a
 
     def close_idle(self) -> None:
+        if self._static is not None:
+            self._static.close_idle()
         for ep in self._endpoints.values():
             ep.close_idle()
 

@@ -322,14 +322,16 @@ class ServerH1(asyncio.Protocol):
             name = item[0]
             kind = special.get(name)
             if kind is None:
-                if name[:4] == b"l5d-":
+                # First byte as an int before the prefix test: most names don't start
+                # with "l", and a slice would allocate per header.
+                if name[0] == 108 and name.startswith(b"l5d-"):
                     if clear:
                         continue
                     if name == sig_header:
                         sig = item[1]
                         continue
                 out.append(item)
-            elif clear and name[:4] == b"l5d-":
+            elif clear and name.startswith(b"l5d-"):
                 continue
             elif kind == _H_DTAB:
                 user_vals.append(item[1])
@@ -471,7 +473,10 @@ class ServerH1(asyncio.Protocol):
         self._deadline = 0.0
         status = ev.status
         clear = self._server.clear_context
-        out = [h for h in ev.headers if h[0] not in _RESP_DROP and not (clear and h[0][:4] == b"l5d-")]
+        if clear:
+            out = [h for h in ev.headers if h[0] not in _RESP_DROP and not h[0].startswith(b"l5d-")]
+        else:
+            out = [h for h in ev.headers if h[0] not in _RESP_DROP]
         self._resp_head_only = head.method == b"HEAD"
         bodyless = self._resp_head_only or status in (204, 304)
         self._resp_chunked = False
