@@ -118,6 +118,10 @@ def _porthost(h: tuple[str, ...], _: tuple[bytes, ...]) -> tuple[str, ...] | Non
 
 
 def _subdomain(domain: str, host: str) -> str | None:
+    """`sub` when `host` is `sub.domain`, with or without a `:port` (spec §6.2)."""
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit():
+        host = name
     sfx = "." + domain
     return host[: -len(sfx)] if host.endswith(sfx) and len(host) > len(sfx) else None
 

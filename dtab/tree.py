@@ -151,6 +151,8 @@ def show(tree: NameTree) -> str:
 
 def _show_member(tree: NameTree) -> str:
     """Rule 3: an alternation member (or a non-Alt top level)."""
+    if isinstance(tree, Alt) and len(tree.trees) == 1:  # rule 1: prints as its member
+        return _show_member(tree.trees[0])
     if isinstance(tree, Union):
         if len(tree.weighted) == 1:
             return _show_member(tree.weighted[0].tree)
@@ -214,6 +216,8 @@ def simplify(tree: NameTree) -> NameTree:
             return NEG
         return kept[0] if len(kept) == 1 else Alt(tuple(kept))
     if isinstance(tree, Union):
+        if len(tree.weighted) == 1:  # a lone member is that member, whatever it is (§9.1)
+            return simplify(tree.weighted[0].tree)
         members = [Weighted(w.weight, s) for w in tree.weighted if (s := simplify(w.tree)) is not NEG and s is not FAIL]
         if not members:
             return NEG
@@ -246,6 +250,8 @@ def _eval(tree: NameTree) -> frozenset[Path | Bound] | object | None:
                 return r  # a set, or failed: a failure stops the fallback
         return None
     assert isinstance(tree, Union)
+    if len(tree.weighted) == 1:  # as Finagle: a one-member union evaluates as its member
+        return _eval(tree.weighted[0].tree)
     sets = [r for w in tree.weighted if isinstance(r := _eval(w.tree), frozenset)]
     if not sets:
         return None  # negative even when every member failed (spec §9.2)
