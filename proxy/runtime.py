@@ -22,8 +22,11 @@ from .errors import ProxyError
 from .route.identify import IdentifierChain, make_identifier
 from .route.router import Router
 from .route.trust import OverridePolicy
+from .wire.detect import protocol_factory
 from .wire.h1 import ServerH1
+from .wire.tls import alpn_for, server_context
 from .wire.upstream_h1 import open_h1
+from .wire.upstream_h2 import make_h2_opener
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class Listener:
         "router", "loop", "limits", "connections", "timeout", "clear_context", "policy",
         "sig_header", "add_via", "discard_limit", "requests", "failures", "server",
         "_override_cache", "config", "address", "_idle_timeout", "_sweeper", "closed_event",
-        "open_upstream",
+        "open_upstream", "protocol",
     )
 
     def __init__(self, router: Router, rc: RouterConfig, sc: ServerConfig, loop: asyncio.AbstractEventLoop) -> None:
@@ -106,7 +109,9 @@ class Listener:
         self._idle_timeout = rc.limits.idle_timeout_ms / 1000
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed_event = asyncio.Event()
-        self.open_upstream = open_h1  # the client protocol's opener (see wire.upstream_h1)
+        # The client protocol's opener (see wire.upstream_h1): one per listener, chosen here.
+        self.open_upstream = make_h2_opener(rc.client.tls) if rc.client.protocol == "h2" else open_h1
+        self.protocol = rc.protocol
 
     def check_override(
         self, peer_ip: str, ctx: list[bytes], user: list[bytes], sig: bytes | None
@@ -135,8 +140,10 @@ class Listener:
 
     async def start(self) -> None:
         sc = self.config
+        ctx = server_context(sc.tls, alpn_for(self.protocol)) if sc.tls is not None else None
         self.server = await self.loop.create_server(
-            lambda: ServerH1(self), sc.ip, sc.port, reuse_address=True, backlog=1024,
+            protocol_factory(self, self.protocol, ctx is not None), sc.ip, sc.port,
+            reuse_address=True, backlog=1024, ssl=ctx,
         )
         sock = self.server.sockets[0]
         self.address = sock.getsockname()[:2]

@@ -30,6 +30,8 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
+import hpack.table
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
@@ -142,6 +144,7 @@ class H2Codec:
         conn.local_settings = h2.settings.Settings(client=client_side, initial_values=values)
         # h2 reads the header-list limit from its decoder, not from the settings object.
         conn.decoder.max_header_list_size = max_header_list_size
+        conn.encoder = FieldEncoder()  # type: ignore[assignment]  # see FieldEncoder
         conn.initiate_connection()
         if connection_window > 65535:  # RFC 9113 §6.9.2: the connection window starts at 65535
             conn.increment_flow_control_window(connection_window - 65535)
@@ -160,6 +163,7 @@ class H2Codec:
         except h2.exceptions.ProtocolError as exc:
             raise PeerProtocolError(f"HTTP/2 connection error: {exc}") from None
         if self._queues:
+            ev: Any
             for ev in events:
                 cls = ev.__class__
                 if cls is WindowUpdated:
@@ -311,6 +315,104 @@ class H2Codec:
             del self._queues[sid]
         if was_high and q.size < SEND_LOW_WATER:
             self.drained.append(sid)
+
+
+class FieldEncoder:
+    """HPACK encoding (RFC 7541) without a dynamic table, installed as the connection's
+    encoder in place of hpack's.
+
+    Why: the proxy forwards header sections it did not write, many with per-request
+    values (`l5d-reqid`, `l5d-ctx-trace`, grpc-timeout). hpack's encoder Huffman-codes
+    each such value byte by byte in Python, inserts it into the dynamic table (evicting
+    others), and searches that table linearly per field: it was a fifth of the
+    proxy's CPU per request. Here each field is an index into the static table or a
+    literal *without indexing* (§6.2.2), plain (non-Huffman) strings, and the encoded
+    bytes of a field are cached by (name, value), so a repeated field costs one dict
+    probe. The price is larger header blocks (no dynamic-table references), which on
+    service networks costs far less than the CPU. A field that arrived never-indexed
+    is sent never-indexed (§7.1.3: intermediaries must keep that representation).
+
+    The dynamic table this encoder uses has size 0, declared in the first block
+    (§6.3), so no later SETTINGS_HEADER_TABLE_SIZE change can make it too large; a
+    change is still acknowledged with an update in the next block, as decoders such as
+    nghttp2 expect after they lower the setting.
+    """
+
+    __slots__ = ("_pending_update",)
+
+    def __init__(self) -> None:
+        self._pending_update = True
+
+    @property
+    def header_table_size(self) -> int:
+        return 0
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._pending_update = True  # h2 sets this when the peer's SETTINGS change it
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        cache = _field_cache
+        parts = [_SIZE_ZERO] if self._pending_update else []
+        self._pending_update = False
+        append = parts.append
+        for h in headers:
+            b = cache.get(h)
+            if b is None or h.__class__ is _NeverIndexed:
+                b = _encode_field(h)
+            append(b)
+        return b"".join(parts)
+
+
+def _integer(value: int, prefix_bits: int, first: int) -> bytes:
+    """RFC 7541 §5.1: `value` with an N-bit prefix, high bits of the first byte `first`."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(data: bytes) -> bytes:
+    return _integer(len(data), 7, 0x00) + data  # H bit clear: no Huffman (§5.2)
+
+
+def _encode_field(h: Any) -> bytes:
+    name, value = h[0], h[1]
+    never = h.__class__ is _NeverIndexed
+    if not never:
+        idx = _STATIC_FULL.get((name, value))
+        if idx is not None:
+            return _integer(idx, 7, 0x80)  # §6.1 indexed field
+    first = 0x10 if never else 0x00  # §6.2.3 never indexed / §6.2.2 without indexing
+    name_idx = _STATIC_NAME.get(name)
+    if name_idx is not None:
+        b = _integer(name_idx, 4, first) + _string(value)
+    else:
+        b = bytes((first,)) + _string(name) + _string(value)
+    if not never:
+        cache = _field_cache
+        if len(cache) >= _FIELD_CACHE_MAX:
+            cache.clear()
+        cache[(name, value)] = b
+    return b
+
+
+_STATIC_FULL: Final[dict[tuple[bytes, bytes], int]] = {}
+_STATIC_NAME: Final[dict[bytes, int]] = {}
+for _i, (_n, _v) in enumerate(hpack.table.HeaderTable.STATIC_TABLE, 1):
+    _STATIC_FULL.setdefault((_n, _v), _i)
+    _STATIC_NAME.setdefault(_n, _i)
+_SIZE_ZERO: Final = b"\x20"  # §6.3 dynamic table size update to 0
+_NeverIndexed: Final = hpack.NeverIndexedHeaderTuple
+#: Encoded fields by (name, value); bounded because values come from peers.
+_FIELD_CACHE_MAX: Final = 8192
+_field_cache: dict[tuple[bytes, bytes], bytes] = {}
 
 
 # -- RFC 9113 §8 field-section checks --------------------------------------------------------

@@ -35,7 +35,14 @@ from ..codec import grpc
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
 from ..errors import BadRequest, NoRoute, PeerProtocolError, ProxyError, Timeout
-from ..route.l5d import TraceContext, decode_trace, encode_l5d_err, err_body, format_deadline, parse_deadline
+from ..route.l5d import (
+    decode_trace,
+    encode_l5d_err,
+    err_body,
+    format_deadline,
+    new_root_trace,
+    parse_deadline,
+)
 from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
 log = logging.getLogger(__name__)
@@ -108,7 +115,8 @@ class _Stream:
     """One request stream: routes, then owns its upstream exchange (see upstream_h1)."""
 
     __slots__ = ("conn", "sid", "up", "req_done", "resp_started", "resp_done", "is_grpc", "timer",
-                 "route", "unacked", "acks_paused", "up_paused", "head_out", "head_only", "timeout_s")
+                 "route", "unacked", "acks_paused", "up_paused", "head_out", "head_only", "timeout_s",
+                 "deadline_call")
 
     def __init__(self, conn: ServerH2, sid: int) -> None:
         self.conn = conn
@@ -126,6 +134,7 @@ class _Stream:
         self.head_out: list[tuple[bytes, bytes]] | None = None  # final response head, not sent yet
         self.head_only = False
         self.timeout_s = 0.0
+        self.deadline_call = False  # grpc-timeout: the deadline bounds the whole call
 
     # -- opening -------------------------------------------------------------------------
 
@@ -154,14 +163,14 @@ class _Stream:
             name = item[0]
             kind = special.get(name)
             if kind is None:
-                if name[:4] == b"l5d-":
+                if name[0] == 108 and name.startswith(b"l5d-"):  # 108: "l", no slice per field
                     if clear:
                         continue
                     if name == sig_header:
                         sig = item[1]
                         continue
                 out.append(item)
-            elif clear and name[:4] == b"l5d-":
+            elif clear and name.startswith(b"l5d-"):
                 continue
             elif kind == _H_DTAB:
                 user_vals.append(item[1])
@@ -203,7 +212,7 @@ class _Stream:
         picked = route.pick()
         if picked is None:
             raise router.no_route(route)
-        client, bound = picked
+        client, bound, residual_hdr = picked
         endpoint = client.pick()
         if endpoint is None:
             raise NoRoute(
@@ -212,13 +221,17 @@ class _Stream:
             )
 
         tc = decode_trace(trace_val) if trace_val is not None else None
-        tc = tc.child() if tc is not None else TraceContext.root()
+        if tc is not None:
+            tc = tc.child()
+            reqid, trace = tc.reqid(), tc.encode()
+        else:
+            reqid, trace = new_root_trace()
         out.append((b"l5d-dst-service", route.service_hdr))
         out.append((b"l5d-dst-client", client.id_show))
-        if bound.residual.elems:
-            out.append((b"l5d-dst-residual", bound.residual.show().encode("latin-1")))
-        out.append((b"l5d-reqid", tc.reqid()))
-        out.append((b"l5d-ctx-trace", tc.encode()))
+        if residual_hdr is not None:
+            out.append((b"l5d-dst-residual", residual_hdr))
+        out.append((b"l5d-reqid", reqid))
+        out.append((b"l5d-ctx-trace", trace))
         if route.local_hdr:
             # The context travels to the next hop (Linkerd 1 lost it on a second gRPC hop).
             out.append((b"l5d-ctx-dtab", route.local_hdr))
@@ -231,6 +244,7 @@ class _Stream:
             ns = grpc.parse_timeout(grpc_timeout)
             if ns is not None:
                 t = ns / 1e9
+                self.deadline_call = True
                 if timeout_s is None or t < timeout_s:
                     timeout_s = t
                 # The next hop gets what is left of the tighter deadline.
@@ -330,6 +344,11 @@ class _Stream:
             conn.want_flush()
             return
         self.resp_started = True
+        if self.timer is not None and not self.deadline_call:
+            # The router timeout covers the wait for the response, as on HTTP/1.1; a
+            # gRPC deadline covers the whole call (the client gave up at that point).
+            self.timer.cancel()
+            self.timer = None
         # Held until the next event or the end of this loop iteration, so a response
         # that is all here (head, body, end) leaves as HEADERS+DATA, and a bodiless or
         # trailers-only one as a single HEADERS with END_STREAM.
@@ -342,9 +361,7 @@ class _Stream:
             self.conn._codec.send_headers(self.sid, head, end_stream=end_stream)
 
     def upstream_failed(self, exc: ProxyError) -> None:
-        up, self.up = self.up, None
-        if up is not None and self.timer is None and not self.resp_done and self.resp_started:
-            pass
+        self.up = None
         if self.resp_done:
             return
         if self.head_out is not None:  # nothing sent yet: answer with the error instead
@@ -363,6 +380,10 @@ class _Stream:
             self.finish()
             return
         self.respond_error(exc)
+
+    def flush_writes(self) -> None:
+        """The upstream finished delivering one read's events: write them now."""
+        self.conn.flush()
 
     def pause_client_reads(self) -> None:
         self.acks_paused = True
@@ -584,13 +605,15 @@ class ServerH2(asyncio.Protocol):
             self._codec.reset(sid, h2c.PROTOCOL_ERROR)
             return
         self._streams[sid] = st
-        if ended:
-            st.req_done = False  # set by the StreamEnded event that follows
         try:
             st.open(req, ended)
         except ProxyError as exc:
             st.is_grpc = grpc.is_grpc(req.content_type)
+            st.req_done = ended
             st.respond_error(exc)
+            return
+        if ended and not st.req_done:  # END_STREAM on HEADERS: the StreamEnded that follows is skipped
+            st.request_end(None)
 
     def _trailers(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
         st = self._streams.get(sid)

@@ -29,6 +29,7 @@ from typing import Any, Final
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
 from ..errors import ConnectFailed, PeerProtocolError, ProxyError, UpstreamFailed
+from .render import reason
 from .upstream_h1 import BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ _DROP: Final = frozenset(
 )
 _TE_TRAILERS: Final = (b"te", b"trailers")
 _EOM: Final = EndOfMessage(None)
+# The h2 events that carry a stream the exchange table knows.
+_STREAM_EVENTS: Final = frozenset((
+    h2c.DataReceived, h2c.ResponseReceived, h2c.StreamEnded, h2c.TrailersReceived,
+    h2c.InformationalResponseReceived, h2c.StreamReset,
+))
 
 
 class StreamResetError(UpstreamFailed):
@@ -182,6 +188,7 @@ class H2Exchange:
         self.owner = None
         if owner is not None:
             owner.upstream_failed(exc)
+            owner.flush_writes()
 
 
 class UpstreamH2(asyncio.Protocol):
@@ -309,10 +316,18 @@ class UpstreamH2(asyncio.Protocol):
             self.close()
             return
         streams = self.streams
+        # Owners that got events: each is told once, at the end, to write what it holds
+        # (the `flush_writes` owner callback: one downstream write per upstream read).
+        touched: list[Any] = []
         for ev in events:
             cls = ev.__class__
-            if cls is h2c.DataReceived:
+            if cls in _STREAM_EVENTS:
                 ex = streams.get(ev.stream_id)
+                if ex is not None and ex.owner is not None and (not touched or touched[-1] is not ex.owner):
+                    touched.append(ex.owner)
+            else:
+                ex = None
+            if cls is h2c.DataReceived:
                 n = ev.flow_controlled_length
                 if ex is None or ex.owner is None:
                     codec.ack(ev.stream_id, n)  # nobody wants it; keep the connection window open
@@ -328,7 +343,6 @@ class UpstreamH2(asyncio.Protocol):
             elif cls is h2c.StreamEnded:
                 self._ended(ev.stream_id)
             elif cls is h2c.TrailersReceived:
-                ex = streams.get(ev.stream_id)
                 if ex is not None and ex.owner is not None:
                     try:
                         ex.trailers = h2c.read_response(ev.headers, trailers=True)[1]
@@ -337,16 +351,14 @@ class UpstreamH2(asyncio.Protocol):
                     else:
                         ex.resp_ended = True
             elif cls is h2c.InformationalResponseReceived:
-                ex = streams.get(ev.stream_id)
                 if ex is not None and ex.owner is not None:
                     try:
                         status, fields, _ = h2c.read_response(ev.headers)
                     except PeerProtocolError as exc:
                         self._stream_error(ex, exc)
                         continue
-                    ex.owner.on_upstream_event(ResponseHead(status, None, b"2", fields))
+                    ex.owner.on_upstream_event(ResponseHead(status, reason(status), b"2", fields))
             elif cls is h2c.StreamReset:
-                ex = streams.get(ev.stream_id)
                 codec.forget(ev.stream_id)
                 if ex is not None:
                     streams.pop(ev.stream_id, None)
@@ -372,6 +384,8 @@ class UpstreamH2(asyncio.Protocol):
         if self.waiting and len(streams) < self.max_streams:
             self._start_waiting()
         self.flush()
+        for owner in touched:
+            owner.flush_writes()
 
     def _response(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
         ex = self.streams.get(sid)
@@ -383,7 +397,7 @@ class UpstreamH2(asyncio.Protocol):
             self._stream_error(ex, exc)
             return
         ex.started_resp = True
-        ex.owner.on_upstream_event(ResponseHead(status, None, b"2", out, True, False, length))
+        ex.owner.on_upstream_event(ResponseHead(status, reason(status), b"2", out, True, False, length))
 
     def _ended(self, sid: int) -> None:
         ex = self.streams.pop(sid, None)

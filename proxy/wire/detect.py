@@ -1,0 +1,89 @@
+"""Which protocol a new downstream connection speaks, decided once per connection.
+
+Owns: the choice between `ServerH1` and `ServerH2` for a listener. Over TLS the ALPN
+result decides (`h2` -> HTTP/2, `http/1.1` or none -> HTTP/1.1, RFC 9113 §3.2). In
+clear text an `h2` router looks at the first bytes: the HTTP/2 client preface (prior
+knowledge, RFC 9113 §3.3) selects HTTP/2, anything else HTTP/1.1, so one port serves
+both. An `http` router in clear text gets `ServerH1` directly, with no detection.
+
+Must not: parse beyond the 24-byte preface, or stay in the data path: once decided,
+the transport is handed to the chosen protocol (`set_protocol`) with what was read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..codec.h2 import PREFACE
+from .h1 import ServerH1
+from .h2 import ServerH2
+
+log = logging.getLogger(__name__)
+
+_PREFACE_LEN = len(PREFACE)
+
+
+class Detect(asyncio.Protocol):
+    """Holds a connection until its protocol is known, then hands it over."""
+
+    __slots__ = ("_server", "_transport", "_buf", "_h2_allowed")
+
+    def __init__(self, server: Any, h2_allowed: bool) -> None:
+        self._server = server
+        self._transport: Any = None
+        self._buf = b""
+        self._h2_allowed = h2_allowed
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            proto = sslobj.selected_alpn_protocol()
+            if proto == "h2" and self._h2_allowed:
+                self._hand_over(ServerH2(self._server))
+                return
+            if proto is not None or not self._h2_allowed:
+                self._hand_over(ServerH1(self._server))
+                return
+            # No ALPN at all: fall through to looking at the first bytes.
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data
+        n = min(len(buf), _PREFACE_LEN)
+        if buf[:n] != PREFACE[:n]:
+            self._buf = buf
+            self._hand_over(ServerH1(self._server))
+        elif n == _PREFACE_LEN:
+            self._buf = buf
+            self._hand_over(ServerH2(self._server))
+        else:
+            self._buf = buf  # a prefix of the preface: wait for the rest
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def _hand_over(self, proto: asyncio.Protocol) -> None:
+        t = self._transport
+        self._transport = None
+        if t is None:
+            return
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        buf, self._buf = self._buf, b""
+        if buf and not t.is_closing():
+            proto.data_received(buf)
+
+
+def protocol_factory(server: Any, protocol: str, tls: bool) -> Callable[[], asyncio.Protocol]:
+    """The listener's protocol factory for a router `protocol` ("http" | "h2")."""
+    if protocol == "h2":
+        return lambda: Detect(server, True)
+    if tls:
+        return lambda: Detect(server, False)
+    return lambda: ServerH1(server)
