@@ -1,0 +1,202 @@
+"""Results: ratios added to the run's document, the tables on stdout, the JSON file.
+
+Ratios are taken on each scenario's metric: req/s for max-rate scenarios (higher is
+better; 0.80 means 80% of the reference's throughput), p99 latency for fixed-rate
+scenarios and KiB per idle connection (lower is better; 1.50 means 50% more). The
+fixed-rate scenarios also get the latency the target adds over direct. This module
+reads the document only; it must not measure anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+METRIC_KEY = {"rps": "rps", "p99": "p99_ms", "kib_per_conn": "kib_per_conn"}
+
+
+def _median(doc: dict[str, Any], target: str, scenario: str) -> dict[str, Any] | None:
+    for r in doc["results"]:
+        if r["target"] == target and r["scenario"] == scenario and r["status"] == "ok":
+            median: dict[str, Any] | None = r.get("median")
+            return median
+    return None
+
+
+def enrich(doc: dict[str, Any]) -> dict[str, Any]:
+    """Add `vs_direct`, `vs_envoy` (and `added_ms` for fixed rate) to every ok result."""
+    for r in doc["results"]:
+        if r["status"] != "ok":
+            continue
+        sc = doc["scenarios"][r["scenario"]]
+        key = METRIC_KEY[sc["metric"]]
+        mine = r["median"].get(key)
+        for ref, field in (("direct", "vs_direct"), ("envoy", "vs_envoy")):
+            other = _median(doc, ref, r["scenario"])
+            if mine is not None and other and other.get(key):
+                r[field] = round(mine / other[key], 3)
+        if sc["kind"] == "rate":
+            base = _median(doc, "direct", r["scenario"])
+            if base:
+                r["added_ms"] = {
+                    q: round(r["median"][q] - base[q], 4)
+                    for q in ("p50_ms", "p99_ms", "p999_ms")
+                    if q in base
+                }
+    return doc
+
+
+def _fmt(v: object, spec: str = ",.0f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int | float):
+        return format(v, spec)
+    return str(v)
+
+
+def _grid(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def tables(doc: dict[str, Any]) -> str:
+    """The human summary: a main table, added latency at fixed rate, idle memory, skips."""
+    order = {name: i for i, name in enumerate(doc["scenarios"])}
+    results = sorted(doc["results"], key=lambda r: (order.get(r["scenario"], 99), r["target"] != "direct"))
+    main, added, idle, other = [], [], [], []
+    for r in results:
+        sc = doc["scenarios"][r["scenario"]]
+        if r["status"] != "ok":
+            other.append([r["target"], r["scenario"], r["status"], r.get("reason", "")[:150]])
+            continue
+        m = r["median"]
+        if sc["kind"] == "idle":
+            idle.append(
+                [
+                    r["target"],
+                    _fmt(m.get("conns")),
+                    _fmt(m.get("rss_before_kib", 0) / 1024, ".1f"),
+                    _fmt(m.get("rss_after_kib", 0) / 1024, ".1f"),
+                    _fmt(m.get("kib_per_conn"), ".2f"),
+                    _fmt(r.get("vs_direct"), ".2f"),
+                    _fmt(r.get("vs_envoy"), ".2f"),
+                ]
+            )
+            continue
+        note = []
+        if m.get("errors"):
+            note.append(f"{m['errors']:.0f} errors/rep")
+        main.append(
+            [
+                r["target"],
+                r["scenario"],
+                _fmt(m.get("rps")),
+                _fmt(m.get("p50_ms"), ".3f"),
+                _fmt(m.get("p99_ms"), ".3f"),
+                _fmt(m.get("p999_ms"), ".3f"),
+                _fmt(r.get("vs_direct"), ".2f"),
+                _fmt(r.get("vs_envoy"), ".2f"),
+                ", ".join(note),
+            ]
+        )
+        if sc["kind"] == "rate" and "added_ms" in r:
+            a = r["added_ms"]
+            added.append(
+                [
+                    r["target"],
+                    r["scenario"],
+                    _fmt(a.get("p50_ms"), "+.3f"),
+                    _fmt(a.get("p99_ms"), "+.3f"),
+                    _fmt(a.get("p999_ms"), "+.3f"),
+                ]
+            )
+    parts = []
+    mach = doc["machine"]
+    parts.append(
+        f"dtabproxy bench, {doc['settings']['mode']} mode, {doc['started']}: {mach['cores']} cores "
+        f"({mach['cpu_model']}), load average {_loads(mach.get('load_average_start'))} at the start, "
+        f"{_loads(mach['load_average'])} at the end, "
+        f"kernel {mach['kernel']}, Python {mach['python']}; backend: {doc['backend'].get('kind')}; "
+        f"{doc['cpu_plan']['note']}; {doc['settings']['reps']} rep(s) x {doc['settings']['duration_s']:g} s, "
+        "medians shown"
+    )
+    if main:
+        parts.append(
+            _grid(
+                [
+                    "target",
+                    "scenario",
+                    "req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "p99.9 ms",
+                    "x direct",
+                    "x envoy",
+                    "note",
+                ],
+                main,
+                {2, 3, 4, 5, 6, 7},
+            )
+        )
+        parts.append(
+            "x direct / x envoy: req/s ratio for max-rate scenarios (higher is better); "
+            "p99 ratio for fixed-rate scenarios (*-rate, lower is better)."
+        )
+    if added:
+        parts.append(
+            "Added latency at a fixed 1,000 req/s (target minus direct, ms, coordinated-omission corrected):\n"
+            + _grid(["target", "scenario", "+p50", "+p99", "+p99.9"], added, {2, 3, 4})
+        )
+    if idle:
+        parts.append(
+            "Idle keep-alive connections (VmRSS of the target's processes, before and after):\n"
+            + _grid(
+                ["target", "conns", "RSS before MiB", "RSS after MiB", "KiB/conn", "x direct", "x envoy"],
+                idle,
+                {1, 2, 3, 4, 5, 6},
+            )
+        )
+    d10 = _median(doc, "dtabproxy", "dentries-10")
+    d10k = _median(doc, "dtabproxy", "dentries-10k")
+    if d10 and d10k and d10.get("rps"):
+        parts.append(f"dtabproxy with 10,000 dentries vs 10: {d10k['rps'] / d10['rps']:.2f}x the req/s")
+    if other:
+        # One line per (scenario, status, reason): five targets without a dtab need one line.
+        grouped: dict[tuple[str, str, str], list[str]] = {}
+        for target, scenario, status, reason in other:
+            grouped.setdefault((scenario, status, reason), []).append(target)
+        lines = [[", ".join(ts), sc, st, why] for (sc, st, why), ts in grouped.items()]
+        parts.append("Not measured:\n" + _grid(["targets", "scenario", "status", "reason"], lines, set()))
+    gens = {r["loadgen"] for r in doc["results"] if r.get("loadgen", "").startswith("bench.pyload closed")}
+    if gens:
+        parts.append("Note: " + doc["loadgens"]["python_limits"] + ".")
+    return "\n\n".join(parts) + "\n"
+
+
+def _loads(values: list[float] | None) -> str:
+    return "/".join(f"{x:.2f}" for x in values) if values else "?"
+
+
+def write_json(doc: dict[str, Any], out_dir: Path | None = None) -> Path:
+    out_dir = out_dir or RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = out_dir / f"{stamp}-{doc['settings']['mode']}.json"
+    n = 1
+    while path.exists():  # two runs in one second (the smoke test) must not overwrite
+        n += 1
+        path = out_dir / f"{stamp}-{doc['settings']['mode']}-{n}.json"
+    path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    return path

@@ -1,0 +1,125 @@
+"""Smoke test of the benchmark harness: a tiny quick run, end to end, no apt packages.
+
+Runs `python -m bench --quick` restricted to the built-in backend, the direct target
+(and dtabproxy when it starts) and the built-in Python load generator, for about a
+second per scenario; checks the result file's shape, that every measured figure is a
+positive number, and that the table was printed. It asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+HANG_GUARD_S = 300  # not a performance bound: only stops a wedged run from blocking the suite
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    out_dir = tmp_path_factory.mktemp("bench-results")
+    argv = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--targets",
+        "direct,dtabproxy",
+        "--scenarios",
+        "h1-max,h1-rate,idle-conns",
+        "--backend",
+        "builtin",
+        "--loadgen",
+        "python",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--idle-conns",
+        "50",
+        "--out",
+        str(out_dir),
+        "--no-chart",
+    ]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(out_dir.glob("*-quick*.json"))
+    assert len(files) == 1, (files, proc.stdout[-2000:])
+    return json.loads(files[0].read_text()), proc.stdout
+
+
+def _positive_numbers(d: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for k in keys:
+        v = d[k]
+        assert isinstance(v, int | float) and math.isfinite(v) and v > 0, (k, v)
+
+
+def test_document_has_every_section(run: tuple[dict[str, Any], str]) -> None:
+    doc, _ = run
+    for key in (
+        "schema",
+        "started",
+        "finished",
+        "settings",
+        "machine",
+        "cpu_plan",
+        "loadgens",
+        "backend",
+        "targets",
+        "scenarios",
+        "results",
+    ):
+        assert key in doc, key
+    assert doc["settings"]["mode"] == "quick"
+    assert doc["backend"]["kind"] == "builtin"
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["python"]
+    assert set(doc["scenarios"]) == {"h1-max", "h1-rate", "idle-conns"}
+    assert doc["targets"]["direct"]["status"] == "ok"
+
+
+def test_direct_figures_are_positive(run: tuple[dict[str, Any], str]) -> None:
+    doc, _ = run
+    rows = {r["scenario"]: r for r in doc["results"] if r["target"] == "direct"}
+    assert set(rows) == {"h1-max", "h1-rate", "idle-conns"}
+    for name in ("h1-max", "h1-rate"):
+        r = rows[name]
+        assert r["status"] == "ok", r
+        assert r["reps"] and r["loadgen"].startswith("bench.pyload")
+        _positive_numbers(r["median"], ("rps", "p50_ms", "p99_ms", "p999_ms", "requests"))
+        assert r["median"]["p50_ms"] <= r["median"]["p99_ms"] <= r["median"]["p999_ms"]
+        assert r["vs_direct"] == 1.0
+    idle = rows["idle-conns"]
+    assert idle["status"] == "ok", idle
+    assert idle["median"]["conns"] == 50
+    _positive_numbers(idle["median"], ("rss_before_kib", "rss_after_kib"))
+
+
+def test_dtabproxy_is_measured_or_skipped_with_a_reason(run: tuple[dict[str, Any], str]) -> None:
+    doc, _ = run
+    t = doc["targets"]["dtabproxy"]
+    rows = {r["scenario"]: r for r in doc["results"] if r["target"] == "dtabproxy"}
+    if t["status"] != "ok":
+        assert t["reason"], t
+        assert all(r["status"] == "skipped" and r["reason"] for r in rows.values())
+        return
+    r = rows["h1-max"]
+    assert r["status"] == "ok", r
+    _positive_numbers(r["median"], ("rps", "p50_ms", "p99_ms"))
+    _positive_numbers(r, ("vs_direct",))
+
+
+def test_table_is_printed(run: tuple[dict[str, Any], str]) -> None:
+    _, stdout = run
+    lines = stdout.splitlines()
+    header = next(ln for ln in lines if ln.startswith("target ") and "req/s" in ln)
+    for col in ("scenario", "p50 ms", "p99 ms", "x direct", "x envoy"):
+        assert col in header
+    assert any(ln.startswith("direct ") and "h1-max" in ln for ln in lines)
+    assert "Idle keep-alive connections" in stdout
+    assert "results: " in stdout
