@@ -1,0 +1,1 @@
+"""Tests of proxy.admin and proxy.telemetry without sockets."""
