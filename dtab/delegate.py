@@ -161,7 +161,14 @@ def dentry_json(d: Dentry) -> dict[str, str]:
     return {"prefix": d.prefix.show(), "dst": d.dst.show()}
 
 
-def node_json(node: DNode, addr_json: AddrJson = default_addr_json) -> dict[str, Any]:
+def node_json(
+    node: DNode, addr_json: AddrJson = default_addr_json, _dentries: dict[int, dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """One node and its subtree as JSON. Every member of a union carries the union's
+    dentry, so each dentry is printed once per render (`_dentries`, keyed by identity):
+    a 1,000-member split otherwise prints its 1,000-member dentry 1,000 times."""
+    if _dentries is None:
+        _dentries = {}
     kind = node.kind
     out: dict[str, Any] = {"type": kind}
     if kind == "neg":
@@ -171,15 +178,20 @@ def node_json(node: DNode, addr_json: AddrJson = default_addr_json) -> dict[str,
         out["path"] = p.show() if p.elems[:2] == (b"$", b"fail") else "!"
     else:
         out["path"] = node.path.show()
-    if node.dentry is not None:
-        out["dentry"] = dentry_json(node.dentry)
+    d = node.dentry
+    if d is not None:
+        shown = _dentries.get(id(d))
+        if shown is None:
+            shown = _dentries[id(d)] = dentry_json(d)
+        out["dentry"] = dict(shown)  # a copy: callers may edit the result
     if kind == "delegate":
-        out["delegate"] = node_json(node.children[0], addr_json)
+        out["delegate"] = node_json(node.children[0], addr_json, _dentries)
     elif kind == "alt":
-        out["alt"] = [node_json(c, addr_json) for c in node.children]
+        out["alt"] = [node_json(c, addr_json, _dentries) for c in node.children]
     elif kind == "union":
         out["union"] = [
-            {"weight": w, "tree": node_json(c, addr_json)} for w, c in zip(node.weights, node.children, strict=True)
+            {"weight": w, "tree": node_json(c, addr_json, _dentries)}
+            for w, c in zip(node.weights, node.children, strict=True)
         ]
     elif kind == "leaf":
         b = node.bound
