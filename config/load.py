@@ -36,15 +36,22 @@ from .schema import (
     ClientConfig,
     ClientTls,
     Config,
+    HashOn,
+    HeaderEdits,
     HmacConfig,
     IdentifierConfig,
     IPNetwork,
     Limits,
+    MatchBlock,
+    NamedMatch,
     NamerConfig,
     OverrideConfig,
     RouterConfig,
+    RuleConfig,
     ServerConfig,
     ServerTls,
+    StringMatch,
+    UriRewrite,
 )
 
 log = logging.getLogger(__name__)
@@ -157,6 +164,9 @@ def load_text(text: str, source: str = "<string>", base_dir: str | None = None) 
     directory); `source` names the text in errors."""
     loader = _Loader(text, source, os.path.abspath(base_dir if base_dir is not None else os.getcwd()))
     config = loader.load()
+    if os.path.isfile(source):  # a file: watched for changes along with its resources
+        st = os.stat(source)
+        config = dataclasses.replace(config, inputs=tuple(sorted(((os.path.abspath(source), st.st_mtime_ns, st.st_size), *config.inputs))))
     for note in config.notes:
         log.warning("%s", note)
     return config
@@ -235,7 +245,79 @@ def _router_json(r: RouterConfig) -> dict[str, Any]:
         },
         "addForwarded": r.add_forwarded,
         "addVia": r.add_via,
+        "rules": [rule_json(x) for x in r.rules],
+        "hashOn": _hash_json(r.hash_on),
+        "resources": list(r.resources),
     }
+
+
+def _string_match_json(m: StringMatch) -> Any:
+    if m.kind == "exact" and not m.invert and not m.ignore_case:
+        return m.value
+    out: dict[str, Any] = {m.kind: True if m.kind in ("present", "absent") else m.value}
+    if m.invert:
+        out["invert"] = True
+    if m.ignore_case:
+        out["ignoreCase"] = True
+    return out
+
+
+def _hash_json(h: HashOn | None) -> dict[str, str] | None:
+    if h is None:
+        return None
+    return {"header": h.header} if h.header is not None else {"cookie": h.cookie or ""}
+
+
+def _edits_json(e: HeaderEdits) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if e.set:
+        out["set"] = dict(e.set)
+    if e.add:
+        out["add"] = dict(e.add)
+    if e.remove:
+        out["remove"] = list(e.remove)
+    return out
+
+
+def rule_json(r: RuleConfig) -> dict[str, Any]:
+    """A rule in its YAML shape (loading the output gives the same rule back)."""
+    out: dict[str, Any] = {"name": r.name}
+    if r.group is not None:
+        out["group"] = r.group
+    if r.source is not None:
+        out["source"] = r.source
+    blocks = []
+    for b in r.match:
+        bo: dict[str, Any] = {}
+        if b.methods:
+            bo["method"] = list(b.methods) if len(b.methods) > 1 else b.methods[0]
+        if b.authority is not None:
+            bo["authority"] = _string_match_json(b.authority)
+        if b.path is not None:
+            bo["path"] = _string_match_json(b.path)
+        for key, items in (("headers", b.headers), ("cookies", b.cookies), ("query", b.query)):
+            if items:
+                bo[key] = {n.name: _string_match_json(n.match) for n in items}
+        blocks.append(bo)
+    if blocks:
+        out["match"] = blocks[0] if len(blocks) == 1 else blocks
+    if r.dtab.dentries:
+        out["dtab"] = r.dtab.show()
+    rw: dict[str, Any] = {}
+    if r.uri is not None:
+        u = r.uri
+        rw["uri"] = {"path": u.replacement} if u.kind == "path" else {u.kind: u.match, "replacement": u.replacement}
+    if r.authority is not None:
+        rw["authority"] = r.authority
+    if rw:
+        out["rewrite"] = rw
+    if r.request_headers:
+        out["requestHeaders"] = _edits_json(r.request_headers)
+    if r.response_headers:
+        out["responseHeaders"] = _edits_json(r.response_headers)
+    if r.hash_on is not None:
+        out["hashOn"] = _hash_json(r.hash_on)
+    return out
 
 
 def _identifier_json(i: IdentifierConfig) -> dict[str, Any]:
@@ -320,7 +402,7 @@ class _Map:
 
 
 class _Loader:
-    __slots__ = ("_constructor", "base_dir", "notes", "source", "text")
+    __slots__ = ("_constructor", "_imported", "_top_resources", "base_dir", "inputs", "notes", "source", "text")
 
     def __init__(self, text: str, source: str, base_dir: str) -> None:
         self.text = text
@@ -328,6 +410,9 @@ class _Loader:
         self.base_dir = base_dir
         self.notes: list[str] = []
         self._constructor = SafeConstructor()
+        self.inputs: dict[str, tuple[int, int]] = {}  # resource files read: path -> (mtime_ns, size)
+        self._imported: dict[str, tuple[RuleConfig, ...]] = {}  # resource path -> its rules, read once
+        self._top_resources: list[tuple[str, yaml.Node, str]] = []
 
     # -- errors and scalars -------------------------------------------------------------
 
@@ -541,7 +626,8 @@ class _Loader:
             raise ConfigError(f"YAML error: {exc}", source=self.source) from None
         if root is None:
             raise ConfigError("empty config: expected a mapping with 'routers'", source=self.source)
-        m = self.mapping(root, "", ("admin", "namers", "routers"), _IGNORED_ROOT)
+        m = self.mapping(root, "", ("admin", "namers", "routers", "resources"), _IGNORED_ROOT)
+        self._top_resources = self.resource_paths(m)
         admin = self.admin(m)
         namers = tuple(self.namer(n, f"namers[{i}]") for i, n in enumerate(self.seq(m, "namers")))
         self.check_namer_prefixes(namers, self.seq(m, "namers"))
@@ -552,7 +638,8 @@ class _Loader:
         self.check_labels(routers, router_nodes)
         self.check_addresses(admin, routers, router_nodes)
         return Config(
-            admin=admin, namers=namers, routers=routers, source=self.source, notes=tuple(self.notes)
+            admin=admin, namers=namers, routers=routers, source=self.source, notes=tuple(self.notes),
+            inputs=tuple((p, mt, size) for p, (mt, size) in sorted(self.inputs.items())),
         )
 
     def admin(self, root: _Map) -> Admin | None:
@@ -617,7 +704,7 @@ class _Loader:
         known = (
             "protocol", "label", "dstPrefix", "identifier", "dtab", "baseDtab", "servers", "client",
             "timeoutMs", "bindingTimeoutMs", "overrides", "limits", "addForwarded", "addVia",
-            "addForwardedHeader", "maxHeadersKB", "interpreter",
+            "addForwardedHeader", "maxHeadersKB", "interpreter", "rules", "hashOn", "resources",
         )  # fmt: skip
         m = self.mapping(node, path, known, _IGNORED_ROUTER)
         protocol = self.choice(m, "protocol", PROTOCOLS, unsupported=LINKERD_PROTOCOLS, what="protocol")
@@ -651,7 +738,264 @@ class _Loader:
             limits=self.router_limits(m),
             add_forwarded=self.forwarded(m),
             add_via=self.bool_(m, "addVia", False),
+            **self.router_rules(m, protocol),
         )
+
+    # -- rules and resources (docs/rules.md) ---------------------------------------------
+
+    def router_rules(self, m: _Map, protocol: str) -> dict[str, Any]:
+        """`rules`, `hashOn` and `resources` of a router: its own rules first, then the
+        rules imported from the top-level resources, then from its own."""
+        rules = [self.rule(n, f"{m.key('rules')}[{i}]") for i, n in enumerate(self.seq(m, "rules"))]
+        own = self.resource_paths(m)
+        imported: list[RuleConfig] = []
+        for path, node, key in (*self._top_resources, *own):
+            imported.extend(self.imported_rules(path, node, key))
+        # Unconditional entries (weighted splits, default routes) first, so a
+        # resource's conditional rules are appended after them and win (spec §10).
+        imported.sort(key=lambda r: bool(r.match))
+        rules.extend(imported)
+        self.check_rule_names(rules, m)
+        hash_node = m.get("hashOn")
+        return {
+            "rules": tuple(rules),
+            "hash_on": self.hash_on(hash_node, m.key("hashOn")) if hash_node is not None else None,
+            "resources": tuple(p for p, _, _ in (*self._top_resources, *own)),
+        }
+
+    def check_rule_names(self, rules: list[RuleConfig], m: _Map) -> None:
+        seen: set[str] = set()
+        nodes = self.seq(m, "rules")
+        for i, r in enumerate(rules):
+            if r.name in seen:
+                where = nodes[i] if i < len(nodes) else m.get("resources") or m.node
+                self.fail(where, f"{m.key('rules')}[{i}]" if i < len(nodes) else m.key("resources"),
+                          f"rule name '{r.name}' is used twice (names label metrics and logs)")  # fmt: skip
+            seen.add(r.name)
+
+    def rule(self, node: yaml.Node, path: str, *, default_name: str | None = None) -> RuleConfig:
+        known = ("name", "group", "match", "dtab", "rewrite", "requestHeaders", "responseHeaders", "hashOn", "source")
+        m = self.mapping(node, path, known)
+        name = self.str_(m, "name", default_name or path)
+        blocks: list[MatchBlock] = []
+        match_node = m.get("match")
+        if match_node is not None:
+            if isinstance(match_node, yaml.SequenceNode):
+                if not match_node.value:
+                    self.fail(match_node, m.key("match"), "an empty match list matches nothing; omit 'match' to match every request")
+                blocks = [self.match_block(n, f"{m.key('match')}[{i}]") for i, n in enumerate(match_node.value)]
+            else:
+                blocks = [self.match_block(match_node, m.key("match"))]
+        dtab = Dtab.EMPTY
+        dtab_node = m.get("dtab")
+        if dtab_node is not None:
+            text = self.scalar(dtab_node)
+            if not isinstance(text, str):
+                self.fail(dtab_node, m.key("dtab"), f"expected a dtab string like '/svc/web => /svc/web-v2;', got {_describe(dtab_node)}")
+            dtab = self.parse_text(dtab_node, m.key("dtab"), text, read_dtab, "dtab")
+        uri = None
+        authority = None
+        rw = m.get("rewrite")
+        if rw is not None:
+            r = self.mapping(rw, m.key("rewrite"), ("uri", "authority"))
+            if r.has("uri"):
+                uri = self.uri_rewrite(r.get("uri"), r.key("uri"))  # type: ignore[arg-type]
+            authority = self.str_(r, "authority")
+        req = self.header_edits(m.get("requestHeaders"), m.key("requestHeaders"))
+        resp = self.header_edits(m.get("responseHeaders"), m.key("responseHeaders"))
+        hash_node = m.get("hashOn")
+        hash_on = self.hash_on(hash_node, m.key("hashOn")) if hash_node is not None else None
+        if not dtab.dentries and uri is None and authority is None and not req and not resp and hash_on is None:
+            self.fail(node, path, "a rule needs 'dtab', 'rewrite', 'requestHeaders', 'responseHeaders' or 'hashOn' (it does nothing)")
+        return RuleConfig(
+            name=name, match=tuple(blocks), dtab=dtab, group=self.str_(m, "group"), uri=uri,
+            authority=authority, request_headers=req, response_headers=resp, hash_on=hash_on,
+            source=self.str_(m, "source"),
+        )  # fmt: skip
+
+    def match_block(self, node: yaml.Node, path: str) -> MatchBlock:
+        m = self.mapping(node, path, ("method", "path", "authority", "headers", "cookies", "query"))
+        methods: list[str] = []
+        mnode = m.get("method")
+        if mnode is not None:
+            items = mnode.value if isinstance(mnode, yaml.SequenceNode) else [mnode]
+            for i, n in enumerate(items):
+                v = self.scalar(n)
+                key = m.key("method") + (f"[{i}]" if isinstance(mnode, yaml.SequenceNode) else "")
+                if not isinstance(v, str) or not _TCHAR.fullmatch(v):
+                    self.fail(n, key, f"expected an HTTP method like GET, got {_describe(n)}")
+                methods.append(v.upper())
+        block = MatchBlock(
+            headers=self.named_matches(m, "headers", header=True),
+            cookies=self.named_matches(m, "cookies"),
+            query=self.named_matches(m, "query"),
+            methods=tuple(methods),
+            path=self.string_match(m.get("path"), m.key("path"), path_kinds=True) if m.has("path") else None,
+            authority=self.string_match(m.get("authority"), m.key("authority")) if m.has("authority") else None,
+        )
+        if block.path is not None and block.path.kind not in ("regex", "present", "absent") and not block.path.value.startswith("/"):
+            self.fail(m.get("path"), m.key("path"), f"a path starts with '/', got {block.path.value!r}")
+        if block.path is not None and block.path.kind in ("present", "absent"):
+            self.fail(m.get("path"), m.key("path"), "every request has a path; use exact, prefix, segmentPrefix or regex")
+        return block
+
+    def named_matches(self, m: _Map, name: str, *, header: bool = False) -> tuple[NamedMatch, ...]:
+        node = m.get(name)
+        if node is None:
+            return ()
+        nm = self.mapping(node, m.key(name), (), check=False)
+        out = []
+        for k, v in node.value:
+            key_text = self.scalar(k)
+            if not isinstance(key_text, str) or not key_text:
+                self.fail(k, m.key(name), f"expected a {name[:-1]} name, got {_describe(k)}")
+            if header:
+                key_text = key_text.lower()  # field names are case-insensitive (RFC 9110 §5.1)
+                if not (_TCHAR.fullmatch(key_text) or key_text in _PSEUDO_HEADERS):
+                    self.fail(k, nm.key(key_text), f"expected a header name, got {key_text!r}")
+            out.append(NamedMatch(key_text, self.string_match(v, _join(m.key(name), key_text))))
+        return tuple(out)
+
+    def string_match(self, node: yaml.Node | None, key: str, *, path_kinds: bool = False) -> StringMatch:
+        assert node is not None
+        kinds = ("exact", "prefix", "regex", "present", "absent") + (("segmentPrefix",) if path_kinds else ())
+        if isinstance(node, yaml.ScalarNode):
+            v = self.scalar(node)
+            if isinstance(v, bool) or v is None or not isinstance(v, str | int | float):
+                self.fail(node, key, f"expected a string to match exactly or a mapping like {{prefix: ...}}, got {_describe(node)}")
+            return StringMatch("exact", node.value)
+        m = self.mapping(node, key, (*kinds, "invert", "ignoreCase"))
+        given = [k for k in kinds if m.has(k)]
+        if len(given) != 1:
+            self.fail(node, key, f"set exactly one of {', '.join(kinds)}")
+        kind = given[0]
+        invert = self.bool_(m, "invert", False)
+        ignore_case = self.bool_(m, "ignoreCase", False)
+        if kind in ("present", "absent"):
+            flag = self.bool_(m, kind, True)
+            return StringMatch(kind if flag else ("absent" if kind == "present" else "present"), "", invert)
+        vnode = m.get(kind)
+        assert vnode is not None
+        value = self.scalar(vnode)
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.fail(vnode, m.key(kind), f"expected a string, got {_describe(vnode)}")
+        text = vnode.value
+        if kind == "regex":
+            self.regex(vnode, m.key(kind), text)
+        return StringMatch(kind, text, invert, ignore_case)
+
+    def regex(self, node: yaml.Node, key: str, text: str) -> None:
+        try:
+            re.compile(text.encode("latin-1"))
+        except UnicodeEncodeError:
+            self.fail(node, key, "a regex here matches header bytes: write non-Latin-1 characters as escapes")
+        except re.error as exc:
+            self.fail(node, key, f"invalid regex {text!r}: {exc}")
+
+    def uri_rewrite(self, node: yaml.Node, key: str) -> UriRewrite:
+        m = self.mapping(node, key, ("prefix", "regex", "path", "replacement"))
+        given = [k for k in ("prefix", "regex", "path") if m.has(k)]
+        if len(given) != 1:
+            self.fail(node, key, "set exactly one of prefix (with replacement), regex (with replacement), path")
+        kind = given[0]
+        value = self.str_(m, kind)
+        if kind == "path":
+            if m.has("replacement"):
+                self.fail(m.get("replacement"), m.key("replacement"), "'path' replaces the whole path; 'replacement' is for prefix and regex")
+            if not value.startswith("/"):
+                self.fail(m.get("path"), m.key("path"), f"a path starts with '/', got {value!r}")
+            return UriRewrite("path", "", value)
+        rnode = m.get("replacement")
+        if rnode is None or not isinstance(self.scalar(rnode), str):
+            self.fail(rnode or node, m.key("replacement"), f"a {kind} rewrite needs 'replacement' (a string)")
+        if kind == "regex":
+            self.regex(m.get("regex"), m.key("regex"), value)  # type: ignore[arg-type]
+        elif not value.startswith("/"):
+            self.fail(m.get("prefix"), m.key("prefix"), f"a path prefix starts with '/', got {value!r}")
+        return UriRewrite(kind, value, rnode.value)
+
+    def header_edits(self, node: yaml.Node | None, key: str) -> HeaderEdits:
+        if node is None:
+            return HeaderEdits()
+        m = self.mapping(node, key, ("set", "add", "remove"))
+        pairs: dict[str, tuple[tuple[str, str], ...]] = {}
+        for op in ("set", "add"):
+            n = m.get(op)
+            out: list[tuple[str, str]] = []
+            if n is not None:
+                self.mapping(n, m.key(op), (), check=False)
+                for k, v in n.value:
+                    name, value = self.scalar(k), self.scalar(v)
+                    if not isinstance(name, str) or not _TCHAR.fullmatch(name):
+                        self.fail(k, m.key(op), f"expected a header name, got {_describe(k)}")
+                    if not isinstance(v, yaml.ScalarNode) or value is None or isinstance(value, bool):
+                        self.fail(v, _join(m.key(op), name), f"expected a header value (a string), got {_describe(v)}")
+                    if any(c in v.value for c in "\r\n\x00"):
+                        self.fail(v, _join(m.key(op), name), "a header value cannot hold CR, LF or NUL")
+                    out.append((name.lower(), v.value))
+            pairs[op] = tuple(out)
+        removed: list[str] = []
+        for i, n in enumerate(self.seq(m, "remove")):
+            v = self.scalar(n)
+            if not isinstance(v, str) or not _TCHAR.fullmatch(v):
+                self.fail(n, f"{m.key('remove')}[{i}]", f"expected a header name, got {_describe(n)}")
+            removed.append(v.lower())
+        return HeaderEdits(set=pairs["set"], add=pairs["add"], remove=tuple(removed))
+
+    def hash_on(self, node: yaml.Node, key: str) -> HashOn:
+        m = self.mapping(node, key, ("header", "cookie"))
+        if m.has("header") == m.has("cookie"):
+            self.fail(node, key, "set exactly one of 'header' and 'cookie'")
+        if m.has("header"):
+            return HashOn(header=self.header(m, "header", "host"))
+        return HashOn(cookie=self.str_(m, "cookie"))
+
+    def resource_paths(self, m: _Map) -> list[tuple[str, yaml.Node, str]]:
+        """`resources`: a directory (or file) of Kubernetes routing resources, or a list."""
+        node = m.get("resources")
+        if node is None:
+            return []
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        out = []
+        for i, n in enumerate(items):
+            key = m.key("resources") + (f"[{i}]" if isinstance(node, yaml.SequenceNode) else "")
+            text = self.scalar(n)
+            if not isinstance(text, str) or not text:
+                self.fail(n, key, f"expected a directory of SMI/Istio/Gateway API resources, got {_describe(n)}")
+            path = os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(text)))
+            if not os.path.exists(path):
+                self.fail(n, key, f"'{path}' does not exist")
+            out.append((path, n, key))
+        return out
+
+    def imported_rules(self, path: str, node: yaml.Node, key: str) -> tuple[RuleConfig, ...]:
+        """The rules of a resources path, through the same importer as `dtabproxy
+        import`, validated as if written in the config. Read once per load."""
+        hit = self._imported.get(path)
+        if hit is not None:
+            return hit
+        from .importers.common import ResourceError, import_paths
+
+        try:
+            result = import_paths([path])
+        except ResourceError as exc:
+            self.fail(node, key, str(exc))
+        for f, st in result.inputs.items():
+            self.inputs[f] = st
+        for item in result.untranslated:
+            self.note(node, key, f"not translated: {item}")
+        rules: list[RuleConfig] = []
+        for i, rd in enumerate(result.as_rules()):
+            text = yaml.safe_dump(rd, sort_keys=False)
+            sub = _Loader(text, f"{rd.get('source', path)} (imported)", self.base_dir)
+            doc = yaml.compose(text, Loader=yaml.SafeLoader)
+            assert doc is not None  # safe_dump of a mapping
+            try:
+                rules.append(sub.rule(doc, f"{key}[{i}]"))
+            except ConfigError as exc:
+                self.fail(node, key, f"cannot use {rd.get('source', path)}: {exc.message}")
+        out = self._imported[path] = tuple(rules)
+        return out
 
     def dtab(self, router: _Map) -> tuple[str, Dtab]:
         name = "dtab"

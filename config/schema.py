@@ -165,6 +165,90 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class StringMatch:
+    """One condition on a string (spec: docs/rules.md). `kind` is `exact`, `prefix`,
+    `regex` (a full match), `present` or `absent`; for a path also `segmentPrefix`
+    (whole `/`-separated segments: `/api` matches `/api` and `/api/x`, not `/apix`).
+    `invert` negates the result (an absent value never matches before inversion)."""
+
+    kind: str
+    value: str = ""
+    invert: bool = False
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NamedMatch:
+    """A condition on a header (lower-case name), cookie or query parameter."""
+
+    name: str
+    match: StringMatch
+
+
+@dataclass(frozen=True, slots=True)
+class MatchBlock:
+    """Conditions that must all hold (AND). A rule lists one or more blocks (OR)."""
+
+    headers: tuple[NamedMatch, ...] = ()
+    cookies: tuple[NamedMatch, ...] = ()
+    query: tuple[NamedMatch, ...] = ()
+    methods: tuple[str, ...] = ()  # upper case; empty: any method
+    path: StringMatch | None = None
+    authority: StringMatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UriRewrite:
+    """How a matching rule rewrites the request path (the query is kept):
+    `prefix` replaces the leading `match` with `replacement`, `regex` substitutes
+    every match of the pattern `match` (`\\1` names a group), `path` replaces the whole path."""
+
+    kind: str
+    match: str
+    replacement: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    """Header edits, applied as remove, then set (replacing every value), then add."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+
+@dataclass(frozen=True, slots=True)
+class HashOn:
+    """Sticky splits: the branch of a weighted union is a stable function of this
+    header's (or cookie's) value instead of a random number."""
+
+    header: str | None = None
+    cookie: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    """A match rule: when any block of `match` holds (an empty `match` always holds),
+    `dtab` is appended after the base dtab for that request (spec §10 order:
+    base ++ rules ++ ctx ++ user) and the rewrites apply. Within a `group` only the
+    first matching rule applies; rules outside a group apply independently."""
+
+    name: str
+    match: tuple[MatchBlock, ...]
+    dtab: Dtab
+    group: str | None = None
+    uri: UriRewrite | None = None
+    authority: str | None = None
+    request_headers: HeaderEdits = HeaderEdits()
+    response_headers: HeaderEdits = HeaderEdits()
+    hash_on: HashOn | None = None
+    source: str | None = None  # where an imported rule came from (`TrafficSplit ns/name`)
+
+
+@dataclass(frozen=True, slots=True)
 class RouterConfig:
     label: str
     protocol: str  # "http" | "h2"
@@ -180,6 +264,9 @@ class RouterConfig:
     limits: Limits = Limits()
     add_forwarded: bool = False
     add_via: bool = False
+    rules: tuple[RuleConfig, ...] = ()  # own rules first, then those from `resources`
+    hash_on: HashOn | None = None
+    resources: tuple[str, ...] = ()  # the resource directories read into `rules`
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +281,9 @@ class Config:
     routers: tuple[RouterConfig, ...]
     source: str | None = None
     notes: tuple[str, ...] = ()
+    #: Every file the config was built from (the config file, resource files), with its
+    #: modification time and size at load: the runtime polls these to reload.
+    inputs: tuple[tuple[str, int, int], ...] = ()
 
     def router(self, label: str) -> RouterConfig | None:
         for r in self.routers:

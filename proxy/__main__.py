@@ -6,6 +6,7 @@
     dtabproxy delegate --dtab '/svc=>/$/inet/127.0.0.1/8080' /svc/web
     dtabproxy delegate -c config.yaml --router http /svc/web [--dtab OVERRIDE]
     dtabproxy check config.yaml
+    dtabproxy import trafficsplit.yaml virtualservice.yaml
 """
 
 from __future__ import annotations
@@ -216,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="validate a config file and every dtab in it")
     c.add_argument("config")
     c.set_defaults(fn=cmd_check)
+
+    from config.importers.cli import add_parser as add_import_parser
+
+    add_import_parser(sub)  # dtabproxy import FILE... (config/importers/cli.py)
 
     args = p.parse_args(args_in)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

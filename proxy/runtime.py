@@ -1,8 +1,10 @@
 """The process: uvloop, namers, routers, listeners, the admin server, signals and drain.
 
 `Runtime.start(config)` builds one `Router` per configured router and one `Listener` per
-server; a reload builds new routers and swaps each listener's reference, so requests in
-flight finish on the snapshot they started with. SIGTERM drains: stop accepting, let
+server; a reload (SIGHUP, or a change of the config file or its resource files, polled
+every 500 ms) builds new routers and swaps each listener's reference, so requests in
+flight finish on the snapshot they started with. Listeners, namers and warm client
+pools are kept where their configuration did not change. SIGTERM drains: stop accepting, let
 in-flight requests finish within the grace period, close, exit 0.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from typing import Any, Final
@@ -33,6 +36,10 @@ log = logging.getLogger(__name__)
 #: Parsed override results cached per (peer, header values): the same staging header
 #: arrives on every request of a test session, and parsing costs more than a dict hit.
 OVERRIDE_CACHE_SIZE: Final = 4096
+#: How often the config file and its resource files are checked for changes. Half a
+#: second keeps an edit-to-effect delay well under the 1 s the namers aim for, and a
+#: stat of a few files costs microseconds.
+CONFIG_POLL_S: Final = 0.5
 #: Request bodies up to this size are read and dropped after an early error answer so
 #: the connection stays usable; larger ones close the connection instead.
 DISCARD_LIMIT: Final = 64 * 1024
@@ -112,6 +119,20 @@ class Listener:
         # The client protocol's opener (see wire.upstream_h1): one per listener, chosen here.
         self.open_upstream = make_h2_opener(rc.client.tls) if rc.client.protocol == "h2" else open_h1
         self.protocol = rc.protocol
+
+    def apply(self, rc: RouterConfig, sc: ServerConfig) -> None:
+        """A reload kept this listener (same address, protocol and TLS): take the new
+        settings. Each is one reference swap; connections read them per request."""
+        self.limits = rc.limits
+        self.config = sc
+        self.timeout = rc.timeout_ms / 1000 if rc.timeout_ms else None
+        self.clear_context = sc.clear_context
+        self.policy = build_policy(rc, sc)
+        self.sig_header = self.policy.hmac_header or b"\x00"
+        self.add_via = rc.add_via
+        self._idle_timeout = rc.limits.idle_timeout_ms / 1000
+        self._override_cache = {}  # answers of the old policy
+        self.open_upstream = make_h2_opener(rc.client.tls) if rc.client.protocol == "h2" else open_h1
 
     def check_override(
         self, peer_ip: str, ctx: list[bytes], user: list[bytes], sig: bytes | None
@@ -193,6 +214,12 @@ class Runtime:
         self.ready = False
         self.draining = False
         self._stop = asyncio.Event()
+        self._unsubscribe: dict[str, list[Any]] = {}  # router label -> namer unsubscribers
+        self._reload_lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+        self._fingerprint: tuple[tuple[str, int, int], ...] = config.inputs
+        self.reloads = 0  # completed reloads (tests and the admin server read it)
+        self._reloaded = asyncio.Condition()
 
     async def start(self) -> None:
         for nc in self.config.namers:
@@ -211,34 +238,54 @@ class Runtime:
             from .admin.app import start_admin
 
             self.admin = await start_admin(self, self.config.admin.ip, self.config.admin.port)
+        if self.config_path is not None:
+            self._watcher = self.loop.create_task(self._watch(), name="config watcher")
         self.ready = True
 
-    def _build_router(self, rc: RouterConfig) -> Router:
+    def _build_router(self, rc: RouterConfig, clients: Any = None, base: Dtab | None = None) -> Router:
         router = Router(
             rc.label,
-            rc.dtab,
+            rc.dtab if base is None else base,
             identifier=build_identifier(rc),
             namers=self.namers,
             dst_prefix=rc.dst_prefix,
             config=rc,
+            clients=clients,
+            rules=rc.rules,
+            hash_on=rc.hash_on,
         )
+        unsubs = getattr(self, "_unsubscribe", None)
+        old = unsubs.pop(rc.label, ()) if unsubs is not None else ()
+        for unsubscribe in old:  # the replaced snapshot no longer needs to hear about names
+            unsubscribe()
+        fresh = []
         for _, namer in self.namers:
             sub = getattr(namer, "subscribe_names", None)
             if sub is not None:
-                sub(lambda *_: router.clear_routes())
+                fresh.append(sub(lambda *_: router.clear_routes()))
+        if unsubs is not None:
+            unsubs[rc.label] = [u for u in fresh if callable(u)]
         return router
 
+    def _swap(self, old: Router, new: Router) -> None:
+        self.routers[new.label] = new
+        for lst in self.listeners:
+            if lst.router is old:
+                lst.router = new  # one reference: new requests see the new snapshot
+
     def set_dtab(self, label: str, table: Dtab) -> None:
-        """Swap a router's base dtab: a new snapshot, same clients (pools stay warm)."""
+        """Swap a router's base dtab: a new snapshot, same clients (pools stay warm)
+        and the same rules."""
         old = self.routers[label]
+        rc = old.config
+        if isinstance(rc, RouterConfig):
+            self._swap(old, self._build_router(rc, clients=old.clients, base=table))
+            return
         new = Router(
             old.label, table, identifier=old.identifier, namers=old.namers,
             dst_prefix=old.dst_prefix, clients=old.clients, config=old.config,
         )
-        self.routers[label] = new
-        for lst in self.listeners:
-            if lst.router is old:
-                lst.router = new
+        self._swap(old, new)
 
     def install_signals(self) -> None:
         loop = self.loop
@@ -256,26 +303,128 @@ class Runtime:
         self._stop.set()
 
     def reload(self) -> None:
+        """SIGHUP: reload the config file (in a task: namers and listeners may start)."""
         if self.config_path is None:
             log.info("SIGHUP: no config file to reload")
             return
+        self.loop.create_task(self.reload_now(), name="config reload")
+
+    async def reload_now(self) -> bool:
+        """Load the config file and apply it. A config that does not load changes
+        nothing (the running one stays, the error is logged). True when applied."""
+        if self.config_path is None:
+            return False
         from config import ConfigError, load_file
 
-        try:
-            cfg = load_file(self.config_path)
-        except (ConfigError, OSError) as exc:
-            log.warning("reload refused, keeping the running config: %s", exc)
-            return
+        async with self._reload_lock:
+            try:
+                cfg = load_file(self.config_path)
+            except (ConfigError, OSError) as exc:
+                log.warning("reload refused, keeping the running config: %s", exc)
+                self._fingerprint = _fingerprint(self.config_path, self.config)
+                return False
+            try:
+                await self.apply_config(cfg)
+            except OSError as exc:  # a new listener could not bind: keep what runs
+                log.warning("reload incomplete: %s", exc)
+                return False
+            self._fingerprint = cfg.inputs
+            self.reloads += 1
+            log.info("reloaded %s (%d routers)", self.config_path, len(cfg.routers))
+        async with self._reloaded:
+            self._reloaded.notify_all()
+        return True
+
+    async def wait_reloads(self, count: int) -> None:
+        """Return once `count` reloads have completed (for tests and tooling)."""
+        async with self._reloaded:
+            await self._reloaded.wait_for(lambda: self.reloads >= count)
+
+    async def apply_config(self, cfg: Config) -> None:
+        """Make the running process match `cfg`. Every router is rebuilt (rules and
+        dtab compile once per snapshot) and swapped by one reference per listener;
+        namers, listeners and client pools whose configuration is unchanged are kept."""
+        namers_changed = cfg.namers != self.config.namers
+        old_namers = self.namers
+        if namers_changed:
+            fresh: list[tuple[Any, Any]] = []
+            for nc in cfg.namers:
+                if nc.kind == "io.l5d.fs":
+                    namer = FsNamer.from_config(nc)
+                    await namer.start()
+                    fresh.append((namer.bind_prefix, namer))
+            self.namers = fresh
+        old_configs = {rc.label: rc for rc in self.config.routers}
+        live = {rc.label for rc in cfg.routers}
         for rc in cfg.routers:
-            if rc.label in self.routers:
-                self.set_dtab(rc.label, rc.dtab)
-        log.info("reloaded %s", self.config_path)
+            old = self.routers.get(rc.label)
+            prev = old_configs.get(rc.label)
+            keep_clients = old is not None and prev is not None and prev.client == rc.client and not namers_changed
+            new = self._build_router(rc, clients=old.clients if keep_clients and old is not None else None)
+            if old is not None:
+                self._swap(old, new)
+                if not keep_clients:
+                    old.clients.close_idle()
+            else:
+                self.routers[rc.label] = new
+            await self._reconcile_listeners(rc, new)
+        for label in [lb for lb in self.routers if lb not in live]:
+            gone = self.routers.pop(label)
+            for unsubscribe in self._unsubscribe.pop(label, ()):
+                unsubscribe()
+            for lst in [x for x in self.listeners if x.router is gone]:
+                await self._retire(lst)
+            gone.clients.close_idle()
+        self.config = cfg
+        if namers_changed:
+            for _, namer in old_namers:
+                stop = getattr(namer, "stop", None)
+                if stop is not None:
+                    await stop()
+
+    async def _reconcile_listeners(self, rc: RouterConfig, router: Router) -> None:
+        mine = [lst for lst in self.listeners if lst.router is router]
+        wanted = list(rc.servers)  # a list: several servers may ask for port 0
+        for lst in mine:
+            at = next((i for i, sc in enumerate(wanted) if (sc.ip, sc.port) == (lst.config.ip, lst.config.port)), None)
+            sc = wanted[at] if at is not None else None
+            if sc is not None and sc.tls == lst.config.tls and lst.protocol == rc.protocol:
+                del wanted[at]  # type: ignore[arg-type]
+                lst.apply(rc, sc)
+                continue
+            await self._retire(lst)  # gone, or the same address with new TLS or protocol: rebind
+        for sc in wanted:
+            lst = Listener(router, rc, sc, self.loop)
+            await lst.start()
+            self.listeners.append(lst)
+            log.info("router %s listening on %s:%d", rc.label, *lst.address)  # type: ignore[str-format]
+
+    async def _retire(self, lst: Listener) -> None:
+        self.listeners.remove(lst)
+        grace = (self.config.admin.shutdown_grace_ms if self.config.admin else 10_000) / 1000
+        await lst.drain(grace)
+
+    async def _watch(self) -> None:
+        """Poll the config file and its resource files; reload when one changed."""
+        assert self.config_path is not None
+        while True:
+            await asyncio.sleep(CONFIG_POLL_S)
+            if self.draining:
+                return
+            now = _fingerprint(self.config_path, self.config)
+            if now != self._fingerprint:
+                self._fingerprint = now
+                log.info("config change seen in %s", self.config_path)
+                await self.reload_now()
 
     async def wait(self) -> None:
         await self._stop.wait()
 
     async def drain(self) -> None:
         self.draining = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         grace = (self.config.admin.shutdown_grace_ms if self.config.admin else 10_000) / 1000
         log.info("draining (grace %.1fs)", grace)
         await asyncio.gather(*(lst.drain(grace) for lst in self.listeners))
@@ -288,6 +437,24 @@ class Runtime:
         if self.admin is not None:
             await self.admin.cleanup()
         log.info("drained")
+
+
+def _fingerprint(config_path: str, cfg: Config) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime_ns, size) of the config file and of every resource file its
+    routers read now (a file added to a resources directory counts as a change)."""
+    from config.importers.common import resource_files
+
+    paths = {os.path.abspath(config_path)}
+    for rc in cfg.routers:
+        paths.update(os.path.abspath(f) for f in resource_files(rc.resources))
+    out = []
+    for p in sorted(paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        out.append((p, st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -2,7 +2,10 @@
 
 Everything per destination is cached by (local dtab, path) in a bounded dict, so the
 per-request work after the first request for a name is a dict lookup and a weighted
-pick. The snapshot is immutable once built; a config change builds a new one and the
+pick. A router with match rules (`proxy.route.rules`) routes through `select`, which
+adds the matched rules' overlay (base ++ rules ++ ctx ++ user, spec §10) and keys the
+cache by the set of matched rules too; a router without rules has `rules is None`,
+and the wire layer keeps its plain path. The snapshot is immutable once built; a config change builds a new one and the
 server swaps one reference. No I/O here; `proxy.wire` does that.
 """
 
@@ -12,13 +15,19 @@ import bisect
 import logging
 import random
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import dtab
 from dtab import EMPTY, FAIL, NEG, BindError, Bound, Dtab, Leaf, NameTree, Path, Union
 
 from ..errors import NoRoute
 from ..upstream.balancer import Client, ClientRegistry
+from .rules import Actions, Overlay, RuleSet, hash_value, sticky_u
+
+if TYPE_CHECKING:
+    from config.schema import HashOn, RuleConfig
+
+    from .identify import Identified
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +40,16 @@ ROUTE_CACHE_SIZE: Final = 10_000
 class Route:
     """A bound name, ready to pick a client per request."""
 
-    __slots__ = ("service", "service_hdr", "tree", "_pick", "local", "local_hdr", "error")
+    __slots__ = ("service", "service_hdr", "tree", "_pick", "local", "local_hdr", "error", "actions", "rules_dtab")
 
-    def __init__(self, service: Path, tree: NameTree | None, local: Dtab, clients: ClientRegistry, error: str | None = None) -> None:
+    def __init__(self, service: Path, tree: NameTree | None, local: Dtab, clients: ClientRegistry, error: str | None = None,
+                 overlay: Overlay | None = None) -> None:  # fmt: skip
         self.service = service
+        # The matched rules' actions and dentries: fixed per route, because the route
+        # cache is keyed by the set of matched rules. `local` stays ctx ++ user only:
+        # that is what travels downstream in l5d-ctx-dtab; rule entries never do.
+        self.actions: Actions | None = overlay.actions if overlay is not None else None
+        self.rules_dtab = overlay.dtab if overlay is not None else Dtab.EMPTY
         self.service_hdr = service.show().encode("latin-1")
         self.tree = tree
         self.local = local
@@ -42,11 +57,12 @@ class Route:
         self.error = error
         self._pick = _picker(tree, clients) if tree is not None else None
 
-    def pick(self) -> tuple[Client, Bound, bytes | None] | None:
+    def pick(self, u: float | None = None) -> tuple[Client, Bound, bytes | None] | None:
         """A client for this request: a weighted choice through the unions (spec §9.3);
-        None when the branch taken is empty, negative or failed."""
+        None when the branch taken is empty, negative or failed. `u` in [0, 1) makes
+        the choice deterministic (sticky splits); None draws a random number."""
         p = self._pick
-        return p() if p is not None else None
+        return p(u) if p is not None else None
 
 
 def _picker(tree: NameTree, clients: ClientRegistry) -> Any:
@@ -55,7 +71,7 @@ def _picker(tree: NameTree, clients: ClientRegistry) -> Any:
         assert isinstance(bound, Bound)
         residual = bound.residual.show().encode("latin-1") if bound.residual.elems else None
         choice = (clients.get(bound), bound, residual)  # the l5d-dst-residual value, printed once
-        return lambda: choice
+        return lambda u=None: choice
     if isinstance(tree, Union):
         members = []
         for w in tree.weighted:
@@ -63,7 +79,7 @@ def _picker(tree: NameTree, clients: ClientRegistry) -> Any:
                 continue  # an empty member with no weight takes no traffic (§9.3)
             members.append((w.weight, _picker(w.tree, clients)))
         if not members:
-            return lambda: None
+            return lambda u=None: None
         total = sum(w for w, _ in members)
         if total <= 0:  # every weight zero: uniform (§9.3)
             members = [(1.0, p) for _, p in members]
@@ -78,13 +94,38 @@ def _picker(tree: NameTree, clients: ClientRegistry) -> Any:
         bis = bisect.bisect_right
         last = len(picks) - 1
 
-        def pick() -> Any:
-            i = bis(cum, rnd() * total)
-            return picks[i if i <= last else last]()
+        def pick(u: float | None = None) -> Any:
+            if u is None:
+                i = bis(cum, rnd() * total)
+                return picks[i if i <= last else last]()
+            # Sticky: branch i owns [cum[i-1], cum[i]) of [0, total). The position
+            # inside that interval, rescaled to [0, 1), picks in a nested union, so a
+            # weight change moves only the values between the old and new boundary.
+            x = u * total
+            i = bis(cum, x)
+            if i > last:
+                i = last
+            lo = cum[i - 1] if i else 0.0
+            width = cum[i] - lo
+            return picks[i]((x - lo) / width if width > 0 else 0.0)
 
         return pick
     assert tree is NEG or tree is FAIL or tree is EMPTY
-    return lambda: None
+    return lambda u=None: None
+
+
+class Selection:
+    """What `Router.select` decided for one request: the identified name, the bound
+    route, the sticky position for `Route.pick` (None: random), and the matched rules'
+    actions (None: nothing to rewrite). The wire layer applies the actions."""
+
+    __slots__ = ("ident", "route", "u", "actions")
+
+    def __init__(self, ident: Identified, route: Route, u: float | None, actions: Actions | None) -> None:
+        self.ident = ident
+        self.route = route
+        self.u = u
+        self.actions = actions
 
 
 class Router:
@@ -92,7 +133,7 @@ class Router:
 
     __slots__ = (
         "label", "base", "namers", "identifier", "policy", "clients", "_routes", "dst_prefix",
-        "config",
+        "config", "rules",
     )
 
     def __init__(
@@ -106,6 +147,8 @@ class Router:
         dst_prefix: Path = _SVC,
         clients: ClientRegistry | None = None,
         config: Any = None,
+        rules: Sequence[RuleConfig] = (),
+        hash_on: HashOn | None = None,
     ) -> None:
         self.label = label
         self.base = dtab.compile(base)
@@ -114,8 +157,11 @@ class Router:
         self.policy = policy
         self.dst_prefix = dst_prefix
         self.clients = clients or ClientRegistry()
-        self._routes: dict[tuple[bytes, Path], Route] = {}
+        self._routes: dict[tuple[Any, ...], Route] = {}
         self.config = config
+        # None when there is nothing to match: the wire layer tests this one attribute
+        # and keeps the plain path (no per-request rule work at all).
+        self.rules: RuleSet | None = RuleSet(rules, self.base, hash_on) if rules or hash_on is not None else None
 
     def clear_routes(self) -> None:
         """A namer gained or lost a name: every cached bind may be stale."""
@@ -139,10 +185,58 @@ class Router:
         routes[key] = r
         return r
 
+    def select(self, view: Any, headers: Sequence[tuple[bytes, bytes]], local: Dtab, local_key: bytes) -> Selection:
+        """Identify, match rules, bind and say how to pick, for one request. `view` is
+        the identify view (method, target, version, headers(name)); `headers` the
+        request's header list (lower-case names; HTTP/2 without pseudo-headers). The
+        authority is `:authority` on HTTP/2, else `Host`."""
+        ident = self.identifier.identify(view)
+        rules = self.rules
+        if rules is None:
+            return Selection(ident, self.route(ident.path, local, local_key), None, None)
+        h = view.headers
+        lookup = h.get if isinstance(h, dict) else h
+        authority = lookup(b":authority") if view.version == b"2" else None
+        if authority is None:
+            authority = lookup(b"host")
+        overlay = rules.overlay(rules.match(view.method, view.target, authority, headers))
+        route = self.route_with(overlay, ident.path, local, local_key)
+        acts = overlay.actions
+        u = None
+        if acts is not None and acts.hash_on is not None:
+            value = hash_value(acts.hash_on, headers)
+            if value is not None:
+                u = sticky_u(value)
+        return Selection(ident, route, u, acts)
+
+    def route_with(self, overlay: Overlay, service: Path, local: Dtab, local_key: bytes) -> Route:
+        """The bound route for `service` under `base ++ overlay ++ local` (cached per
+        matched-rules key, override and name; the overlay's compiled table memoises
+        lookups per (snapshot, overlay, path))."""
+        if not overlay.key:
+            return self.route(service, local, local_key)
+        routes = self._routes
+        key = (overlay.key, local_key, service)
+        r = routes.get(key)
+        if r is not None:
+            return r
+        table = overlay.table if not local.dentries else dtab.OverlayTable(overlay.table, local)
+        try:
+            tree = dtab.bind(table, service, namers=self.namers)
+            r = Route(service, tree, local, self.clients, overlay=overlay)
+        except BindError as exc:
+            r = Route(service, None, local, self.clients, error=str(exc), overlay=overlay)
+        if len(routes) >= ROUTE_CACHE_SIZE:
+            del routes[next(iter(routes))]
+        routes[key] = r
+        return r
+
     def no_route(self, route: Route) -> NoRoute:
         from .l5d import no_route_message
 
-        msg = no_route_message(route.service, self.base.dtab, route.local)
+        # The rules' entries are part of the table the name was bound with.
+        base = self.base.dtab + route.rules_dtab if route.rules_dtab.dentries else self.base.dtab
+        msg = no_route_message(route.service, base, route.local)
         if route.error:
             msg = f"{msg}\n{route.error}" if msg else route.error
         return NoRoute(msg)

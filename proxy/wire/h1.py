@@ -359,10 +359,18 @@ class ServerH1(asyncio.Protocol):
         else:
             local, local_key = Dtab.EMPTY, b""
 
-        ident = router.identifier.identify(self._view.point(head))
-        route = router.route(ident.path, local, local_key)
+        acts = None
+        if router.rules is None:  # no match rules: the plain path, one attribute check
+            ident = router.identifier.identify(self._view.point(head))
+            route = router.route(ident.path, local, local_key)
+            picked = route.pick()
+        else:  # match rules (proxy/route/rules.py): rules overlay, sticky pick, rewrites
+            sel = router.select(self._view.point(head), head.headers, local, local_key)
+            ident, route, acts = sel.ident, sel.route, sel.actions
+            picked = route.pick(sel.u)
+            if acts is not None:
+                out = acts.edit_request(out)  # authority and header edits, before l5d-*
         self._route = route
-        picked = route.pick()
         if picked is None:
             raise router.no_route(route)
         client, bound, residual_hdr = picked
@@ -405,6 +413,8 @@ class ServerH1(asyncio.Protocol):
         else:
             body_mode = BODY_NONE
         target = ident.rewritten_target if ident.rewritten_target is not None else head.target
+        if acts is not None:
+            target = acts.rewrite_target(target)  # a matched rule's URI rewrite
         endpoint.outstanding += 1
         self._up = server.open_upstream(endpoint, self, head.method, target, out, body_mode, self._loop)
 
@@ -477,6 +487,9 @@ class ServerH1(asyncio.Protocol):
             out = [h for h in ev.headers if h[0] not in _RESP_DROP and not h[0].startswith(b"l5d-")]
         else:
             out = [h for h in ev.headers if h[0] not in _RESP_DROP]
+        route = self._route
+        if route is not None and route.actions is not None:  # matched rules' response header edits
+            out = route.actions.edit_response(out)
         self._resp_head_only = head.method == b"HEAD"
         bodyless = self._resp_head_only or status in (204, 304)
         self._resp_chunked = False
