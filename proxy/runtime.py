@@ -25,6 +25,7 @@ from .errors import ProxyError
 from .route.identify import IdentifierChain, make_identifier
 from .route.router import Router
 from .route.trust import OverridePolicy
+from .telemetry.metrics import Telemetry
 from .wire.detect import protocol_factory
 from .wire.h1 import ServerH1
 from .wire.tls import alpn_for, server_context
@@ -211,6 +212,9 @@ class Runtime:
         self.routers: dict[str, Router] = {}
         self.listeners: list[Listener] = []
         self.admin: Any = None
+        # Request metrics and sampled decisions (the admin server renders them). The
+        # environment switch exists to measure what telemetry costs; it is not a feature.
+        self.telemetry: Telemetry | None = None if os.environ.get("DTABPROXY_TELEMETRY") == "off" else Telemetry()
         self.ready = False
         self.draining = False
         self._stop = asyncio.Event()
@@ -253,6 +257,7 @@ class Runtime:
             clients=clients,
             rules=rc.rules,
             hash_on=rc.hash_on,
+            stats=self.telemetry.router(rc.label) if self.telemetry is not None else None,
         )
         unsubs = getattr(self, "_unsubscribe", None)
         old = unsubs.pop(rc.label, ()) if unsubs is not None else ()
@@ -283,7 +288,7 @@ class Runtime:
             return
         new = Router(
             old.label, table, identifier=old.identifier, namers=old.namers,
-            dst_prefix=old.dst_prefix, clients=old.clients, config=old.config,
+            dst_prefix=old.dst_prefix, clients=old.clients, config=old.config, stats=old.stats,
         )
         self._swap(old, new)
 

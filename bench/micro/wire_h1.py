@@ -74,8 +74,13 @@ def setup(override: bool) -> tuple[ServerH1, UpstreamH1, bytes]:
     rc = cfg.routers[0]
     from proxy.runtime import Runtime
 
+    import os
+
+    from proxy.telemetry.metrics import Telemetry
+
     rt = Runtime.__new__(Runtime)
     rt.namers = []
+    rt.telemetry = None if os.environ.get("DTABPROXY_TELEMETRY") == "off" else Telemetry()
     router = Runtime._build_router(rt, rc)
     lst = Listener(router, rc, rc.servers[0], loop)
     server = ServerH1(lst)

@@ -40,10 +40,13 @@ ROUTE_CACHE_SIZE: Final = 10_000
 class Route:
     """A bound name, ready to pick a client per request."""
 
-    __slots__ = ("service", "service_hdr", "tree", "_pick", "local", "local_hdr", "error", "actions", "rules_dtab")
+    __slots__ = (
+        "service", "service_hdr", "tree", "_pick", "local", "local_hdr", "error", "actions", "rules_dtab",
+        "stats", "cstats",
+    )
 
     def __init__(self, service: Path, tree: NameTree | None, local: Dtab, clients: ClientRegistry, error: str | None = None,
-                 overlay: Overlay | None = None) -> None:  # fmt: skip
+                 overlay: Overlay | None = None, stats: Any = None) -> None:  # fmt: skip
         self.service = service
         # The matched rules' actions and dentries: fixed per route, because the route
         # cache is keyed by the set of matched rules. `local` stays ctx ++ user only:
@@ -56,6 +59,18 @@ class Route:
         self.local_hdr = local.show().encode("latin-1") if local.dentries else b""
         self.error = error
         self._pick = _picker(tree, clients) if tree is not None else None
+        # Telemetry bound once per route (proxy/telemetry/metrics.py): the service's
+        # counters, and each reachable client's, split by normal and override traffic.
+        self.stats: Any = None
+        self.cstats: dict[Client, Any] = {}
+        if stats is not None:
+            override = bool(local.dentries)
+            self.stats = stats.service(self.service_hdr, override)
+            if tree is not None:
+                for leaf in dtab.evaluate(tree) or ():
+                    if isinstance(leaf, Bound):
+                        c = clients.get(leaf)
+                        self.cstats[c] = stats.client(c.id_show, override)
 
     def pick(self, u: float | None = None) -> tuple[Client, Bound, bytes | None] | None:
         """A client for this request: a weighted choice through the unions (spec §9.3);
@@ -133,7 +148,7 @@ class Router:
 
     __slots__ = (
         "label", "base", "namers", "identifier", "policy", "clients", "_routes", "dst_prefix",
-        "config", "rules",
+        "config", "rules", "stats",
     )
 
     def __init__(
@@ -149,8 +164,10 @@ class Router:
         config: Any = None,
         rules: Sequence[RuleConfig] = (),
         hash_on: HashOn | None = None,
+        stats: Any = None,
     ) -> None:
         self.label = label
+        self.stats = stats  # telemetry.RouterStats, kept across snapshots; None: telemetry off
         self.base = dtab.compile(base)
         self.namers = tuple(namers)
         self.identifier = identifier
@@ -177,9 +194,9 @@ class Router:
         table = self.base if not local.dentries else dtab.OverlayTable(self.base, local)
         try:
             tree = dtab.bind(table, service, namers=self.namers)
-            r = Route(service, tree, local, self.clients)
+            r = Route(service, tree, local, self.clients, stats=self.stats)
         except BindError as exc:
-            r = Route(service, None, local, self.clients, error=str(exc))
+            r = Route(service, None, local, self.clients, error=str(exc), stats=self.stats)
         if len(routes) >= ROUTE_CACHE_SIZE:
             del routes[next(iter(routes))]
         routes[key] = r
@@ -223,9 +240,9 @@ class Router:
         table = overlay.table if not local.dentries else dtab.OverlayTable(overlay.table, local)
         try:
             tree = dtab.bind(table, service, namers=self.namers)
-            r = Route(service, tree, local, self.clients, overlay=overlay)
+            r = Route(service, tree, local, self.clients, overlay=overlay, stats=self.stats)
         except BindError as exc:
-            r = Route(service, None, local, self.clients, error=str(exc), overlay=overlay)
+            r = Route(service, None, local, self.clients, error=str(exc), overlay=overlay, stats=self.stats)
         if len(routes) >= ROUTE_CACHE_SIZE:
             del routes[next(iter(routes))]
         routes[key] = r

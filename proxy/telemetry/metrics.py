@@ -133,9 +133,11 @@ class ClientStats:
         #: Requests for this client that found no endpoint to send to.
         self.unpicked = Stats((*labels, "none"))
 
-    def endpoint(self, host: str, port: int) -> Stats:
-        """The stats of one endpoint (cached; past the cap, a shared `other`)."""
-        key = (host, port)
+    def endpoint(self, host: str, port: int, key: tuple[str, int] | None = None) -> Stats:
+        """The stats of one endpoint (cached; past the cap, a shared `other`). The data
+        plane passes the endpoint's own (host, port) tuple as `key`, so a hit builds nothing."""
+        if key is None:
+            key = (host, port)
         es = self._endpoints.get(key)
         if es is not None:
             return es
@@ -209,22 +211,39 @@ class Decisions:
     """The last routing decisions of real requests, sampled; a bounded ring.
 
     Each entry holds references, not text (the router snapshot, the route, the bound
-    name): the admin renders them only when asked, so sampling costs one tuple."""
+    name): the admin renders them only when asked, so sampling costs one tuple. Sampling
+    is a countdown (every round(1/rate)-th request), not a random draw per request: the
+    requests a proxy sees arrive in no particular order, and a decrement is cheaper."""
 
-    __slots__ = ("sample_rate", "ring", "seq", "_random", "_clock")
+    __slots__ = ("_rate", "ring", "seq", "_every", "_left", "_clock")
 
     def __init__(self, size: int = DECISIONS_SIZE, sample_rate: float = 1.0) -> None:
-        self.sample_rate = sample_rate
         self.ring: deque[tuple[Any, ...]] = deque(maxlen=size)
         self.seq = 0  # numbers every recorded decision, so a client can tell new ones
-        self._random = random.random
         self._clock = time.time
+        self._rate = 0.0
+        self._every = 0  # 0: never sample
+        self._left = 0
+        self.sample_rate = sample_rate
+
+    @property
+    def sample_rate(self) -> float:
+        return self._rate
+
+    @sample_rate.setter
+    def sample_rate(self, rate: float) -> None:
+        self._rate = rate
+        self._every = max(1, round(1 / rate)) if rate > 0 else 0
+        self._left = self._every
 
     def offer(
         self, router: Any, route: Any, bound: Any, endpoint: tuple[str, int] | None, status: int, latency_s: float
     ) -> None:
-        if self._random() >= self.sample_rate:  # rate 1.0 never skips, 0.0 always does
+        left = self._left - 1
+        if left > 0 or not self._every:  # rate 1.0 never skips, 0.0 always does
+            self._left = left
             return
+        self._left = self._every
         self.seq += 1
         self.ring.append((self.seq, self._clock(), router, route, bound, endpoint, status, latency_s))
 

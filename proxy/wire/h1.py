@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Final
 
 from dtab import Dtab
@@ -39,6 +40,7 @@ from ..errors import (
     Timeout,
 )
 from ..route.l5d import decode_trace, format_deadline, new_root_trace, parse_deadline
+from ..telemetry.metrics import record as record_stats
 from .render import error_response
 from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
@@ -120,6 +122,7 @@ class ServerH1(asyncio.Protocol):
         "_busy", "_req_done", "_resp_started", "_resp_done", "_discard", "_close_after",
         "_up", "_head", "_resp_chunked", "_resp_head_only", "_client_keep_alive", "_timer",
         "_paused", "_tunnel", "last_active", "_route", "_pumping", "_deadline", "_view", "_wbuf",
+        "_svc", "_es", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out", "_bound", "_ep_key",
     )
 
     def __init__(self, server: Any) -> None:
@@ -151,6 +154,16 @@ class ServerH1(asyncio.Protocol):
         self._deadline = 0.0  # when the current request times out (0: no deadline)
         self._view = _HeaderLookup()
         self._wbuf: list[bytes] | None = None  # response bytes batched per upstream read
+        # Telemetry of the request in flight (see _account): bound counters, not labels.
+        self._svc: Any = None
+        self._es: Any = None
+        self._t0 = 0.0
+        self._status = 0
+        self._fclass: str | None = None
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._bound: Any = None
+        self._ep_key: Any = None
 
     # -- connection lifecycle ------------------------------------------------------------
 
@@ -171,6 +184,9 @@ class ServerH1(asyncio.Protocol):
         up, self._up = self._up, None
         if up is not None:  # the client went away mid-exchange (or closed a tunnel)
             up.cancel()
+        if self._busy and not self._tunnel:
+            self._status, self._fclass = 499, "cancelled"  # nginx's code for a client gone
+            self._account()
         self._busy = False
         self._server.connections.discard(self)
         self._server.connection_closed(self)
@@ -259,6 +275,7 @@ class ServerH1(asyncio.Protocol):
             if cls is Body:
                 q.popleft()
                 if not self._discard and self._up is not None:
+                    self._bytes_in += len(ev.data)
                     self._up.send_body(ev.data)
             elif cls is RequestHead:
                 if self._busy:
@@ -274,6 +291,8 @@ class ServerH1(asyncio.Protocol):
                 q.clear()
                 self._server.count_failure(ev)
                 self._write_error(ev, close=True)
+                self._status, self._fclass = ev.status, ev.stage
+                self._account()  # a request that could not be parsed: unrouted
                 return
         if self._paused & _PAUSE_QUEUE and len(q) < MAX_QUEUED_EVENTS // 2:
             self._resume(_PAUSE_QUEUE)
@@ -371,10 +390,22 @@ class ServerH1(asyncio.Protocol):
             if acts is not None:
                 out = acts.edit_request(out)  # authority and header edits, before l5d-*
         self._route = route
+        svc = route.stats
+        if svc is not None:
+            svc.started += 1
+            self._svc = svc
+            self._t0 = perf_counter()  # loop.time() is too coarse under uvloop (1 ms)
         if picked is None:
             raise router.no_route(route)
         client, bound, residual_hdr = picked
         endpoint = client.pick()
+        if svc is not None and endpoint is not None:
+            cs = route.cstats.get(client)
+            if cs is not None:
+                es = self._es = cs.endpoint(endpoint.host, endpoint.port, endpoint.addr_key)
+                es.started += 1
+            self._bound = bound
+            self._ep_key = endpoint.addr_key
         if endpoint is None:
             raise NoRoute(
                 f"No hosts are available for {client.id.show()}, "
@@ -454,6 +485,7 @@ class ServerH1(asyncio.Protocol):
             buf = self._wbuf = []
         if cls is Body:
             if not self._resp_head_only:
+                self._bytes_out += len(ev.data)
                 buf.append(encode_chunk(ev.data) if self._resp_chunked else ev.data)
         elif cls is ResponseHead:
             if ev.status < 200 and ev.status != 101:  # 1xx: pass it on, the final one follows
@@ -478,6 +510,7 @@ class ServerH1(asyncio.Protocol):
         head = self._head
         assert head is not None
         self._resp_started = True
+        self._status = ev.status
         # The timeout covers the wait for a response, as in Linkerd; a streamed body may
         # take as long as it takes. The timer itself stays armed for later requests.
         self._deadline = 0.0
@@ -579,6 +612,9 @@ class ServerH1(asyncio.Protocol):
 
     def _write_error(self, exc: ProxyError, *, close: bool) -> None:
         self.flush_writes()
+        if self._busy:
+            self._status = exc.status
+            self._fclass = exc.stage
         t = self._transport
         if t is None:
             return
@@ -590,13 +626,38 @@ class ServerH1(asyncio.Protocol):
 
     def _abort(self) -> None:
         self.flush_writes()
+        if self._busy:
+            if self._fclass is None:
+                self._fclass = "upstream"  # the response was cut short
+            self._account()
         self._busy = False
         t = self._transport
         if t is not None:
             t.abort()
 
+    def _account(self) -> None:
+        """Telemetry for the request that just ended, exactly once: plain increments on
+        the counters bound to its route and endpoint, and a sampled decision."""
+        svc = self._svc
+        if svc is not None:
+            self._svc = None
+            latency = perf_counter() - self._t0
+            es, self._es = self._es, None
+            record_stats(svc, es, self._status, latency, self._bytes_in, self._bytes_out, self._fclass)
+            rs = self._router.stats
+            if rs is not None:
+                rs.decisions.offer(self._router, self._route, self._bound, self._ep_key, self._status, latency)
+        elif self._fclass is not None:  # failed before it had a service (override, identify)
+            rs = self._router.stats
+            if rs is not None:
+                rs.record_unrouted(self._status, self._fclass)
+        self._fclass = None
+        self._bytes_in = self._bytes_out = 0
+        self._bound = self._ep_key = None
+
     def _finish(self) -> None:
         self._deadline = 0.0
+        self._account()
         self._busy = False
         self._head = None
         self._route = None
