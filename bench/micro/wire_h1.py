@@ -72,10 +72,9 @@ def setup(override: bool) -> tuple[ServerH1, UpstreamH1, bytes]:
         "  servers:\n  - ip: 127.0.0.1\n    port: 0\n"
     )
     rc = cfg.routers[0]
-    from proxy.runtime import Runtime
-
     import os
 
+    from proxy.runtime import Runtime
     from proxy.telemetry.metrics import Telemetry
 
     rt = Runtime.__new__(Runtime)

@@ -28,7 +28,7 @@ How the data plane uses it (all objects are created off the hot path and cached)
   connection: ``es.connects += 1; es.connections += 1`` when made, ``es.connections -= 1``
   when lost, ``es.connect_failures += 1`` when it cannot be made.
 * then ``rs.decisions.offer(router, route, bound, endpoint_addr, status, latency_s)``:
-  a random draw, and with probability ``sample_rate`` one tuple into a bounded deque.
+  a countdown, and every round(1/``sample_rate``)-th request one tuple into a bounded deque.
 
 Override traffic (a request whose local dtab is not empty) is counted in objects of its
 own (label ``traffic="override"``), so a staging request never moves a canary's success
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from bisect import bisect_left
 from collections import deque
