@@ -1,11 +1,13 @@
-"""The `dtabproxy` command line: run, demo, delegate, check.
+"""The `dtabproxy` command line: run, demo, delegate, check, stat, import.
 
     dtabproxy run -c config.yaml
     dtabproxy run --listen 127.0.0.1:4140 --dtab '/svc/* => /$/inet/127.0.0.1/8080'
     dtabproxy demo [--check]
     dtabproxy delegate --dtab '/svc=>/$/inet/127.0.0.1/8080' /svc/web
-    dtabproxy delegate -c config.yaml --router http /svc/web [--dtab OVERRIDE]
+    dtabproxy delegate --router http /svc/web [--dtab OVERRIDE]     # asks a running proxy
+    dtabproxy delegate -c config.yaml --router http /svc/web      # offline
     dtabproxy check config.yaml
+    dtabproxy stat [--admin 127.0.0.1:9990] [--by service|client|endpoint] [-w]
     dtabproxy import trafficsplit.yaml virtualservice.yaml
 """
 
@@ -96,91 +98,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return int(demo_main(args.rest) or 0)
 
 
-def _read_dtab_arg(value: str | None) -> str:
-    if value is None:
-        return ""
-    if os.path.isfile(value):
-        with open(value, encoding="utf-8") as f:
-            return f.read()
-    return value
-
-
-def cmd_delegate(args: argparse.Namespace) -> int:
-    import dtab
-    from config import ConfigError, load_file
-
-    base = dtab.Dtab.EMPTY
-    if args.config:
-        try:
-            cfg = load_file(args.config)
-        except ConfigError as exc:
-            print(f"dtabproxy: {exc}", file=sys.stderr)
-            return 1
-        routers = {r.label: r for r in cfg.routers}
-        label = args.router or next(iter(routers), None)
-        if label not in routers:
-            print(f"dtabproxy: no router {label!r} in {args.config} (routers: {', '.join(routers)})", file=sys.stderr)
-            return 1
-        base = routers[label].dtab
-    try:
-        override = dtab.read_dtab(_read_dtab_arg(args.dtab))
-        path = dtab.read_path(args.path)
-    except dtab.DtabSyntaxError as exc:
-        print(f"dtabproxy: {exc}", file=sys.stderr)
-        return 1
-    table = base + override
-    try:
-        bound = dtab.bind(table, path)
-        print(f"bound: {bound.show()}")
-        for leaf in dtab.evaluate(bound) or ():
-            if isinstance(leaf, dtab.Bound) and leaf.residual.elems:
-                print(f"  {leaf.id.show()} residual {leaf.residual.show()}")
-    except dtab.BindError as exc:
-        print(f"bind error: {exc}")
-    try:
-        tree = dtab.explain(table, path)
-    except dtab.DtabError as exc:
-        print(f"explain error: {exc}")
-        return 1
-    _print_explanation(tree, 0)
-    return 0
-
-
-def _print_explanation(node: Any, depth: int) -> None:
-    pad = "  " * depth
-    via = f"  [{node.dentry.show()}]" if node.dentry is not None else ""
-    label = node.path.show() if node.path.elems or node.kind != "neg" else "~"
-    extra = ""
-    if node.kind == "leaf" and node.bound is not None:
-        extra = f" -> {node.bound.id.show()}" + (f" residual {node.bound.residual.show()}" if node.bound.residual.elems else "")
-    elif node.kind == "exception":
-        extra = f": {node.message}"
-    print(f"{pad}{node.kind} {label}{extra}{via}")
-    if node.kind == "union":
-        for w, c in zip(node.weights, node.children, strict=True):
-            print(f"{pad}  weight {w}")
-            _print_explanation(c, depth + 2)
-    else:
-        for c in node.children:
-            _print_explanation(c, depth + 1)
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    from config import ConfigError, load_file
-
-    try:
-        cfg = load_file(args.config)
-    except ConfigError as exc:
-        print(f"dtabproxy: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"dtabproxy: {args.config}: {exc.strerror}", file=sys.stderr)
-        return 1
-    for rc in cfg.routers:
-        print(f"router {rc.label}: {len(rc.dtab)} dentries, {len(rc.servers)} server(s): ok")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["demo"]:  # the demo has its own options (see proxy.demo.run)
@@ -207,16 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("rest", nargs=argparse.REMAINDER)
     d.set_defaults(fn=cmd_demo)
 
-    g = sub.add_parser("delegate", help="bind and explain a path through a dtab")
-    g.add_argument("path")
-    g.add_argument("--dtab", help="dtab text or file (with -c: an override on top of the router's dtab)")
-    g.add_argument("-c", "--config")
-    g.add_argument("--router")
-    g.set_defaults(fn=cmd_delegate)
+    from .admin.cli import add_check_arguments, add_delegate_arguments, add_stat_arguments
 
-    c = sub.add_parser("check", help="validate a config file and every dtab in it")
-    c.add_argument("config")
-    c.set_defaults(fn=cmd_check)
+    add_delegate_arguments(sub.add_parser("delegate", help="the delegation tree of a path, in the terminal"))
+    add_check_arguments(sub.add_parser("check", help="validate a config file and every dtab in it"))
+    add_stat_arguments(sub.add_parser("stat", help="success rate, RPS and latency per service from a running proxy"))
 
     from config.importers.cli import add_parser as add_import_parser
 
