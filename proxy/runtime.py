@@ -92,47 +92,41 @@ class Listener:
 
     __slots__ = (
         "router", "loop", "limits", "connections", "timeout", "clear_context", "policy",
-        "sig_header", "add_via", "discard_limit", "requests", "failures", "server",
-        "_override_cache", "config", "address", "_idle_timeout", "_sweeper", "closed_event",
-        "open_upstream", "protocol",
+        "sig_header", "add_via", "add_forwarded", "discard_limit", "requests", "failures", "server",
+        "_override_cache", "config", "address", "_idle_timeout", "_header_timeout", "_sweeper",
+        "closed_event", "open_upstream", "protocol",
     )
 
     def __init__(self, router: Router, rc: RouterConfig, sc: ServerConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.router = router
         self.loop = loop
+        self.connections: set[ServerH1] = set()
+        self.discard_limit = DISCARD_LIMIT
+        self.requests = 0
+        self.failures = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.address: tuple[str, int] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.closed_event = asyncio.Event()
+        self.protocol = rc.protocol
+        self.apply(rc, sc)
+
+    def apply(self, rc: RouterConfig, sc: ServerConfig) -> None:
+        """Take a router's and server's settings: at start, and when a reload keeps this
+        listener (same address, protocol and TLS). Each is one reference swap;
+        connections read them per request."""
         self.limits = rc.limits
         self.config = sc
-        self.connections: set[ServerH1] = set()
         self.timeout: float | None = rc.timeout_ms / 1000 if rc.timeout_ms else None
         self.clear_context = sc.clear_context
         self.policy = build_policy(rc, sc)
         self.sig_header = self.policy.hmac_header or b"\x00"  # a name no header has
         self.add_via = rc.add_via
-        self.discard_limit = DISCARD_LIMIT
-        self.requests = 0
-        self.failures = 0
-        self.server: asyncio.AbstractServer | None = None
-        self._override_cache: dict[tuple[Any, ...], tuple[Dtab, bytes]] = {}
-        self.address: tuple[str, int] | None = None
+        self.add_forwarded = rc.add_forwarded
         self._idle_timeout = rc.limits.idle_timeout_ms / 1000
-        self._sweeper: asyncio.TimerHandle | None = None
-        self.closed_event = asyncio.Event()
+        self._header_timeout = rc.limits.header_read_timeout_ms / 1000
+        self._override_cache: dict[tuple[Any, ...], tuple[Dtab, bytes]] = {}  # answers of one policy
         # The client protocol's opener (see wire.upstream_h1): one per listener, chosen here.
-        self.open_upstream = make_h2_opener(rc.client.tls) if rc.client.protocol == "h2" else open_h1
-        self.protocol = rc.protocol
-
-    def apply(self, rc: RouterConfig, sc: ServerConfig) -> None:
-        """A reload kept this listener (same address, protocol and TLS): take the new
-        settings. Each is one reference swap; connections read them per request."""
-        self.limits = rc.limits
-        self.config = sc
-        self.timeout = rc.timeout_ms / 1000 if rc.timeout_ms else None
-        self.clear_context = sc.clear_context
-        self.policy = build_policy(rc, sc)
-        self.sig_header = self.policy.hmac_header or b"\x00"
-        self.add_via = rc.add_via
-        self._idle_timeout = rc.limits.idle_timeout_ms / 1000
-        self._override_cache = {}  # answers of the old policy
         self.open_upstream = make_h2_opener(rc.client.tls) if rc.client.protocol == "h2" else open_h1
 
     def check_override(
@@ -175,12 +169,18 @@ class Listener:
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def _sweep(self) -> None:
-        """Close keep-alive connections idle past the limit: one timer per listener,
-        not one per connection or request."""
+        """Close keep-alive connections idle past the limit, and answer 408 to a request
+        head that has been arriving for longer than `limits.headerReadTimeoutMs` (a
+        slowloris client sends a byte now and then, so idleness alone never fires). One
+        timer per listener, not one per connection or request."""
         now = self.loop.time()
-        limit = self._idle_timeout
+        idle_limit = self._idle_timeout
+        head_limit = self._header_timeout
         for conn in list(self.connections):
-            if conn.idle() and now - conn.last_active > limit:
+            started = getattr(conn, "head_started", 0.0)
+            if started and head_limit and now - started > head_limit:
+                conn.head_timeout(head_limit)
+            elif conn.idle() and now - conn.last_active > idle_limit:
                 conn.close_when_idle()
         self._schedule_sweep()
 

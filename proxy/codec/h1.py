@@ -474,6 +474,11 @@ class RequestReader(_Reader):
         self._events = []
         return events  # type: ignore[return-value]
 
+    def in_head(self) -> bool:
+        """Part of a request head has arrived and its end has not (for the header-read
+        timeout: the wire layer notes when a head started arriving)."""
+        return self._state == _IN_HEAD
+
     def take_events(self) -> list[RequestEvent]:
         """After `feed` raised: the events parsed before the error (the caller may still
         answer the whole requests among them; the rest belongs to the bad request)."""

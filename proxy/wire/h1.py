@@ -123,6 +123,7 @@ class ServerH1(asyncio.Protocol):
         "_up", "_head", "_resp_chunked", "_resp_head_only", "_client_keep_alive", "_timer",
         "_paused", "_tunnel", "last_active", "_route", "_pumping", "_deadline", "_view", "_wbuf",
         "_svc", "_es", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out", "_bound", "_ep_key",
+        "head_started",
     )
 
     def __init__(self, server: Any) -> None:
@@ -164,6 +165,7 @@ class ServerH1(asyncio.Protocol):
         self._bytes_out = 0
         self._bound: Any = None
         self._ep_key: Any = None
+        self.head_started = 0.0  # when the request head now arriving began (0: none)
 
     # -- connection lifecycle ------------------------------------------------------------
 
@@ -208,16 +210,32 @@ class ServerH1(asyncio.Protocol):
             if up is not None:
                 up.tunnel_write(data)
             return
-        self.last_active = self._loop.time()
+        now = self.last_active = self._loop.time()
         q = self._queue
+        reader = self._reader
         try:
-            q.extend(self._reader.feed(data))
+            q.extend(reader.feed(data))
         except PeerProtocolError as exc:
             self._bad_input(exc)
             return
+        if reader.in_head():  # a head is still arriving: the sweeper times it out
+            if not self.head_started:
+                self.head_started = now
+        elif self.head_started:
+            self.head_started = 0.0
         self._pump()
         if len(q) > MAX_QUEUED_EVENTS:
             self._pause(_PAUSE_QUEUE)
+
+    def head_timeout(self, limit: float) -> None:
+        """A request head took longer than `limits.headerReadTimeoutMs` to arrive: 408,
+        after any responses still owed, then close."""
+        self.head_started = 0.0
+        exc = PeerProtocolError(
+            f"request header read timed out after {limit * 1000:.0f} ms (limits.headerReadTimeoutMs)", status=408
+        )
+        self._queue.append(exc)
+        self._pump()
 
     def _bad_input(self, exc: PeerProtocolError) -> None:
         """The request stream broke. Whole requests parsed before the error are still
@@ -433,6 +451,11 @@ class ServerH1(asyncio.Protocol):
                 out.append((b"l5d-ctx-deadline", format_deadline(dl)))
         if server.add_via:
             out.append(_VIA)
+        if server.add_forwarded:  # RFC 7239: one more element per hop, as its own field
+            ip = self._peer_ip
+            node = b'"[%s]"' % ip.encode() if ":" in ip else ip.encode()
+            host = self._view.headers(b"host")
+            out.append((b"forwarded", b"for=%s;proto=http" % node + (b';host="' + host + b'"' if host else b"")))
         if head.upgrade and upgrade is not None:
             out.append(_CONN_UPGRADE)
             out.append((b"upgrade", upgrade))

@@ -243,3 +243,39 @@ def test_fs_namer_edit_takes_effect_without_restart(run: Any, tmp_path: Any) -> 
         await b.close()
 
     run(main())
+
+
+def test_slow_request_head_gets_408_after_header_read_timeout(run: Any) -> None:
+    async def main() -> None:
+        web = await Backend("web").start()
+        extra = "  limits:\n    headerReadTimeoutMs: 200\n    idleTimeoutMs: 60000\n"
+        rt = await start_proxy(router_yaml(f"/svc => /$/inet/127.0.0.1/{web.port}", extra=extra))
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port(rt))
+        writer.write(b"GET / HTTP/1.1\r\nHost: web\r\nX-Slow: ")  # and never the rest
+        data = await reader.read()  # the sweeper answers and closes
+        assert data.startswith(b"HTTP/1.1 408 ")
+        assert b"limits.headerReadTimeoutMs" in data
+        assert web.seen == []
+        writer.close()
+        await rt.drain()
+        await web.close()
+
+    run(main())
+
+
+def test_forwarded_and_via_when_configured(run: Any) -> None:
+    async def main() -> None:
+        web = await Backend("web").start()
+        extra = "  addForwarded: true\n  addVia: true\n"
+        rt = await start_proxy(router_yaml(f"/svc => /$/inet/127.0.0.1/{web.port}", extra=extra))
+        c = await Client.connect(proxy_port(rt))
+        r = await c.request("GET", "/", {"Host": "web:8080"})
+        assert r.status == 200
+        seen = web.seen[0]
+        assert seen.header("forwarded") == 'for=127.0.0.1;proto=http;host="web:8080"'
+        assert seen.header("via") == "1.1 dtabproxy"
+        await c.close()
+        await rt.drain()
+        await web.close()
+
+    run(main())
