@@ -279,3 +279,38 @@ def test_forwarded_and_via_when_configured(run: Any) -> None:
         await web.close()
 
     run(main())
+
+
+def test_identifier_list_is_tried_in_order(run: Any) -> None:
+    async def main() -> None:
+        a, b, s = await Backend("a").start(), await Backend("b").start(), await Backend("s").start()
+        ident = (
+            "  - kind: io.l5d.header\n    header: x-name\n"
+            "  - kind: io.l5d.methodAndHost\n    httpUriInDst: true\n"
+        )
+        dtab = (
+            f"/svc/named => /$/inet/127.0.0.1/{a.port};"
+            f"/svc/1.1/GET/web/api => /$/inet/127.0.0.1/{b.port};"
+            f"/svc/static => /$/inet/127.0.0.1/{s.port}"
+        )
+        rt = await start_proxy(router_yaml(dtab, identifier=ident))
+        c = await Client.connect(proxy_port(rt))
+        r = await c.request("GET", "/x", {"Host": "web", "x-name": "/named"})  # the first identifies
+        assert r.body == b"a GET /x"
+        r = await c.request("GET", "/api", {"Host": "WEB"})  # declined, then method and lower-cased host
+        assert r.body == b"b GET /api"
+        assert b.seen[0].header("l5d-dst-service") == "/svc/1.1/GET/web/api"
+        r = await c.request("GET", "/x", {"Host": "web", "x-name": "not a path"})  # an error stops the chain
+        assert r.status == 400 and b"Unknown destination" in r.body
+        await c.close()
+        await rt.drain()
+        static = await start_proxy(router_yaml(dtab, identifier="    kind: io.l5d.static\n    path: /static"))
+        c = await Client.connect(proxy_port(static))
+        r = await c.request("GET", "/anything", {"Host": "whatever"})
+        assert r.body == b"s GET /anything"
+        await c.close()
+        await static.drain()
+        for x in (a, b, s):
+            await x.close()
+
+    run(main())
