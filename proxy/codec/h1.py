@@ -81,14 +81,21 @@ _RTSP_ONLY = frozenset(
 )
 # Fields that decide framing or connection handling; everything else passes through.
 # The small ints keep the per-field test to one dict probe and int comparisons.
-_CL, _TE, _HOST, _CONN, _EXPECT = 1, 2, 3, 4, 5
+_CL, _TE, _HOST, _CONN, _EXPECT, _HOP = 1, 2, 3, 4, 5, 6
 _FRAMING = {
     b"content-length": _CL,
     b"transfer-encoding": _TE,
     b"host": _HOST,
     b"connection": _CONN,
     b"expect": _EXPECT,
+    # The other hop-by-hop fields (RFC 9110 §7.6.1): they only make a head not `plain`.
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    b"upgrade": _HOP,
 }
+_L = 0x6C  # b"l": the first byte of an l5d- field name
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ] -- unreserved, pct-encoded,
 # sub-delims, ":" and the IP-literal brackets. `translate(None, chars)` deletes them,
 # so a valid value translates to b"" (one C pass instead of a regex).
@@ -113,8 +120,9 @@ class _Event:
     __slots__: tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
+        # `plain` is derived from the headers (a hint for forwarding), not part of the value.
         return type(self) is type(other) and all(
-            getattr(self, s) == getattr(other, s) for s in self.__slots__
+            getattr(self, s) == getattr(other, s) for s in self.__slots__ if s != "plain"
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable value objects
@@ -143,6 +151,7 @@ class RequestHead(_Event):
         "content_length",
         "upgrade",
         "expect_continue",
+        "plain",
     )
 
     def __init__(
@@ -156,6 +165,7 @@ class RequestHead(_Event):
         content_length: int | None = None,
         upgrade: bool = False,
         expect_continue: bool = False,
+        plain: bool = False,
     ) -> None:
         self.method = method
         self.target = target
@@ -166,6 +176,7 @@ class RequestHead(_Event):
         self.content_length = content_length
         self.upgrade = upgrade
         self.expect_continue = expect_continue
+        self.plain = plain  # no hop-by-hop and no l5d- field (see _scan)
 
 
 class ResponseHead(_Event):
@@ -186,6 +197,7 @@ class ResponseHead(_Event):
         "chunked",
         "content_length",
         "upgrade",
+        "plain",
     )
 
     def __init__(
@@ -198,6 +210,7 @@ class ResponseHead(_Event):
         chunked: bool = False,
         content_length: int | None = None,
         upgrade: bool = False,
+        plain: bool = False,
     ) -> None:
         self.status = status
         self.reason = reason
@@ -207,6 +220,7 @@ class ResponseHead(_Event):
         self.chunked = chunked
         self.content_length = content_length
         self.upgrade = upgrade
+        self.plain = plain  # no hop-by-hop and no l5d- field (see _scan)
 
 
 class Body(_Event):
@@ -241,18 +255,24 @@ class _Detach(Exception):
 
 def _scan(
     headers: Headers, http10: bool, status: int
-) -> tuple[bool, int | None, bool, int, bytes | None, bytes | None]:
+) -> tuple[bool, int | None, bool, int, bytes | None, bytes | None, bool]:
     """Framing fields of a header section: (chunked, content_length, keep_alive,
-    number of Host fields, first Host, Expect). Raises PeerProtocolError(status)."""
+    number of Host fields, first Host, Expect, plain). `plain` means no hop-by-hop and
+    no `l5d-` field: a proxy may then forward the list as it is, without walking it
+    again (this loop already looks at every name). Raises PeerProtocolError(status)."""
     length: int | None = None
     te: bytes | None = None
     conn: bytes | None = None
     hosts = 0
     host: bytes | None = None
     expect: bytes | None = None
+    plain = True
     framing = _FRAMING
     for name, value in headers:
-        if name in framing:
+        if name not in framing:
+            if name[0] == _L and name.startswith(b"l5d-"):
+                plain = False
+        else:
             kind = framing[name]
             if kind == _CL:
                 # RFC 9110 §8.6: 1*DIGIT. llhttp already refuses signs, lists and
@@ -269,10 +289,14 @@ def _scan(
                     host = value
             elif kind == _CONN:
                 conn = value if conn is None else conn + b"," + value
+                plain = False
             elif kind == _TE:
                 te = value if te is None else te + b"," + value
-            else:
+                plain = False
+            elif kind == _EXPECT:
                 expect = value
+            else:
+                plain = False
     chunked = False
     if te is not None:
         if http10:
@@ -295,7 +319,7 @@ def _scan(
             keep_alive = False
         else:
             keep_alive = not http10 or _KEEP_ALIVE in tokens
-    return chunked, length, keep_alive, hosts, host, expect
+    return chunked, length, keep_alive, hosts, host, expect, plain
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -572,7 +596,7 @@ class RequestReader(_Reader):
         # Cheap test first: the feeds that carried this head bound its size.
         if len(headers) > self._max_headers or self._start_len + self._span > self._max_header_bytes:
             self._check_head(headers, len(method) + len(target) + 12)
-        chunked, length, keep_alive, hosts, host, expect = _scan(headers, version is _HTTP_10, 400)
+        chunked, length, keep_alive, hosts, host, expect, plain = _scan(headers, version is _HTTP_10, 400)
         # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one ever, and valid.
         if hosts != 1:
             if hosts:
@@ -610,6 +634,7 @@ class RequestReader(_Reader):
                 upgrade,
                 # RFC 9110 §10.1.1: ignored in an HTTP/1.0 request.
                 expect is not None and version is _HTTP_11 and expect.lower() == _CONTINUE,
+                plain,
             )
         )
 
@@ -787,7 +812,7 @@ class ResponseReader(_Reader):
             raise self._fail(f"invalid reason phrase: {reason!r}")
         if len(headers) > self._max_headers or self._start_len + self._span > self._max_header_bytes:
             self._check_head(headers, len(reason) + 15)
-        chunked, length, keep_alive, _, _, _ = _scan(headers, version is _HTTP_10, 502)
+        chunked, length, keep_alive, _, _, _, plain = _scan(headers, version is _HTTP_10, 502)
         events = self._events
         if status < 200 and status != 101:
             # RFC 9110 §15.2: interim, no content; the request is still unanswered.
@@ -822,7 +847,7 @@ class ResponseReader(_Reader):
             keep_alive = False  # the body runs to the close
             self._state = _UNTIL_EOF
         self._keep_alive = keep_alive
-        events.append(ResponseHead(status, reason, version, headers, keep_alive, chunked, length))
+        events.append(ResponseHead(status, reason, version, headers, keep_alive, chunked, length, False, plain))
 
     def on_message_complete(self) -> None:
         if self._interim:

@@ -355,7 +355,12 @@ class ServerH1(asyncio.Protocol):
         special = _REQ_SPECIAL
         sig_header = server.sig_header
         sig: bytes | None = None
-        for item in head.headers:
+        if head.plain:  # nothing to drop or read: forward the fields as they came
+            items: Any = ()
+            out = head.headers.copy()
+        else:
+            items = head.headers
+        for item in items:
             name = item[0]
             kind = special.get(name)
             if kind is None:
@@ -539,7 +544,9 @@ class ServerH1(asyncio.Protocol):
         self._deadline = 0.0
         status = ev.status
         clear = self._server.clear_context
-        if clear:
+        if ev.plain:
+            out = ev.headers.copy()
+        elif clear:
             out = [h for h in ev.headers if h[0] not in _RESP_DROP and not h[0].startswith(b"l5d-")]
         else:
             out = [h for h in ev.headers if h[0] not in _RESP_DROP]

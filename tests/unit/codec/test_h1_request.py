@@ -556,3 +556,17 @@ def test_repeated_equal_content_length_collapses_without_llhttp():
 def test_unknown_target_form_without_llhttp():
     with pytest.raises(PeerProtocolError, match="invalid request target"):
         RequestReader()._check_target(b"GET", b"urn:x")
+
+
+def test_plain_marks_heads_a_proxy_may_forward_without_walking_them() -> None:
+    from proxy.codec.h1 import RequestReader as Reader
+
+    def head(extra: bytes) -> object:
+        (h, *_) = Reader().feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + extra + b"\r\n")
+        return h
+
+    assert head(b"Accept: */*\r\nContent-Length: 0\r\n").plain is True  # type: ignore[attr-defined]
+    for extra in (b"Connection: close\r\n", b"Keep-Alive: 5\r\n", b"TE: trailers\r\n", b"Trailer: x\r\n",
+                  b"Upgrade: h2c\r\nConnection: upgrade\r\n", b"Proxy-Connection: x\r\n",
+                  b"l5d-dtab: /a=>/b\r\n", b"L5D-Ctx-Foo: 1\r\n"):
+        assert head(extra).plain is False, extra  # type: ignore[attr-defined]
