@@ -114,6 +114,9 @@ _NO_BODY = 1  # response to HEAD: the next response follows the head
 _TUNNEL = 2  # 2xx to CONNECT: the connection is a tunnel after the head
 
 
+_DERIVED = frozenset(("plain", "extras"))  # hints computed from the headers, not values
+
+
 class _Event:
     """Value semantics and a readable repr for the event classes (tests, trace logs)."""
 
@@ -122,7 +125,7 @@ class _Event:
     def __eq__(self, other: object) -> bool:
         # `plain` is derived from the headers (a hint for forwarding), not part of the value.
         return type(self) is type(other) and all(
-            getattr(self, s) == getattr(other, s) for s in self.__slots__ if s != "plain"
+            getattr(self, s) == getattr(other, s) for s in self.__slots__ if s not in _DERIVED
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable value objects
@@ -151,6 +154,7 @@ class RequestHead(_Event):
         "content_length",
         "upgrade",
         "expect_continue",
+        "extras",
         "plain",
     )
 
@@ -165,7 +169,7 @@ class RequestHead(_Event):
         content_length: int | None = None,
         upgrade: bool = False,
         expect_continue: bool = False,
-        plain: bool = False,
+        extras: Headers | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -176,7 +180,10 @@ class RequestHead(_Event):
         self.content_length = content_length
         self.upgrade = upgrade
         self.expect_continue = expect_continue
-        self.plain = plain  # no hop-by-hop and no l5d- field (see _scan)
+        # The hop-by-hop and l5d- fields (also in `headers`), None when there are none;
+        # `plain` says the same as a flag (see _scan).
+        self.extras = extras
+        self.plain = extras is None
 
 
 class ResponseHead(_Event):
@@ -255,23 +262,27 @@ class _Detach(Exception):
 
 def _scan(
     headers: Headers, http10: bool, status: int
-) -> tuple[bool, int | None, bool, int, bytes | None, bytes | None, bool]:
+) -> tuple[bool, int | None, bool, int, bytes | None, bytes | None, Headers | None]:
     """Framing fields of a header section: (chunked, content_length, keep_alive,
-    number of Host fields, first Host, Expect, plain). `plain` means no hop-by-hop and
-    no `l5d-` field: a proxy may then forward the list as it is, without walking it
-    again (this loop already looks at every name). Raises PeerProtocolError(status)."""
+    number of Host fields, first Host, Expect, extras). `extras` lists the hop-by-hop
+    and `l5d-` fields, None when there are none (the head is `plain`): this loop already
+    looks at every name, so a proxy need not walk the fields again to find the few it
+    must drop or read. Raises PeerProtocolError(status)."""
     length: int | None = None
     te: bytes | None = None
     conn: bytes | None = None
     hosts = 0
     host: bytes | None = None
     expect: bytes | None = None
-    plain = True
+    extras: Headers | None = None  # the fields that make the head not plain, in order
     framing = _FRAMING
-    for name, value in headers:
+    for item in headers:
+        name, value = item
         if name not in framing:
             if name[0] == _L and name.startswith(b"l5d-"):
-                plain = False
+                if extras is None:
+                    extras = []
+                extras.append(item)
         else:
             kind = framing[name]
             if kind == _CL:
@@ -287,16 +298,16 @@ def _scan(
                 hosts += 1
                 if host is None:
                     host = value
-            elif kind == _CONN:
-                conn = value if conn is None else conn + b"," + value
-                plain = False
-            elif kind == _TE:
-                te = value if te is None else te + b"," + value
-                plain = False
             elif kind == _EXPECT:
                 expect = value
             else:
-                plain = False
+                if kind == _CONN:
+                    conn = value if conn is None else conn + b"," + value
+                elif kind == _TE:
+                    te = value if te is None else te + b"," + value
+                if extras is None:
+                    extras = []
+                extras.append(item)
     chunked = False
     if te is not None:
         if http10:
@@ -319,7 +330,7 @@ def _scan(
             keep_alive = False
         else:
             keep_alive = not http10 or _KEEP_ALIVE in tokens
-    return chunked, length, keep_alive, hosts, host, expect, plain
+    return chunked, length, keep_alive, hosts, host, expect, extras
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -596,7 +607,7 @@ class RequestReader(_Reader):
         # Cheap test first: the feeds that carried this head bound its size.
         if len(headers) > self._max_headers or self._start_len + self._span > self._max_header_bytes:
             self._check_head(headers, len(method) + len(target) + 12)
-        chunked, length, keep_alive, hosts, host, expect, plain = _scan(headers, version is _HTTP_10, 400)
+        chunked, length, keep_alive, hosts, host, expect, extras = _scan(headers, version is _HTTP_10, 400)
         # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one ever, and valid.
         if hosts != 1:
             if hosts:
@@ -634,7 +645,7 @@ class RequestReader(_Reader):
                 upgrade,
                 # RFC 9110 §10.1.1: ignored in an HTTP/1.0 request.
                 expect is not None and version is _HTTP_11 and expect.lower() == _CONTINUE,
-                plain,
+                extras,
             )
         )
 
@@ -812,7 +823,7 @@ class ResponseReader(_Reader):
             raise self._fail(f"invalid reason phrase: {reason!r}")
         if len(headers) > self._max_headers or self._start_len + self._span > self._max_header_bytes:
             self._check_head(headers, len(reason) + 15)
-        chunked, length, keep_alive, _, _, _, plain = _scan(headers, version is _HTTP_10, 502)
+        chunked, length, keep_alive, _, _, _, extras = _scan(headers, version is _HTTP_10, 502)
         events = self._events
         if status < 200 and status != 101:
             # RFC 9110 §15.2: interim, no content; the request is still unanswered.
@@ -847,7 +858,7 @@ class ResponseReader(_Reader):
             keep_alive = False  # the body runs to the close
             self._state = _UNTIL_EOF
         self._keep_alive = keep_alive
-        events.append(ResponseHead(status, reason, version, headers, keep_alive, chunked, length, False, plain))
+        events.append(ResponseHead(status, reason, version, headers, keep_alive, chunked, length, False, extras is None))
 
     def on_message_complete(self) -> None:
         if self._interim:

@@ -351,44 +351,45 @@ class ServerH1(asyncio.Protocol):
         trace_val: bytes | None = None
         conn_tokens: bytes | None = None
         upgrade: bytes | None = None
-        out: list[tuple[bytes, bytes]] = []
         special = _REQ_SPECIAL
         sig_header = server.sig_header
         sig: bytes | None = None
-        if head.plain:  # nothing to drop or read: forward the fields as they came
-            items: Any = ()
-            out = head.headers.copy()
+        headers = head.headers
+        extras = head.extras
+        if extras is None:  # plain: nothing to drop or read, forward the fields as they came
+            out = headers.copy()
         else:
-            items = head.headers
-        for item in items:
-            name = item[0]
-            kind = special.get(name)
-            if kind is None:
-                # First byte as an int before the prefix test: most names don't start
-                # with "l", and a slice would allocate per header.
-                if name[0] == 108 and name.startswith(b"l5d-"):
-                    if clear:
-                        continue
-                    if name == sig_header:
-                        sig = item[1]
-                        continue
-                out.append(item)
-            elif clear and name.startswith(b"l5d-"):
-                continue
-            elif kind == _H_DTAB:
-                user_vals.append(item[1])
-            elif kind == _H_CTX_DTAB:
-                ctx_vals.append(item[1])
-            elif kind == _H_DEADLINE:
-                if deadline_vals is None:
-                    deadline_vals = []
-                deadline_vals.append(item[1])
-            elif kind == _H_TRACE:
-                trace_val = item[1]
-            elif kind == _H_CONNECTION:
-                conn_tokens = item[1] if conn_tokens is None else conn_tokens + b"," + item[1]
-            elif kind == _H_UPGRADE:
-                upgrade = item[1]
+            # The codec listed the few hop-by-hop and l5d- fields while it scanned the
+            # head; everything else is filtered in one comprehension, not a Python loop.
+            drop = _drop_set(sig_header)
+            if clear:  # spec §13.5: no l5d- field from the caller goes on, none is read
+                out = [h for h in headers if h[0] not in drop and not h[0].startswith(b"l5d-")]
+            else:
+                out = [h for h in headers if h[0] not in drop]
+            for name, value in extras:
+                kind = special.get(name)
+                if kind is None:
+                    if name == sig_header and not clear:
+                        sig = value
+                    continue  # another l5d- field: forwarded (or cleared) above
+                if clear and name[0] == 108:  # an l5d- field the proxy consumes
+                    continue
+                if kind == _H_DTAB:
+                    user_vals.append(value)
+                elif kind == _H_CTX_DTAB:
+                    ctx_vals.append(value)
+                elif kind == _H_DEADLINE:
+                    if deadline_vals is None:
+                        deadline_vals = []
+                    deadline_vals.append(value)
+                elif kind == _H_TRACE:
+                    trace_val = value
+                elif kind == _H_CONNECTION:
+                    conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
+                elif kind == _H_UPGRADE:
+                    upgrade = value
+        if sig is None and (ctx_vals or user_vals) and sig_header[:4] != b"l5d-" and server.policy.hmac_header:
+            sig = self._view.point(head).headers(sig_header)  # a signature field not named l5d-*
         if conn_tokens is not None:  # names listed in Connection are hop-by-hop too
             listed = {t.strip().lower() for t in conn_tokens.split(b",")}
             listed -= _CONN_KEEP
@@ -746,6 +747,18 @@ class ServerH1(asyncio.Protocol):
         tail = self._reader.upgrade_tail
         if tail:
             up.tunnel_write(tail)
+
+
+_DROP_SETS: dict[bytes, frozenset[bytes]] = {}
+
+
+def _drop_set(sig_header: bytes) -> frozenset[bytes]:
+    """The request fields never forwarded: hop-by-hop ones, the l5d- ones the proxy
+    consumes or rewrites, and the override signature field (its name is configured)."""
+    drop = _DROP_SETS.get(sig_header)
+    if drop is None:
+        drop = _DROP_SETS[sig_header] = frozenset(_REQ_SPECIAL) | {sig_header}
+    return drop
 
 
 def make_protocol_factory(server: Any) -> Callable[[], ServerH1]:

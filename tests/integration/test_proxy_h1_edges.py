@@ -314,3 +314,30 @@ def test_identifier_list_is_tried_in_order(run: Any) -> None:
             await x.close()
 
     run(main())
+
+
+def test_hmac_signed_override_from_an_untrusted_source(run: Any) -> None:
+    async def main() -> None:
+        from proxy.route.trust import sign
+
+        web, v2 = await Backend("web").start(), await Backend("v2").start()
+        key = "0123456789abcdef0123"
+        extra = f"  overrides:\n    trust:\n      cidrs: [10.0.0.0/8]\n      hmac: {{header: x-dtab-sig, key: '{key}'}}\n"
+        dtab = f"/svc/web => /$/inet/127.0.0.1/{web.port}; /srv/v2 => /$/inet/127.0.0.1/{v2.port}"
+        rt = await start_proxy(router_yaml(dtab, extra=extra))
+        c = await Client.connect(proxy_port(rt))
+        override = "/svc/web => /srv/v2"
+        good = sign(key.encode(), [], [override.encode()]).decode()
+        r = await c.request("GET", "/", {"Host": "web", "l5d-dtab": override, "x-dtab-sig": good})
+        assert r.status == 200 and r.body == b"v2 GET /"
+        assert v2.seen[0].header("x-dtab-sig") is None  # the signature is not forwarded
+        r = await c.request("GET", "/", {"Host": "web", "l5d-dtab": override, "x-dtab-sig": "00" * 32})
+        assert r.status == 403 and b"overrides.trust.hmac" in r.body
+        r = await c.request("GET", "/", {"Host": "web", "l5d-dtab": override})
+        assert r.status == 403 and b"missing" in r.body
+        await c.close()
+        await rt.drain()
+        await web.close()
+        await v2.close()
+
+    run(main())
