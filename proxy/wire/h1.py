@@ -17,7 +17,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from time import perf_counter
 from typing import Any, Final
 
 from dtab import Dtab
@@ -34,14 +33,12 @@ from ..codec.h1 import (
     encode_trailers,
 )
 from ..errors import (
-    NoRoute,
     PeerProtocolError,
     ProxyError,
     Timeout,
 )
-from ..route.l5d import decode_trace, format_deadline, new_root_trace, parse_deadline
-from ..telemetry.metrics import record as record_stats
 from .render import error_response
+from .routing import RoutedRequest
 from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
 log = logging.getLogger(__name__)
@@ -82,7 +79,6 @@ _CHUNKED: Final = (b"transfer-encoding", b"chunked")
 _CONN_CLOSE: Final = (b"connection", b"close")
 _CONN_KEEP_ALIVE: Final = (b"connection", b"keep-alive")
 _CONN_UPGRADE: Final = (b"connection", b"upgrade")
-_VIA: Final = (b"via", b"1.1 dtabproxy")
 _CONN_KEEP: Final = frozenset((b"close", b"keep-alive", b"upgrade"))
 _PAUSE_QUEUE: Final = 1  # too many pipelined events queued
 _PAUSE_UPSTREAM: Final = 2  # the upstream cannot take more request body yet
@@ -114,21 +110,20 @@ class _HeaderLookup:
         return None
 
 
-class ServerH1(asyncio.Protocol):
+class ServerH1(RoutedRequest, asyncio.Protocol):
     """Downstream HTTP/1.1 connection: parse, route, forward. Never blocks."""
 
     __slots__ = (
-        "_server", "_router", "_loop", "_transport", "_reader", "_queue", "_peer_ip",
+        "_server", "_loop", "_transport", "_reader", "_queue", "_peer_ip",
         "_busy", "_req_done", "_resp_started", "_resp_done", "_discard", "_close_after",
         "_up", "_head", "_resp_chunked", "_resp_head_only", "_client_keep_alive", "_timer",
-        "_paused", "_tunnel", "last_active", "_route", "_pumping", "_deadline", "_view", "_wbuf",
-        "_svc", "_es", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out", "_bound", "_ep_key",
+        "_paused", "_tunnel", "last_active", "_pumping", "_deadline", "_view", "_wbuf",
         "head_started",
     )
 
     def __init__(self, server: Any) -> None:
         self._server = server  # the listener's shared state: router ref, limits, flags
-        self._router = server.router
+        self._init_routing(server.router)
         self._loop = server.loop
         self._transport: Any = None
         lim = server.limits
@@ -150,21 +145,10 @@ class ServerH1(asyncio.Protocol):
         self._paused = 0  # why our reading is paused: _PAUSE_QUEUE | _PAUSE_UPSTREAM
         self._tunnel = False
         self.last_active = 0.0
-        self._route: Any = None
         self._pumping = False
         self._deadline = 0.0  # when the current request times out (0: no deadline)
         self._view = _HeaderLookup()
         self._wbuf: list[bytes] | None = None  # response bytes batched per upstream read
-        # Telemetry of the request in flight (see _account): bound counters, not labels.
-        self._svc: Any = None
-        self._es: Any = None
-        self._t0 = 0.0
-        self._status = 0
-        self._fclass: str | None = None
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._bound: Any = None
-        self._ep_key: Any = None
         self.head_started = 0.0  # when the request head now arriving began (0: none)
 
     # -- connection lifecycle ------------------------------------------------------------
@@ -343,7 +327,6 @@ class ServerH1(asyncio.Protocol):
     def _open(self, head: RequestHead) -> None:
         """Identify, assemble the local dtab, bind, pick, and start the upstream request."""
         server = self._server
-        router = self._router
         clear = server.clear_context
         ctx_vals: list[bytes] = []
         user_vals: list[bytes] = []
@@ -402,66 +385,10 @@ class ServerH1(asyncio.Protocol):
         else:
             local, local_key = Dtab.EMPTY, b""
 
-        acts = None
-        if router.rules is None:  # no match rules: the plain path, one attribute check
-            ident = router.identifier.identify(self._view.point(head))
-            route = router.route(ident.path, local, local_key)
-            picked = route.pick()
-        else:  # match rules (proxy/route/rules.py): rules overlay, sticky pick, rewrites
-            sel = router.select(self._view.point(head), head.headers, local, local_key)
-            ident, route, acts = sel.ident, sel.route, sel.actions
-            picked = route.pick(sel.u)
-            if acts is not None:
-                out = acts.edit_request(out)  # authority and header edits, before l5d-*
-        self._route = route
-        svc = route.stats
-        if svc is not None:
-            svc.started += 1
-            self._svc = svc
-            self._t0 = perf_counter()  # loop.time() is too coarse under uvloop (1 ms)
-        if picked is None:
-            raise router.no_route(route)
-        client, bound, residual_hdr = picked
-        endpoint = client.pick()
-        if svc is not None and endpoint is not None:
-            cs = route.cstats.get(client)
-            if cs is not None:
-                es = self._es = cs.endpoint(endpoint.host, endpoint.port, endpoint.addr_key)
-                es.started += 1
-            self._bound = bound
-            self._ep_key = endpoint.addr_key
-        if endpoint is None:
-            raise NoRoute(
-                f"No hosts are available for {client.id.show()}, "
-                f"Dtab.base=[{router.base.dtab.show()}], Dtab.local=[{route.local.show()}]"
-            )
-
-        # Linkerd's informational and context headers (spec §13.1, §13.3).
-        tc = decode_trace(trace_val) if trace_val is not None else None
-        if tc is not None:
-            tc = tc.child()
-            reqid, trace = tc.reqid(), tc.encode()
-        else:
-            reqid, trace = new_root_trace()
-        out.append((b"l5d-dst-service", route.service_hdr))
-        out.append((b"l5d-dst-client", client.id_show))
-        if residual_hdr is not None:
-            out.append((b"l5d-dst-residual", residual_hdr))
-        out.append((b"l5d-reqid", reqid))
-        out.append((b"l5d-ctx-trace", trace))
-        if route.local_hdr:
-            out.append((b"l5d-ctx-dtab", route.local_hdr))
-        if deadline_vals is not None:
-            dl = parse_deadline(deadline_vals)
-            if dl is not None:
-                out.append((b"l5d-ctx-deadline", format_deadline(dl)))
-        if server.add_via:
-            out.append(_VIA)
-        if server.add_forwarded:  # RFC 7239: one more element per hop, as its own field
-            ip = self._peer_ip
-            node = b'"[%s]"' % ip.encode() if ":" in ip else ip.encode()
-            host = self._view.headers(b"host")
-            out.append((b"forwarded", b"for=%s;proto=http" % node + (b';host="' + host + b'"' if host else b"")))
+        endpoint, acts, ident = self._route_request(
+            server, self._view.point(head), headers, local, local_key, out, trace_val, deadline_vals,
+            self._peer_ip, self._view.headers(b"host"),
+        )
         if head.upgrade and upgrade is not None:
             out.append(_CONN_UPGRADE)
             out.append((b"upgrade", upgrade))
@@ -475,7 +402,6 @@ class ServerH1(asyncio.Protocol):
         target = ident.rewritten_target if ident.rewritten_target is not None else head.target
         if acts is not None:
             target = acts.rewrite_target(target)  # a matched rule's URI rewrite
-        endpoint.outstanding += 1
         self._up = server.open_upstream(endpoint, self, head.method, target, out, body_mode, self._loop)
 
     def rebind_upstream(self, handle: Any) -> None:
@@ -665,26 +591,6 @@ class ServerH1(asyncio.Protocol):
         t = self._transport
         if t is not None:
             t.abort()
-
-    def _account(self) -> None:
-        """Telemetry for the request that just ended, exactly once: plain increments on
-        the counters bound to its route and endpoint, and a sampled decision."""
-        svc = self._svc
-        if svc is not None:
-            self._svc = None
-            latency = perf_counter() - self._t0
-            es, self._es = self._es, None
-            record_stats(svc, es, self._status, latency, self._bytes_in, self._bytes_out, self._fclass)
-            rs = self._router.stats
-            if rs is not None:
-                rs.decisions.offer(self._router, self._route, self._bound, self._ep_key, self._status, latency)
-        elif self._fclass is not None:  # failed before it had a service (override, identify)
-            rs = self._router.stats
-            if rs is not None:
-                rs.record_unrouted(self._status, self._fclass)
-        self._fclass = None
-        self._bytes_in = self._bytes_out = 0
-        self._bound = self._ep_key = None
 
     def _finish(self) -> None:
         self._deadline = 0.0
