@@ -1,39 +1,52 @@
-"""HTTP/2 framing (RFC 9113) for the data plane: a sans-IO adapter over `h2`.
+"""HTTP/2 (RFC 9113) and HPACK (RFC 7541) for the data plane, sans-IO, either side.
 
-Owns: one configured `H2Connection` per connection (server or client side), the
-send-side flow-control queues (DATA that the peer's window cannot take yet waits here,
-in order, with the stream's END_STREAM or trailers behind it), and the RFC 9113 §8
-checks on field sections in both directions: request and response pseudo-headers,
-connection-specific fields, `te`, field-name case and characters, CR/LF/NUL and
-surrounding whitespace in values, and a `content-length` that is not plain digits or
-disagrees with itself. h2's own header validation is switched off because this one
-pass does the same checks and also produces the split (pseudo, regular) the proxy
-needs; h2 still enforces that DATA matches `content-length`.
+Owns: the frame layer (parsing, the stream state machine of RFC 9113 §5.1, SETTINGS
+and their acknowledgement, PING, GOAWAY, flow control in both directions, CONTINUATION
+sequencing, padding), an HPACK decoder (static and dynamic tables, Huffman strings), a
+static-table-only HPACK encoder, the send-side flow-control queues (DATA that the
+peer's window cannot take yet waits here, in order, with the stream's END_STREAM or
+trailers behind it), and the RFC 9113 §8 checks on field sections in both directions:
+request and response pseudo-headers, connection-specific fields, `te`, field-name case
+and characters, CR/LF/NUL and surrounding whitespace in values, and a `content-length`
+that is not plain digits or disagrees with itself or with the DATA received.
 
 Must not: touch sockets, loops or clocks; import asyncio or anything from `proxy` but
-`proxy.errors`. Output accumulates inside h2 and is taken once per batch
-(`take_output`), so one read's worth of frames becomes one write.
+`proxy.errors`. Output accumulates here and is taken once per batch (`take_output`),
+so one read's worth of frames becomes one write.
 
-h2 is pure Python and costs tens of microseconds per frame, so the adapter does no
-per-frame work of its own on the common path: events are h2's own objects, handed on
-as they are; the queues are touched only when a window is short.
+Why not the `h2` package: it is correct but costs tens of microseconds per frame in
+pure Python (a frame object, a logging call and a state-machine transition per frame,
+header validation passes, and a scan of every stream to count the open ones), which
+made it most of the proxy's CPU per request. This layer does what a proxy needs in one
+pass per frame, and hands events on as plain tuples:
+
+    (HEADERS, sid, fields, 0, ended)       request (server side) / final response (client)
+    (INFORMATIONAL, sid, fields, 0, False) 1xx response (client side)
+    (TRAILERS, sid, fields, 0, True)
+    (DATA, sid, data, flow_controlled_length, ended)
+    (RESET, sid, error_code, 0, False)     the peer reset the stream, or we did for an
+                                           error of its making (the user forgets it)
+    (SETTINGS, 0, None, 0, False)          the peer's SETTINGS arrived (and were acked)
+    (GOAWAY, last_stream_id, error_code, 0, False)
+
+A connection error raises PeerProtocolError from `feed`, with the GOAWAY already queued.
+`hpack` supplies the RFC's tables only; the tests use `h2` and `hpack` as the
+independent peer.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from typing import Any, Final
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-import hpack
-import hpack.table
-from h2.errors import ErrorCodes
-from h2.settings import SettingCodes
+# The RFC 7541 Appendix A static table and Appendix B Huffman code are data, taken from
+# the `hpack` package (installed with `h2`) rather than retyped here.
+from hpack import NeverIndexedHeaderTuple as _HpackNeverIndexed
+from hpack.huffman_constants import REQUEST_CODES as _HUFFMAN_CODES
+from hpack.huffman_constants import REQUEST_CODES_LENGTH as _HUFFMAN_LENGTHS
+from hpack.table import HeaderTable as _HeaderTable
 
 from proxy.errors import LocalProtocolError, PeerProtocolError
 
@@ -41,25 +54,26 @@ log = logging.getLogger(__name__)
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-NO_ERROR: Final = int(ErrorCodes.NO_ERROR)
-PROTOCOL_ERROR: Final = int(ErrorCodes.PROTOCOL_ERROR)
-INTERNAL_ERROR: Final = int(ErrorCodes.INTERNAL_ERROR)
-REFUSED_STREAM: Final = int(ErrorCodes.REFUSED_STREAM)
-CANCEL: Final = int(ErrorCodes.CANCEL)
-ENHANCE_YOUR_CALM: Final = int(ErrorCodes.ENHANCE_YOUR_CALM)
+# RFC 9113 §7 error codes.
+NO_ERROR: Final = 0x0
+PROTOCOL_ERROR: Final = 0x1
+INTERNAL_ERROR: Final = 0x2
+FLOW_CONTROL_ERROR: Final = 0x3
+STREAM_CLOSED: Final = 0x5
+FRAME_SIZE_ERROR: Final = 0x6
+REFUSED_STREAM: Final = 0x7
+CANCEL: Final = 0x8
+COMPRESSION_ERROR: Final = 0x9
+ENHANCE_YOUR_CALM: Final = 0xB
 
-# The h2 event classes the wire layer dispatches on (re-exported so `proxy.wire`
-# needs no h2 import of its own).
-RequestReceived: Final = h2.events.RequestReceived
-ResponseReceived: Final = h2.events.ResponseReceived
-InformationalResponseReceived: Final = h2.events.InformationalResponseReceived
-TrailersReceived: Final = h2.events.TrailersReceived
-DataReceived: Final = h2.events.DataReceived
-StreamEnded: Final = h2.events.StreamEnded
-StreamReset: Final = h2.events.StreamReset
-ConnectionTerminated: Final = h2.events.ConnectionTerminated
-RemoteSettingsChanged: Final = h2.events.RemoteSettingsChanged
-WindowUpdated: Final = h2.events.WindowUpdated
+# Event kinds (the first element of each event tuple).
+HEADERS: Final = 1
+INFORMATIONAL: Final = 2
+TRAILERS: Final = 3
+DATA: Final = 4
+RESET: Final = 5
+SETTINGS: Final = 6
+GOAWAY: Final = 7
 
 #: Stream window we advertise. 1 MiB lets one stream fill a loopback or LAN link
 #: without waiting on WINDOW_UPDATE round trips, and is the most a slow consumer can
@@ -72,265 +86,322 @@ DEFAULT_CONNECTION_WINDOW: Final = 4 << 20
 SEND_HIGH_WATER: Final = 256 * 1024
 SEND_LOW_WATER: Final = 64 * 1024
 
+# Frame types (RFC 9113 §6) and flags.
+_DATA: Final = 0x0
+_HEADERS: Final = 0x1
+_PRIORITY: Final = 0x2
+_RST_STREAM: Final = 0x3
+_SETTINGS: Final = 0x4
+_PUSH_PROMISE: Final = 0x5
+_PING: Final = 0x6
+_GOAWAY: Final = 0x7
+_WINDOW_UPDATE: Final = 0x8
+_CONTINUATION: Final = 0x9
+_END_STREAM: Final = 0x1
+_ACK: Final = 0x1
+_END_HEADERS: Final = 0x4
+_PADDED: Final = 0x8
+_PRIORITY_FLAG: Final = 0x20
 
-def _config(client_side: bool) -> h2.config.H2Configuration:
-    # Bytes in and out (header_encoding None); h2's header validation and
-    # normalisation off: `read_request` / `read_response` below check the same
-    # RFC 9113 §8 rules in one pass, and outbound sections are built by the proxy
-    # from fields it has already checked.
-    return h2.config.H2Configuration(
-        client_side=client_side,
-        header_encoding=None,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-        split_outbound_cookies=False,
-        validate_inbound_headers=False,
-        normalize_inbound_headers=False,
-    )
+#: The frame size we accept: the default SETTINGS_MAX_FRAME_SIZE, which we never raise
+#: (larger frames only save a 9-byte header per 16 KiB).
+_MAX_FRAME: Final = 16384
+_MAX_WINDOW: Final = (1 << 31) - 1  # RFC 9113 §6.9.1
+#: SETTINGS_HEADER_TABLE_SIZE we leave at its default: the dynamic table our decoder keeps.
+_DECODER_TABLE_SIZE: Final = 4096
+#: Closed streams remembered per connection, so a late frame on one is told apart from a
+#: frame on a stream never opened (RFC 9113 §5.1). Frames for a stream we reset are
+#: ignored for as long as it is remembered; a peer's are not that late in practice.
+_CLOSED_MEMORY: Final = 1024
+
+_FRAME_HEAD: Final = struct.Struct(">HBBBL")  # length (24 bits as 16+8), type, flags, stream id
+_pack_head = _FRAME_HEAD.pack
+_unpack_head = _FRAME_HEAD.unpack_from
+_U32: Final = struct.Struct(">L")
+_SETTING: Final = struct.Struct(">HL")
+_GOAWAY_BODY: Final = struct.Struct(">LL")
+
+_SETTINGS_ACK_FRAME: Final = _pack_head(0, 0, _SETTINGS, _ACK, 0)
+
+# Closed-stream records (values of H2Codec._closed).
+_GONE_IDLE: Final = 0  # never opened (and not implicitly closed by a higher one)
+_GONE_RESET: Final = 1  # we reset it: late frames are expected and ignored (§5.1)
+_GONE_CLOSED: Final = 2  # closed normally or by the peer's reset
+_GONE_SKIPPED: Final = 3  # below a stream the peer opened, but never seen here
 
 
-_SERVER_CONFIG: Final = _config(False)
-_CLIENT_CONFIG: Final = _config(True)
+class _ConnError(Exception):
+    """A connection error (RFC 9113 §5.4.1) found while parsing: GOAWAY with `code`."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def _quiet_hpack() -> None:
-    # hpack calls `log.debug` several times per field; with logging at INFO each call
-    # still walks Logger.isEnabledFor. Disabling that one logger makes the check the
-    # first attribute test (`disabled`), which is measurable at 10k requests/s.
-    logging.getLogger("hpack.hpack").disabled = True
-    logging.getLogger("hpack.table").disabled = True
+# -- HPACK (RFC 7541) -------------------------------------------------------------------------
+
+_STATIC: Final[tuple[tuple[bytes, bytes], ...]] = (
+    (b"", b""), *((bytes(n), bytes(v)) for n, v in _HeaderTable.STATIC_TABLE)
+)
+_STATIC_LEN: Final = len(_STATIC) - 1  # 61
 
 
-_quiet_hpack()
+class NeverIndexed(tuple):  # type: ignore[type-arg]
+    """A field that arrived as "never indexed" (RFC 7541 §6.2.3): an intermediary must
+    forward it with the same representation (§7.1.3)."""
+
+    __slots__ = ()
 
 
-class _SendQueue:
-    """DATA waiting for flow-control window on one stream, and what ends the stream."""
+def _build_huffman() -> tuple[list[int], list[int], list[int], frozenset[int]]:
+    """The Huffman code as a binary tree: child arrays and the symbol at each leaf."""
+    zero, one, sym = [-1], [-1], [-1]
+    for s in range(257):
+        code, n = _HUFFMAN_CODES[s], _HUFFMAN_LENGTHS[s]
+        node = 0
+        for i in range(n - 1, -1, -1):
+            side = one if (code >> i) & 1 else zero
+            nxt = side[node]
+            if nxt < 0:
+                nxt = len(sym)
+                zero.append(-1)
+                one.append(-1)
+                sym.append(-1)
+                side[node] = nxt
+            node = nxt
+        sym[node] = s
+    # §5.2: padding is the most significant bits of EOS (all ones), at most 7 of them.
+    accept, node = {0}, 0
+    for _ in range(7):
+        node = one[node]
+        accept.add(node)
+    return zero, one, sym, frozenset(accept)
 
-    __slots__ = ("chunks", "size", "end", "trailers")
 
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-        self.size = 0
-        self.end = False
-        self.trailers: list[tuple[bytes, bytes]] | None = None
+_H_ZERO, _H_ONE, _H_SYM, _H_ACCEPT = _build_huffman()
+#: Per tree node, the decoding of each next input byte: (node after it, bytes emitted),
+#: node -1 when the byte completes EOS (an error, §5.2). A row is built the first time
+#: its node is reached (2048 steps), so only the few nodes real strings visit cost
+#: anything, and decoding is one table lookup per input byte.
+_H_ROWS: list[list[tuple[int, bytes]] | None] = [None] * len(_H_SYM)
 
 
-class H2Codec:
-    """One HTTP/2 connection, either side. Bytes in, h2 events out; sends queue behind
-    the peer's flow-control window. After `feed`, `drained` lists streams whose queue
-    fell below `SEND_LOW_WATER` (their producers may resume)."""
-
-    __slots__ = ("conn", "_queues", "drained", "client_side")
-
-    def __init__(
-        self,
-        *,
-        client_side: bool,
-        max_concurrent_streams: int | None = None,
-        max_header_list_size: int = 65536,
-        stream_window: int = DEFAULT_STREAM_WINDOW,
-        connection_window: int = DEFAULT_CONNECTION_WINDOW,
-    ) -> None:
-        conn = h2.connection.H2Connection(_CLIENT_CONFIG if client_side else _SERVER_CONFIG)
-        values: dict[SettingCodes, int] = {
-            SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
-            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
-        }
-        if client_side:
-            values[SettingCodes.ENABLE_PUSH] = 0  # the proxy never accepts pushes
-        if max_concurrent_streams is not None:
-            values[SettingCodes.MAX_CONCURRENT_STREAMS] = max_concurrent_streams
-        conn.local_settings = h2.settings.Settings(client=client_side, initial_values=values)
-        # h2 reads the header-list limit from its decoder, not from the settings object.
-        conn.decoder.max_header_list_size = max_header_list_size
-        conn.encoder = FieldEncoder()  # type: ignore[assignment]  # see FieldEncoder
-        conn.initiate_connection()
-        if connection_window > 65535:  # RFC 9113 §6.9.2: the connection window starts at 65535
-            conn.increment_flow_control_window(connection_window - 65535)
-        self.conn = conn
-        self.client_side = client_side
-        self._queues: dict[int, _SendQueue] = {}
-        self.drained: list[int] = []
-
-    # -- input -------------------------------------------------------------------------
-
-    def feed(self, data: bytes) -> list[Any]:
-        """h2 events for `data`. A connection error raises PeerProtocolError; h2 has
-        already queued the GOAWAY, so the caller writes `take_output()` and closes."""
-        try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            raise PeerProtocolError(f"HTTP/2 connection error: {exc}") from None
-        if self._queues:
-            ev: Any
-            for ev in events:
-                cls = ev.__class__
-                if cls is WindowUpdated:
-                    sid = ev.stream_id
-                    if sid == 0:
-                        self._flush_all()
-                    elif sid in self._queues:
-                        self._flush(sid)
-                elif cls is RemoteSettingsChanged:
-                    self._flush_all()
-        return events
-
-    # -- output ------------------------------------------------------------------------
-
-    def take_output(self) -> bytes:
-        return self.conn.data_to_send()
-
-    def send_headers(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False) -> None:
-        try:
-            self.conn.send_headers(sid, headers, end_stream=end_stream)
-        except h2.exceptions.StreamClosedError:
-            log.debug("headers for closed stream %d dropped", sid)
-        except h2.exceptions.ProtocolError as exc:
-            raise LocalProtocolError(f"cannot send headers on stream {sid}: {exc}") from None
-
-    def send_data(self, sid: int, data: bytes, end_stream: bool = False) -> int:
-        """Send or queue `data`; returns the bytes now queued on the stream."""
-        q = self._queues.get(sid)
-        if q is None:
-            conn = self.conn
-            n = len(data)
-            try:
-                if n <= conn.max_outbound_frame_size and n <= conn.local_flow_control_window(sid):
-                    conn.send_data(sid, data, end_stream=end_stream)  # the common case: one frame
-                    return 0
-            except h2.exceptions.StreamClosedError:
-                return 0
-            except h2.exceptions.ProtocolError as exc:
-                raise LocalProtocolError(f"cannot send data on stream {sid}: {exc}") from None
-            q = self._queues[sid] = _SendQueue()
-        if data:
-            q.chunks.append(data)
-            q.size += len(data)
-        if end_stream:
-            q.end = True
-        self._flush(sid)
-        q = self._queues.get(sid)
-        return 0 if q is None else q.size
-
-    def end_stream(self, sid: int, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
-        """END_STREAM after any queued DATA: as trailers when given, else an empty DATA."""
-        q = self._queues.get(sid)
-        if q is not None:
-            q.end = True
-            q.trailers = trailers
-            self._flush(sid)
-            return
-        if trailers:
-            self.send_headers(sid, trailers, end_stream=True)
-        else:
-            self.send_data(sid, b"", end_stream=True)
-
-    def buffered(self, sid: int) -> int:
-        q = self._queues.get(sid)
-        return 0 if q is None else q.size
-
-    def reset(self, sid: int, code: int = CANCEL) -> None:
-        self._queues.pop(sid, None)
-        try:
-            self.conn.reset_stream(sid, code)
-        except h2.exceptions.ProtocolError:  # already closed: nothing to reset
-            pass
-
-    def forget(self, sid: int) -> None:
-        """The stream is gone (reset by the peer): drop what was queued for it."""
-        self._queues.pop(sid, None)
-
-    def ack(self, sid: int, size: int) -> None:
-        """`size` flow-controlled bytes of `sid` were delivered onward: credit the peer.
-        h2 batches the WINDOW_UPDATEs (it sends one when half a window is consumed)."""
-        if size:
-            try:
-                self.conn.acknowledge_received_data(size, sid)
-            except h2.exceptions.ProtocolError:  # pragma: no cover - h2 ignores closed streams
-                pass
-
-    def close(self, code: int = NO_ERROR, last_stream_id: int | None = None) -> None:
-        """GOAWAY (RFC 9113 §6.8): streams above `last_stream_id` were not processed."""
-        try:
-            self.conn.close_connection(error_code=code, last_stream_id=last_stream_id)
-        except h2.exceptions.ProtocolError:  # already closed
-            pass
-
-    def next_stream_id(self) -> int:
-        return int(self.conn.get_next_available_stream_id())
-
-    @property
-    def remote_max_streams(self) -> int:
-        return int(self.conn.remote_settings.max_concurrent_streams)
-
-    @property
-    def highest_inbound_stream_id(self) -> int:
-        return int(self.conn.highest_inbound_stream_id)
-
-    # -- flow control --------------------------------------------------------------------
-
-    def _flush_all(self) -> None:
-        for sid in list(self._queues):
-            self._flush(sid)
-
-    def _flush(self, sid: int) -> None:
-        q = self._queues[sid]
-        conn = self.conn
-        chunks = q.chunks
-        was_high = q.size >= SEND_LOW_WATER
-        try:
-            while chunks:
-                window = conn.local_flow_control_window(sid)
-                if window <= 0:
+def _huffman_row(start: int) -> list[tuple[int, bytes]]:
+    zero, one, sym = _H_ZERO, _H_ONE, _H_SYM
+    row = []
+    for byte in range(256):
+        node, out = start, bytearray()
+        for i in range(7, -1, -1):
+            node = one[node] if (byte >> i) & 1 else zero[node]
+            s = sym[node]
+            if s >= 0:
+                if s == 256:
+                    node = -1
                     break
-                limit = min(window, conn.max_outbound_frame_size)
-                chunk = chunks[0]
-                if len(chunk) <= limit:
-                    chunks.popleft()
-                    q.size -= len(chunk)
-                    last = not chunks and q.end and q.trailers is None
-                    conn.send_data(sid, chunk, end_stream=last)
-                    if last:
-                        del self._queues[sid]
-                        return
+                out.append(s)
+                node = 0
+        row.append((node, bytes(out)))
+    _H_ROWS[start] = row
+    return row
+
+
+class HpackError(Exception):
+    """An undecodable header block: a connection error of COMPRESSION_ERROR (RFC 9113 §4.3)."""
+
+
+#: Decoded Huffman strings by their encoded bytes. Most Huffman-coded values repeat
+#: (user agents, content types, paths); bounded because they come from peers.
+_HUFFMAN_CACHE_MAX: Final = 4096
+_huffman_cache: dict[bytes, bytes] = {}
+
+
+def huffman_decode(data: bytes) -> bytes:
+    hit = _huffman_cache.get(data)
+    if hit is not None:
+        return hit
+    rows = _H_ROWS
+    node = 0
+    parts = []
+    for byte in data:
+        row = rows[node] or _huffman_row(node)
+        node, out = row[byte]
+        if node < 0:
+            raise HpackError("EOS in a Huffman-coded string")
+        if out:
+            parts.append(out)
+    if node not in _H_ACCEPT:
+        raise HpackError("invalid Huffman padding")
+    result = b"".join(parts)
+    if len(_huffman_cache) >= _HUFFMAN_CACHE_MAX:
+        _huffman_cache.clear()
+    _huffman_cache[data] = result
+    return result
+
+
+def _varint(data: bytes, pos: int, value: int) -> tuple[int, int]:
+    """RFC 7541 §5.1: the continuation bytes of an integer whose prefix was full."""
+    shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        value += (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 28:  # no field, table or string in a 64 KiB block needs more
+            raise HpackError("HPACK integer too large")
+
+
+def _hstring(data: bytes, pos: int, end_of_block: int) -> tuple[bytes, int]:
+    """RFC 7541 §5.2: a string literal at `pos`; returns it and the position after it."""
+    b = data[pos]
+    length = b & 0x7F
+    pos += 1
+    if length == 0x7F:
+        length, pos = _varint(data, pos, length)
+    end = pos + length
+    if end > end_of_block:
+        raise HpackError("string literal runs past the header block")
+    s = data[pos:end]
+    if b & 0x80:
+        s = huffman_decode(s)
+    return s, end
+
+
+class Decoder:
+    """HPACK decoding with the dynamic table (RFC 7541 §2.3, §4). Fields come back as
+    (name, value) tuples; a repeated indexed field is the same tuple object each time.
+
+    `max_header_list_size` bounds the decoded section (RFC 9113 §6.5.2, counted as
+    §4.1 counts table entries); going over raises HeaderListTooLarge."""
+
+    __slots__ = ("_table", "_size", "_max_size", "max_header_list_size")
+
+    def __init__(self, max_header_list_size: int = 65536) -> None:
+        self._table: list[tuple[bytes, bytes]] = []  # newest last
+        self._size = 0
+        self._max_size = _DECODER_TABLE_SIZE
+        self.max_header_list_size = max_header_list_size
+
+    def decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        try:
+            return self._decode(data)
+        except IndexError:
+            raise HpackError("truncated header block") from None
+
+    def _field_at(self, idx: int) -> tuple[bytes, bytes]:
+        if idx <= _STATIC_LEN:
+            if idx == 0:
+                raise HpackError("index 0")  # §6.1
+            return _STATIC[idx]
+        table = self._table
+        i = len(table) - (idx - _STATIC_LEN)
+        if i < 0:
+            raise HpackError(f"index {idx} beyond the dynamic table")  # §2.3.3
+        return table[i]
+
+    def _decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        append = out.append
+        static = _STATIC
+        table = self._table
+        pos, n = 0, len(data)
+        total, limit = 0, self.max_header_list_size
+        while pos < n:
+            b = data[pos]
+            if b & 0x80:  # §6.1 indexed field
+                idx = b & 0x7F
+                pos += 1
+                if idx == 0x7F:
+                    idx, pos = _varint(data, pos, idx)
+                if 0 < idx <= _STATIC_LEN:
+                    field = static[idx]
                 else:
-                    conn.send_data(sid, chunk[:limit])
-                    chunks[0] = chunk[limit:]
-                    q.size -= limit
-            if not chunks and q.end:
-                del self._queues[sid]
-                if q.trailers is not None:
-                    conn.send_headers(sid, q.trailers, end_stream=True)
+                    i = len(table) - (idx - _STATIC_LEN)
+                    if idx == 0 or i < 0:
+                        raise HpackError(f"invalid index {idx}")
+                    field = table[i]
+            elif b & 0x40:  # §6.2.1 literal with incremental indexing
+                idx = b & 0x3F
+                pos += 1
+                if idx == 0x3F:
+                    idx, pos = _varint(data, pos, idx)
+                if idx:
+                    name = self._field_at(idx)[0]
                 else:
-                    conn.send_data(sid, b"", end_stream=True)
-                return
-        except h2.exceptions.StreamClosedError:
-            self._queues.pop(sid, None)
+                    name, pos = _hstring(data, pos, n)
+                value, pos = _hstring(data, pos, n)
+                field = (name, value)
+                self._add(field)
+                table = self._table
+            elif b & 0x20:  # §6.3 dynamic table size update
+                if out:  # §4.2: only at the start of a block
+                    raise HpackError("dynamic table size update after a field")
+                size = b & 0x1F
+                pos += 1
+                if size == 0x1F:
+                    size, pos = _varint(data, pos, size)
+                if size > _DECODER_TABLE_SIZE:
+                    raise HpackError(f"dynamic table size {size} above SETTINGS_HEADER_TABLE_SIZE")
+                self._max_size = size
+                self._evict(size)
+                continue
+            else:  # §6.2.2 without indexing / §6.2.3 never indexed
+                idx = b & 0x0F
+                pos += 1
+                if idx == 0x0F:
+                    idx, pos = _varint(data, pos, idx)
+                if idx:
+                    name = self._field_at(idx)[0]
+                else:
+                    name, pos = _hstring(data, pos, n)
+                value, pos = _hstring(data, pos, n)
+                field = NeverIndexed((name, value)) if b & 0x10 else (name, value)
+            total += len(field[0]) + len(field[1]) + 32
+            if total > limit:
+                raise HeaderListTooLarge(f"header list larger than {limit} bytes")
+            append(field)
+        return out
+
+    def _add(self, field: tuple[bytes, bytes]) -> None:
+        size = len(field[0]) + len(field[1]) + 32
+        if size > self._max_size:  # §4.4: an entry larger than the table empties it
+            self._table = []
+            self._size = 0
             return
-        except h2.exceptions.ProtocolError as exc:
-            self._queues.pop(sid, None)
-            raise LocalProtocolError(f"cannot send data on stream {sid}: {exc}") from None
-        if not chunks:
-            del self._queues[sid]
-        if was_high and q.size < SEND_LOW_WATER:
-            self.drained.append(sid)
+        self._evict(self._max_size - size)
+        self._table.append(field)
+        self._size += size
+
+    def _evict(self, room: int) -> None:
+        table = self._table
+        drop = 0
+        while self._size > room:
+            n, v = table[drop]
+            self._size -= len(n) + len(v) + 32
+            drop += 1
+        if drop:
+            del table[:drop]
+
+
+class HeaderListTooLarge(HpackError):
+    """The decoded header section exceeds SETTINGS_MAX_HEADER_LIST_SIZE."""
 
 
 class FieldEncoder:
-    """HPACK encoding (RFC 7541) without a dynamic table, installed as the connection's
-    encoder in place of hpack's.
+    """HPACK encoding (RFC 7541) without a dynamic table.
 
     Why: the proxy forwards header sections it did not write, many with per-request
-    values (`l5d-reqid`, `l5d-ctx-trace`, grpc-timeout). hpack's encoder Huffman-codes
+    values (`l5d-reqid`, `l5d-ctx-trace`, grpc-timeout). A full encoder Huffman-codes
     each such value byte by byte in Python, inserts it into the dynamic table (evicting
-    others), and searches that table linearly per field: it was a fifth of the
-    proxy's CPU per request. Here each field is an index into the static table or a
-    literal *without indexing* (§6.2.2), plain (non-Huffman) strings, and the encoded
-    bytes of a field are cached by (name, value), so a repeated field costs one dict
-    probe. The price is larger header blocks (no dynamic-table references), which on
-    service networks costs far less than the CPU. A field that arrived never-indexed
-    is sent never-indexed (§7.1.3: intermediaries must keep that representation).
+    others), and searches that table per field: it was a fifth of the proxy's CPU per
+    request. Here each field is an index into the static table or a literal *without
+    indexing* (§6.2.2), plain (non-Huffman) strings: a static match or a cached name
+    prefix, then the value's length and bytes, so a per-request value costs no more
+    than a repeated one and nothing is cached per value. The price is
+    larger header blocks (no dynamic-table references), which on service networks costs
+    far less than the CPU. A field that arrived never-indexed is sent never-indexed
+    (§7.1.3: intermediaries must keep that representation).
 
     The dynamic table this encoder uses has size 0, declared in the first block
     (§6.3), so no later SETTINGS_HEADER_TABLE_SIZE change can make it too large; a
@@ -349,18 +420,29 @@ class FieldEncoder:
 
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
-        self._pending_update = True  # h2 sets this when the peer's SETTINGS change it
+        self._pending_update = True  # the peer's SETTINGS_HEADER_TABLE_SIZE changed
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        cache = _field_cache
+        static, names, lengths = _STATIC_ENCODED, _name_prefixes, _LENGTHS
         parts = [_SIZE_ZERO] if self._pending_update else []
         self._pending_update = False
         append = parts.append
         for h in headers:
-            b = cache.get(h)
-            if b is None or h.__class__ is _NeverIndexed:
-                b = _encode_field(h)
-            append(b)
+            if h.__class__ is not tuple:  # never indexed (or a caller's own tuple type)
+                append(_encode_field(h))
+                continue
+            b = static.get(h)
+            if b is not None:
+                append(b)
+                continue
+            name, value = h
+            prefix = names.get(name)
+            if prefix is None:
+                prefix = _name_prefix(name, 0x00)
+            n = len(value)
+            append(prefix)
+            append(lengths[n] if n < 127 else _integer(n, 7, 0x00))
+            append(value)
         return b"".join(parts)
 
 
@@ -382,37 +464,747 @@ def _string(data: bytes) -> bytes:
     return _integer(len(data), 7, 0x00) + data  # H bit clear: no Huffman (§5.2)
 
 
+def _name_prefix(name: bytes, first: int) -> bytes:
+    """A literal field's representation up to its value: §6.2.2 (without indexing,
+    `first` 0x00) or §6.2.3 (never indexed, 0x10), the name by static index if it has
+    one. Cached per name: the value after it is the only per-request part."""
+    idx = _STATIC_NAME.get(name)
+    prefix = _integer(idx, 4, first) if idx is not None else bytes((first,)) + _string(name)
+    if first == 0x00:
+        if len(_name_prefixes) >= _NAME_CACHE_MAX:  # names come from peers: bounded
+            _name_prefixes.clear()
+        _name_prefixes[name] = prefix
+    return prefix
+
+
 def _encode_field(h: Any) -> bytes:
     name, value = h[0], h[1]
-    never = h.__class__ is _NeverIndexed
-    if not never:
-        idx = _STATIC_FULL.get((name, value))
-        if idx is not None:
-            return _integer(idx, 7, 0x80)  # §6.1 indexed field
-    first = 0x10 if never else 0x00  # §6.2.3 never indexed / §6.2.2 without indexing
-    name_idx = _STATIC_NAME.get(name)
-    if name_idx is not None:
-        b = _integer(name_idx, 4, first) + _string(value)
-    else:
-        b = bytes((first,)) + _string(name) + _string(value)
-    if not never:
-        cache = _field_cache
-        if len(cache) >= _FIELD_CACHE_MAX:
-            cache.clear()
-        cache[(name, value)] = b
-    return b
+    if isinstance(h, (NeverIndexed, _HpackNeverIndexed)):
+        return _name_prefix(name, 0x10) + _string(value)
+    b = _STATIC_ENCODED.get((name, value))
+    if b is not None:
+        return b
+    return _name_prefix(name, 0x00) + _string(value)
 
 
-_STATIC_FULL: Final[dict[tuple[bytes, bytes], int]] = {}
+_STATIC_ENCODED: Final[dict[tuple[bytes, bytes], bytes]] = {}  # §6.1 indexed fields
 _STATIC_NAME: Final[dict[bytes, int]] = {}
-for _i, (_n, _v) in enumerate(hpack.table.HeaderTable.STATIC_TABLE, 1):
-    _STATIC_FULL.setdefault((_n, _v), _i)
-    _STATIC_NAME.setdefault(_n, _i)
+for _i in range(1, _STATIC_LEN + 1):
+    _STATIC_ENCODED.setdefault(_STATIC[_i], _integer(_i, 7, 0x80))
+    _STATIC_NAME.setdefault(_STATIC[_i][0], _i)
 _SIZE_ZERO: Final = b"\x20"  # §6.3 dynamic table size update to 0
-_NeverIndexed: Final = hpack.NeverIndexedHeaderTuple
-#: Encoded fields by (name, value); bounded because values come from peers.
-_FIELD_CACHE_MAX: Final = 8192
-_field_cache: dict[tuple[bytes, bytes], bytes] = {}
+_LENGTHS: Final = tuple(bytes((n,)) for n in range(127))  # §5.2 short string lengths, H clear
+_NAME_CACHE_MAX: Final = 4096
+_name_prefixes: dict[bytes, bytes] = {}
+
+
+# -- the connection ---------------------------------------------------------------------------
+
+
+class _Stream:
+    """One stream's state (RFC 9113 §5.1) and flow-control windows; the send queue
+    fields are used only when the peer's window is short."""
+
+    __slots__ = ("sid", "send_window", "recv_window", "unacked", "local_closed", "remote_closed",
+                 "response_seen", "content_length", "received", "no_body", "chunks", "queued",
+                 "end_pending", "trailers")
+
+    def __init__(self, sid: int, send_window: int, recv_window: int) -> None:
+        self.sid = sid
+        self.send_window = send_window
+        self.recv_window = recv_window
+        self.unacked = 0  # received bytes the user has passed on, not yet credited
+        self.local_closed = False  # we sent END_STREAM
+        self.remote_closed = False  # the peer sent END_STREAM
+        self.response_seen = False  # client side: the final response HEADERS arrived
+        self.content_length: int | None = None  # what the DATA must add up to (§8.1.1)
+        self.received = 0
+        self.no_body = False  # client side: a HEAD request, whose response has no content
+        self.chunks: deque[bytes] | None = None
+        self.queued = 0
+        self.end_pending = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+
+
+def _content_length_of(fields: list[tuple[bytes, bytes]]) -> int | None:
+    """The first well-formed content-length; a malformed one is the §8 checks' to refuse."""
+    for name, value in fields:
+        if name == b"content-length" and value.isdigit() and value.isascii():
+            return int(value)
+    return None
+
+
+class H2Codec:
+    """One HTTP/2 connection, either side. Bytes in, event tuples out (see the module
+    docstring); sends queue behind the peer's flow-control window. After `feed`,
+    `drained` lists streams whose queue fell below `SEND_LOW_WATER` (their producers
+    may resume)."""
+
+    __slots__ = (
+        "client_side", "drained", "_out", "_buf", "_streams", "_closed", "_decoder", "_encoder",
+        "_preface_left", "_settings_seen", "_dead", "_cont_sid", "_cont_flags", "_cont_parts",
+        "_cont_size", "_cont_dep", "_highest_in", "_next_out", "_inbound_open", "_goaway_sent",
+        "_send_window", "_recv_window", "_recv_unacked", "_conn_credit_at", "_stream_window",
+        "_stream_credit_at", "_max_streams", "_max_block", "_remote_initial", "_remote_frame",
+        "_remote_max_streams", "_remote_table_size", "_waiting",
+    )
+
+    def __init__(
+        self,
+        *,
+        client_side: bool,
+        max_concurrent_streams: int | None = None,
+        max_header_list_size: int = 65536,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
+        connection_window: int = DEFAULT_CONNECTION_WINDOW,
+    ) -> None:
+        self.client_side = client_side
+        self.drained: list[int] = []
+        self._out: list[bytes] = []
+        self._buf = b""
+        self._streams: dict[int, _Stream] = {}
+        self._closed: dict[int, int] = {}  # recently closed stream -> _GONE_RESET / _GONE_CLOSED
+        self._decoder = Decoder(max_header_list_size)
+        self._encoder = FieldEncoder()
+        self._preface_left = b"" if client_side else PREFACE  # the client preface still expected
+        self._settings_seen = False  # §3.4: the peer's preface ends with SETTINGS
+        self._dead = False  # a connection error was sent: nothing more is read
+        self._cont_sid = 0  # a header block is open on this stream: only CONTINUATION may follow
+        self._cont_flags = 0
+        self._cont_parts: list[bytes] = []
+        self._cont_size = 0
+        self._cont_dep = -1
+        self._highest_in = 0  # the highest stream id the peer opened (GOAWAY's last_stream_id)
+        self._next_out = 1 if client_side else 2
+        self._inbound_open = 0
+        self._goaway_sent = False
+        self._send_window = 65535  # §6.9.2: the connection window starts at 65535
+        self._recv_window = connection_window
+        self._recv_unacked = 0
+        # Credit is returned in batches, once half a window has been passed on: one
+        # WINDOW_UPDATE per half window instead of one per DATA frame.
+        self._conn_credit_at = max(connection_window // 2, 1)
+        self._stream_window = stream_window
+        self._stream_credit_at = max(stream_window // 2, 1)
+        self._max_streams = max_concurrent_streams if max_concurrent_streams is not None else 1 << 31
+        # The most header-block bytes (HEADERS plus CONTINUATION) we buffer: HPACK never
+        # makes a field longer than its decoded size plus a few bytes, so a block past
+        # this would decode past the header list limit anyway (RFC 9113 §10.5.1).
+        self._max_block = max_header_list_size + _MAX_FRAME
+        self._remote_initial = 65535
+        self._remote_frame = _MAX_FRAME
+        self._remote_max_streams = 1 << 31  # §6.5.2: unlimited until the peer says
+        self._remote_table_size = 4096
+        self._waiting: dict[int, _Stream] = {}  # streams with a send queue
+        out = self._out
+        if client_side:
+            out.append(PREFACE)
+        # §6.5.2 settings we differ from the defaults on.
+        settings = [_SETTING.pack(0x4, stream_window), _SETTING.pack(0x6, max_header_list_size)]
+        if client_side:
+            settings.append(_SETTING.pack(0x2, 0))  # the proxy never accepts pushes
+        if max_concurrent_streams is not None:
+            settings.append(_SETTING.pack(0x3, max_concurrent_streams))
+        body = b"".join(settings)
+        out.append(_pack_head(0, len(body), _SETTINGS, 0, 0) + body)
+        if connection_window > 65535:
+            out.append(_window_update(0, connection_window - 65535))
+
+    # -- input -------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Events for `data`. A connection error raises PeerProtocolError; the GOAWAY is
+        already queued, so the caller writes `take_output()` and closes."""
+        if self._dead:
+            return []
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        events: list[Any] = []
+        try:
+            if self._preface_left:
+                want = self._preface_left
+                k = min(len(want), len(data))
+                if data[:k] != want[:k]:
+                    raise _ConnError(PROTOCOL_ERROR, "invalid connection preface")  # §3.4
+                self._preface_left = want[k:]
+                data = data[k:]
+                if self._preface_left:
+                    return events
+            pos, n = 0, len(data)
+            streams = self._streams
+            while n - pos >= 9:
+                hi, lo, ftype, flags, sid = _unpack_head(data, pos)
+                length = (hi << 8) | lo
+                if length > _MAX_FRAME:
+                    raise _ConnError(FRAME_SIZE_ERROR, f"frame of {length} bytes")  # §4.2
+                end = pos + 9 + length
+                if end > n:
+                    break
+                payload = data[pos + 9 : end]
+                pos = end
+                sid &= 0x7FFFFFFF  # §4.1: the reserved bit is ignored
+                if self._cont_sid:
+                    if ftype != _CONTINUATION or sid != self._cont_sid:
+                        raise _ConnError(PROTOCOL_ERROR, "header block interrupted")  # §6.10
+                    self._continuation(flags, payload, events)
+                elif not self._settings_seen and ftype != _SETTINGS:
+                    raise _ConnError(PROTOCOL_ERROR, "the preface must end with SETTINGS")  # §3.4
+                elif ftype == _DATA:
+                    self._data(flags, sid, payload, events, streams)
+                elif ftype == _HEADERS:
+                    self._headers(flags, sid, payload, events)
+                elif ftype == _WINDOW_UPDATE:
+                    self._window_update(sid, payload, events)
+                elif ftype == _SETTINGS:
+                    self._settings(flags, sid, payload, events)
+                elif ftype == _RST_STREAM:
+                    self._rst_stream(sid, payload, events)
+                elif ftype == _PING:
+                    if sid:
+                        raise _ConnError(PROTOCOL_ERROR, "PING on a stream")  # §6.7
+                    if length != 8:
+                        raise _ConnError(FRAME_SIZE_ERROR, "PING length")
+                    if not flags & _ACK:
+                        self._out.append(_pack_head(0, 8, _PING, _ACK, 0) + payload)
+                elif ftype == _PRIORITY:
+                    self._priority(sid, payload, events)
+                elif ftype == _GOAWAY:
+                    if sid:
+                        raise _ConnError(PROTOCOL_ERROR, "GOAWAY on a stream")  # §6.8
+                    if length < 8:
+                        raise _ConnError(FRAME_SIZE_ERROR, "GOAWAY length")
+                    last, code = _GOAWAY_BODY.unpack_from(payload)
+                    events.append((GOAWAY, last & 0x7FFFFFFF, code, 0, False))
+                elif ftype == _CONTINUATION:
+                    raise _ConnError(PROTOCOL_ERROR, "CONTINUATION without a header block")  # §6.10
+                elif ftype == _PUSH_PROMISE:
+                    # A server never accepts one; a client said SETTINGS_ENABLE_PUSH=0 (§8.4).
+                    raise _ConnError(PROTOCOL_ERROR, "PUSH_PROMISE")
+                # §4.1, §5.5: frames of unknown type are ignored
+            if pos < n:
+                self._buf = data[pos:]
+        except _ConnError as exc:
+            self._fail(exc.code, str(exc))
+            raise PeerProtocolError(f"HTTP/2 connection error: {exc}") from None
+        except HpackError as exc:
+            code = ENHANCE_YOUR_CALM if isinstance(exc, HeaderListTooLarge) else COMPRESSION_ERROR
+            self._fail(code, str(exc))
+            raise PeerProtocolError(f"HTTP/2 connection error: {exc}") from None
+        return events
+
+    def _fail(self, code: int, message: str) -> None:
+        log.debug("h2 connection error %d: %s", code, message)
+        self._dead = True
+        self._buf = b""
+        self._waiting.clear()
+        if not self._goaway_sent or code:
+            self._goaway_sent = True
+            self._out.append(_goaway(self._highest_in, code))
+
+    def _gone(self, sid: int) -> int:
+        """What a stream id not in `_streams` is: idle, reset by us, or closed."""
+        rec = self._closed.get(sid)
+        if rec is not None:
+            return rec
+        if sid & 1 == (0 if self.client_side else 1):  # the peer's parity
+            return _GONE_SKIPPED if sid <= self._highest_in else _GONE_IDLE
+        return _GONE_SKIPPED if sid < self._next_out else _GONE_IDLE
+
+    def _data(self, flags: int, sid: int, payload: bytes, events: list[Any], streams: dict[int, _Stream]) -> None:
+        if not sid:
+            raise _ConnError(PROTOCOL_ERROR, "DATA on stream 0")  # §6.1
+        flow = len(payload)
+        if flags & _PADDED:
+            if not flow or payload[0] >= flow:
+                raise _ConnError(PROTOCOL_ERROR, "DATA padding exceeds the frame")  # §6.1
+            payload = payload[1 : flow - payload[0]]
+        if flow > self._recv_window:
+            raise _ConnError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")  # §6.9.1
+        self._recv_window -= flow
+        st = streams.get(sid)
+        if st is None or st.remote_closed:
+            self._credit(flow)  # nobody will pass these on: keep the connection window open
+            if st is not None:  # half-closed (remote): §5.1
+                self._stream_error(st, STREAM_CLOSED, events)
+                return
+            gone = self._gone(sid)
+            if gone == _GONE_IDLE:
+                raise _ConnError(PROTOCOL_ERROR, f"DATA on idle stream {sid}")  # §5.1
+            if gone != _GONE_RESET:
+                raise _ConnError(STREAM_CLOSED, f"DATA on closed stream {sid}")  # §5.1
+            return
+        if self.client_side and not st.response_seen:
+            self._credit(flow)
+            self._stream_error(st, PROTOCOL_ERROR, events)  # §8.1: DATA before the response
+            return
+        if flow > st.recv_window:
+            self._credit(flow)
+            self._stream_error(st, FLOW_CONTROL_ERROR, events)  # §6.9.1
+            return
+        st.recv_window -= flow
+        end = flags & _END_STREAM
+        cl = st.content_length
+        if cl is not None:
+            st.received += len(payload)
+            if st.received > cl or (end and st.received != cl):
+                raise _ConnError(PROTOCOL_ERROR, "DATA disagrees with content-length")  # §8.1.1
+        events.append((DATA, sid, payload, flow, end))
+        if end:
+            st.remote_closed = True
+            if st.local_closed:
+                self._close(st, _GONE_CLOSED)
+
+    def _headers(self, flags: int, sid: int, payload: bytes, events: list[Any]) -> None:
+        if not sid:
+            raise _ConnError(PROTOCOL_ERROR, "HEADERS on stream 0")  # §6.2
+        dep = -1
+        if flags & (_PADDED | _PRIORITY_FLAG):
+            start, stop = 0, len(payload)
+            if flags & _PADDED:
+                if not stop:
+                    raise _ConnError(FRAME_SIZE_ERROR, "HEADERS too short for its padding")
+                stop -= payload[0]
+                start = 1
+            if flags & _PRIORITY_FLAG:
+                if len(payload) < start + 5:
+                    raise _ConnError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+                dep = _U32.unpack_from(payload, start)[0] & 0x7FFFFFFF
+                start += 5
+            if stop < start:
+                raise _ConnError(PROTOCOL_ERROR, "HEADERS padding exceeds the frame")  # §6.2
+            payload = payload[start:stop]
+        if flags & _END_HEADERS:
+            self._header_block(sid, flags, payload, dep, events)
+            return
+        self._cont_sid = sid
+        self._cont_flags = flags
+        self._cont_parts = [payload]
+        self._cont_size = len(payload)
+        self._cont_dep = dep
+
+    def _continuation(self, flags: int, payload: bytes, events: list[Any]) -> None:
+        self._cont_parts.append(payload)
+        self._cont_size += len(payload)
+        if self._cont_size > self._max_block:
+            raise _ConnError(ENHANCE_YOUR_CALM, "header block too large")
+        if flags & _END_HEADERS:
+            sid, self._cont_sid = self._cont_sid, 0
+            block = b"".join(self._cont_parts)
+            self._cont_parts = []
+            self._header_block(sid, self._cont_flags, block, self._cont_dep, events)
+
+    def _header_block(self, sid: int, flags: int, block: bytes, dep: int, events: list[Any]) -> None:
+        # Decoded first, whatever becomes of the stream: the dynamic table must see every
+        # block (RFC 9113 §4.3).
+        fields = self._decoder.decode(block)
+        end = bool(flags & _END_STREAM)
+        st = self._streams.get(sid)
+        if st is not None:
+            if dep == sid:
+                self._stream_error(st, PROTOCOL_ERROR, events)  # §5.3.1 depends on itself
+            elif st.remote_closed:
+                self._stream_error(st, STREAM_CLOSED, events)  # §5.1 half-closed (remote)
+            elif self.client_side and not st.response_seen:
+                status = fields[0][1] if fields and fields[0][0] == b":status" else b""
+                if len(status) == 3 and status[0] == 0x31:  # 1xx: informational, more follows
+                    if end:
+                        self._stream_error(st, PROTOCOL_ERROR, events)  # §8.1
+                    else:
+                        events.append((INFORMATIONAL, sid, fields, 0, False))
+                    return
+                st.response_seen = True
+                if not st.no_body and status != b"204" and status != b"304":
+                    st.content_length = _content_length_of(fields)
+                    if end and st.content_length:
+                        raise _ConnError(PROTOCOL_ERROR, "content-length with no DATA")  # §8.1.1
+                events.append((HEADERS, sid, fields, 0, end))
+                if end:
+                    self._remote_end(st)
+            elif not end:
+                self._stream_error(st, PROTOCOL_ERROR, events)  # §8.1: trailers end the stream
+            else:
+                if st.content_length is not None and st.received != st.content_length:
+                    raise _ConnError(PROTOCOL_ERROR, "DATA disagrees with content-length")  # §8.1.1
+                events.append((TRAILERS, sid, fields, 0, True))
+                self._remote_end(st)
+            return
+        if self.client_side or not sid & 1:
+            gone = self._gone(sid)
+            if gone == _GONE_RESET:
+                return
+            if gone == _GONE_CLOSED:
+                raise _ConnError(STREAM_CLOSED, f"HEADERS on closed stream {sid}")  # §5.1
+            raise _ConnError(PROTOCOL_ERROR, f"HEADERS on stream {sid}, which the peer cannot open")
+        if sid <= self._highest_in:
+            gone = self._gone(sid)
+            if gone == _GONE_RESET:
+                return
+            if gone == _GONE_CLOSED:
+                raise _ConnError(STREAM_CLOSED, f"HEADERS on closed stream {sid}")  # §5.1
+            raise _ConnError(PROTOCOL_ERROR, f"stream {sid} below one already opened")  # §5.1.1
+        self._highest_in = sid
+        if self._inbound_open >= self._max_streams:
+            raise _ConnError(PROTOCOL_ERROR, "SETTINGS_MAX_CONCURRENT_STREAMS exceeded")  # §5.1.2
+        st = _Stream(sid, self._remote_initial, self._stream_window)
+        self._streams[sid] = st
+        self._inbound_open += 1
+        if dep == sid:
+            self._stream_error(st, PROTOCOL_ERROR, events, tell=False)  # §5.3.1
+            return
+        if self._goaway_sent:
+            # After our GOAWAY nothing new is processed; REFUSED_STREAM says it is safe
+            # to retry elsewhere (§8.7).
+            self._stream_error(st, REFUSED_STREAM, events, tell=False)
+            return
+        if not end:
+            st.content_length = _content_length_of(fields)
+        events.append((HEADERS, sid, fields, 0, end))
+        if end:
+            st.remote_closed = True
+
+    def _remote_end(self, st: _Stream) -> None:
+        st.remote_closed = True
+        if st.local_closed:
+            self._close(st, _GONE_CLOSED)
+
+    def _priority(self, sid: int, payload: bytes, events: list[Any]) -> None:
+        if not sid:
+            raise _ConnError(PROTOCOL_ERROR, "PRIORITY on stream 0")  # §6.3
+        st = self._streams.get(sid)
+        if len(payload) != 5:
+            if st is None:
+                raise _ConnError(FRAME_SIZE_ERROR, "PRIORITY length")
+            self._stream_error(st, FRAME_SIZE_ERROR, events)
+            return
+        if _U32.unpack_from(payload)[0] & 0x7FFFFFFF == sid:  # §5.3.1 depends on itself
+            if st is None:
+                raise _ConnError(PROTOCOL_ERROR, f"PRIORITY of stream {sid} depends on itself")
+            self._stream_error(st, PROTOCOL_ERROR, events)
+        # Otherwise ignored: RFC 9113 §5.3.2 deprecates the priority scheme.
+
+    def _rst_stream(self, sid: int, payload: bytes, events: list[Any]) -> None:
+        if len(payload) != 4:
+            raise _ConnError(FRAME_SIZE_ERROR, "RST_STREAM length")  # §6.4
+        if not sid:
+            raise _ConnError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        st = self._streams.get(sid)
+        if st is None:
+            if self._gone(sid) == _GONE_IDLE:
+                raise _ConnError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")  # §6.4
+            return
+        self._close(st, _GONE_CLOSED)
+        events.append((RESET, sid, _U32.unpack(payload)[0], 0, False))
+
+    def _window_update(self, sid: int, payload: bytes, events: list[Any]) -> None:
+        if len(payload) != 4:
+            raise _ConnError(FRAME_SIZE_ERROR, "WINDOW_UPDATE length")  # §6.9
+        inc = _U32.unpack(payload)[0] & 0x7FFFFFFF
+        if not sid:
+            if not inc:
+                raise _ConnError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self._send_window += inc
+            if self._send_window > _MAX_WINDOW:
+                raise _ConnError(FLOW_CONTROL_ERROR, "connection window above 2^31-1")  # §6.9.1
+            if self._waiting:
+                self._flush_all()
+            return
+        st = self._streams.get(sid)
+        if st is None:
+            if self._gone(sid) == _GONE_IDLE:
+                raise _ConnError(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")  # §5.1
+            return
+        if not inc:
+            self._stream_error(st, PROTOCOL_ERROR, events)  # §6.9
+            return
+        st.send_window += inc
+        if st.send_window > _MAX_WINDOW:
+            self._stream_error(st, FLOW_CONTROL_ERROR, events)  # §6.9.1
+            return
+        if st.chunks is not None:
+            self._flush(st)
+
+    def _settings(self, flags: int, sid: int, payload: bytes, events: list[Any]) -> None:
+        if sid:
+            raise _ConnError(PROTOCOL_ERROR, "SETTINGS on a stream")  # §6.5
+        if flags & _ACK:
+            if payload:
+                raise _ConnError(FRAME_SIZE_ERROR, "SETTINGS ack with a payload")
+            if not self._settings_seen:
+                raise _ConnError(PROTOCOL_ERROR, "the preface must end with SETTINGS")  # §3.4
+            return
+        if len(payload) % 6:
+            raise _ConnError(FRAME_SIZE_ERROR, "SETTINGS length")
+        self._settings_seen = True
+        window_delta = 0
+        for i in range(0, len(payload), 6):
+            ident, value = _SETTING.unpack_from(payload, i)
+            if ident == 0x1:  # HEADER_TABLE_SIZE
+                if value != self._remote_table_size:
+                    self._remote_table_size = value
+                    self._encoder.header_table_size = value
+            elif ident == 0x2:  # ENABLE_PUSH
+                if value > 1 or (value and self.client_side):
+                    raise _ConnError(PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}")  # §6.5.2
+            elif ident == 0x3:
+                self._remote_max_streams = value
+            elif ident == 0x4:  # INITIAL_WINDOW_SIZE
+                if value > _MAX_WINDOW:
+                    raise _ConnError(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
+                window_delta += value - self._remote_initial
+                self._remote_initial = value
+            elif ident == 0x5:  # MAX_FRAME_SIZE
+                if not _MAX_FRAME <= value <= 0xFFFFFF:
+                    raise _ConnError(PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value}")
+                self._remote_frame = value
+            elif ident == 0x8 and value > 1:  # ENABLE_CONNECT_PROTOCOL (RFC 8441 §3)
+                raise _ConnError(PROTOCOL_ERROR, f"SETTINGS_ENABLE_CONNECT_PROTOCOL {value}")
+            # MAX_HEADER_LIST_SIZE is advisory; unknown settings are ignored (§6.5.2)
+        self._out.append(_SETTINGS_ACK_FRAME)
+        if window_delta:
+            # §6.9.2: every stream's window moves by the change, and may go negative.
+            for st in self._streams.values():
+                st.send_window += window_delta
+                if st.send_window > _MAX_WINDOW:
+                    raise _ConnError(FLOW_CONTROL_ERROR, "a stream window above 2^31-1")
+            if window_delta > 0 and self._waiting:
+                self._flush_all()
+        events.append((SETTINGS, 0, None, 0, False))
+
+    def _stream_error(self, st: _Stream, code: int, events: list[Any], tell: bool = True) -> None:
+        """RFC 9113 §5.4.2: RST_STREAM, and the user forgets the stream (a RESET event)."""
+        self._out.append(_rst_frame(st.sid, code))
+        self._close(st, _GONE_RESET)
+        if tell:
+            events.append((RESET, st.sid, code, 0, False))
+
+    def _close(self, st: _Stream, how: int) -> None:
+        sid = st.sid
+        del self._streams[sid]
+        if st.chunks is not None:
+            st.chunks = None
+            st.queued = 0
+            self._waiting.pop(sid, None)
+        if (sid & 1) != self.client_side:  # the peer opened it
+            self._inbound_open -= 1
+        closed = self._closed
+        closed[sid] = how
+        if len(closed) > _CLOSED_MEMORY:
+            del closed[next(iter(closed))]
+
+    def _credit(self, n: int) -> None:
+        if n:
+            self._recv_unacked += n
+            if self._recv_unacked >= self._conn_credit_at:
+                self._out.append(_window_update(0, self._recv_unacked))
+                self._recv_window += self._recv_unacked
+                self._recv_unacked = 0
+
+    # -- output ------------------------------------------------------------------------
+
+    def take_output(self) -> bytes:
+        out = self._out
+        if not out:
+            return b""
+        data = b"".join(out) if len(out) > 1 else out[0]
+        out.clear()
+        return data
+
+    def send_headers(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False) -> None:
+        st = self._streams.get(sid)
+        if st is None:
+            if not self.client_side or sid != self._next_out or self._dead:
+                log.debug("headers for closed stream %d dropped", sid)
+                return
+            if self._goaway_sent:
+                raise LocalProtocolError(f"cannot open stream {sid} after GOAWAY")
+            st = self._streams[sid] = _Stream(sid, self._remote_initial, self._stream_window)
+            self._next_out = sid + 2
+            if headers and headers[0][1] == b"HEAD" and headers[0][0] == b":method":
+                st.no_body = True
+        elif st.local_closed or st.end_pending:
+            log.debug("headers for ended stream %d dropped", sid)
+            return
+        block = self._encoder.encode(headers)
+        flags = _END_STREAM if end_stream else 0
+        size = len(block)
+        limit = self._remote_frame
+        out = self._out
+        if size <= limit:
+            out.append(_pack_head(size >> 8, size & 0xFF, _HEADERS, flags | _END_HEADERS, sid) + block)
+        else:  # §6.10: the rest in CONTINUATION frames, back to back
+            out.append(_pack_head(limit >> 8, limit & 0xFF, _HEADERS, flags, sid) + block[:limit])
+            for i in range(limit, size, limit):
+                part = block[i : i + limit]
+                last = _END_HEADERS if i + limit >= size else 0
+                out.append(_pack_head(len(part) >> 8, len(part) & 0xFF, _CONTINUATION, last, sid) + part)
+        if end_stream:
+            st.local_closed = True
+            if st.remote_closed:
+                self._close(st, _GONE_CLOSED)
+
+    def send_data(self, sid: int, data: bytes, end_stream: bool = False) -> int:
+        """Send or queue `data`; returns the bytes now queued on the stream."""
+        st = self._streams.get(sid)
+        if st is None or st.local_closed or st.end_pending:
+            return 0
+        if st.chunks is None:
+            n = len(data)
+            if not n or (n <= self._send_window and n <= st.send_window and n <= self._remote_frame):
+                # The common case: one frame, now (an empty one needs no window, §6.9.1).
+                self._send_window -= n
+                st.send_window -= n
+                head = _pack_head(n >> 8, n & 0xFF, _DATA, _END_STREAM if end_stream else 0, sid)
+                if n <= 4096:
+                    self._out.append(head + data)
+                else:
+                    self._out.append(head)
+                    self._out.append(data)
+                if end_stream:
+                    st.local_closed = True
+                    if st.remote_closed:
+                        self._close(st, _GONE_CLOSED)
+                return 0
+            st.chunks = deque()
+            self._waiting[sid] = st
+        if data:
+            st.chunks.append(data)
+            st.queued += len(data)
+        if end_stream:
+            st.end_pending = True
+        self._flush(st)
+        return st.queued
+
+    def end_stream(self, sid: int, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """END_STREAM after any queued DATA: as trailers when given, else an empty DATA."""
+        st = self._streams.get(sid)
+        if st is None or st.local_closed or st.end_pending:
+            return
+        if st.chunks is not None:
+            st.end_pending = True
+            st.trailers = trailers
+            self._flush(st)
+        elif trailers:
+            self.send_headers(sid, trailers, end_stream=True)
+        else:
+            self.send_data(sid, b"", end_stream=True)
+
+    def buffered(self, sid: int) -> int:
+        st = self._streams.get(sid)
+        return 0 if st is None else st.queued
+
+    def reset(self, sid: int, code: int = CANCEL) -> None:
+        """RST_STREAM, unless the stream is already closed (§5.1: nothing is sent then)."""
+        st = self._streams.get(sid)
+        if st is not None and not self._dead:
+            self._out.append(_rst_frame(sid, code))
+            self._close(st, _GONE_RESET)
+
+    def forget(self, sid: int) -> None:
+        """The stream is gone (reset): nothing is kept for it (kept for callers' symmetry)."""
+        st = self._streams.get(sid)
+        if st is not None:
+            self._close(st, _GONE_RESET)
+
+    def ack(self, sid: int, size: int) -> None:
+        """`size` flow-controlled bytes of `sid` were delivered onward: credit the peer,
+        batched (one WINDOW_UPDATE when half a window has been consumed)."""
+        if not size or self._dead:
+            return
+        self._recv_unacked += size
+        if self._recv_unacked >= self._conn_credit_at:
+            self._out.append(_window_update(0, self._recv_unacked))
+            self._recv_window += self._recv_unacked
+            self._recv_unacked = 0
+        st = self._streams.get(sid)
+        if st is not None and not st.remote_closed:
+            st.unacked += size
+            if st.unacked >= self._stream_credit_at:
+                self._out.append(_window_update(sid, st.unacked))
+                st.recv_window += st.unacked
+                st.unacked = 0
+
+    def close(self, code: int = NO_ERROR, last_stream_id: int | None = None) -> None:
+        """GOAWAY (RFC 9113 §6.8): streams above `last_stream_id` were not processed."""
+        if self._goaway_sent or self._dead:
+            return
+        self._goaway_sent = True
+        self._out.append(_goaway(self._highest_in if last_stream_id is None else last_stream_id, code))
+
+    def next_stream_id(self) -> int:
+        return self._next_out
+
+    @property
+    def remote_max_streams(self) -> int:
+        return self._remote_max_streams
+
+    @property
+    def highest_inbound_stream_id(self) -> int:
+        return self._highest_in
+
+    # -- flow control --------------------------------------------------------------------
+
+    def _flush_all(self) -> None:
+        for st in list(self._waiting.values()):
+            if st.chunks is not None:
+                self._flush(st)
+
+    def _flush(self, st: _Stream) -> None:
+        chunks = st.chunks
+        assert chunks is not None
+        sid = st.sid
+        out = self._out
+        was_high = st.queued >= SEND_LOW_WATER
+        ended = False
+        while chunks:
+            window = min(self._send_window, st.send_window, self._remote_frame)
+            if window <= 0:
+                break
+            chunk = chunks[0]
+            if len(chunk) > window:
+                chunks[0] = chunk[window:]
+                chunk = chunk[:window]
+            else:
+                chunks.popleft()
+            n = len(chunk)
+            st.queued -= n
+            self._send_window -= n
+            st.send_window -= n
+            ended = not chunks and st.end_pending and st.trailers is None
+            out.append(_pack_head(n >> 8, n & 0xFF, _DATA, _END_STREAM if ended else 0, sid))
+            out.append(chunk)
+        if chunks:
+            if was_high and st.queued < SEND_LOW_WATER:
+                self.drained.append(sid)
+            return
+        st.chunks = None
+        del self._waiting[sid]
+        if was_high:
+            self.drained.append(sid)
+        if not st.end_pending:
+            return
+        st.end_pending = False
+        trailers, st.trailers = st.trailers, None
+        if ended:  # the last DATA carried END_STREAM
+            st.local_closed = True
+            if st.remote_closed:
+                self._close(st, _GONE_CLOSED)
+        elif trailers is not None:
+            self.send_headers(sid, trailers, end_stream=True)
+        else:
+            self.send_data(sid, b"", end_stream=True)
+
+
+def _window_update(sid: int, n: int) -> bytes:
+    return _pack_head(0, 4, _WINDOW_UPDATE, 0, sid) + _U32.pack(n)
+
+
+def _rst_frame(sid: int, code: int) -> bytes:
+    return _pack_head(0, 4, _RST_STREAM, 0, sid) + _U32.pack(code)
+
+
+def _goaway(last_sid: int, code: int) -> bytes:
+    return _pack_head(0, 8, _GOAWAY, 0, 0) + _GOAWAY_BODY.pack(last_sid, code)
 
 
 # -- RFC 9113 §8 field-section checks --------------------------------------------------------
@@ -459,6 +1251,11 @@ def _check_pseudo_value(name: bytes, value: bytes) -> None:
         raise PeerProtocolError(f"empty {name.decode('latin-1')}")
     if b"\r" in value or b"\n" in value or b"\x00" in value or b" " in value:
         raise PeerProtocolError(f"invalid characters in {name.decode('latin-1')}")
+    # A pseudo-header's name starts with ':', which no regular field that passed
+    # _check_field has, so both kinds share the set of fields already checked.
+    if len(_checked) >= _CHECKED_MAX:
+        _checked.clear()
+    _checked.add((name, value))
 
 
 def _content_length(value: bytes, previous: int | None) -> int:
@@ -512,7 +1309,8 @@ def read_request(fields: list[tuple[bytes, bytes]]) -> Request:
                 raise PeerProtocolError(f"duplicate {name.decode('latin-1')}")
             seen_pseudo.add(name)
             value = item[1]
-            _check_pseudo_value(name, value)
+            if item not in checked:
+                _check_pseudo_value(name, value)
             if name == b":method":
                 req.method = value
             elif name == b":path":

@@ -4,7 +4,9 @@ Owns: the choice between `ServerH1` and `ServerH2` for a listener. Over TLS the 
 result decides (`h2` -> HTTP/2, `http/1.1` or none -> HTTP/1.1, RFC 9113 §3.2). In
 clear text an `h2` router looks at the first bytes: the HTTP/2 client preface (prior
 knowledge, RFC 9113 §3.3) selects HTTP/2, anything else HTTP/1.1, so one port serves
-both. An `http` router in clear text gets `ServerH1` directly, with no detection.
+both. Bytes that are neither the preface nor an HTTP/1.x request line are an invalid
+preface: GOAWAY(PROTOCOL_ERROR) and close (RFC 9113 §3.4). An `http` router in clear
+text gets `ServerH1` directly, with no detection.
 
 Must not: parse beyond the 24-byte preface, or stay in the data path: once decided,
 the transport is handed to the chosen protocol (`set_protocol`) with what was read.
@@ -24,6 +26,12 @@ from .h2 import ServerH2
 log = logging.getLogger(__name__)
 
 _PREFACE_LEN = len(PREFACE)
+#: The first line an HTTP/1.x client sends ends with one of these (RFC 9112 §3).
+_HTTP1_VERSIONS = frozenset((b" HTTP/1.1", b" HTTP/1.0"))
+#: Bytes to wait for a first line before letting the HTTP/1.1 codec judge (and refuse) it.
+_MAX_FIRST_LINE = 8192 + 64
+#: GOAWAY, last stream 0, PROTOCOL_ERROR (RFC 9113 §6.8): frame header then payload.
+_GOAWAY_PROTOCOL_ERROR = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x01"
 
 
 class Detect(asyncio.Protocol):
@@ -55,12 +63,32 @@ class Detect(asyncio.Protocol):
         n = min(len(buf), _PREFACE_LEN)
         if buf[:n] != PREFACE[:n]:
             self._buf = buf
-            self._hand_over(ServerH1(self._server))
+            # Not the HTTP/2 preface: HTTP/1.x if the first line says so. Anything else is
+            # an invalid preface, a connection error of type PROTOCOL_ERROR (RFC 9113
+            # §3.4), not an HTTP/1.1 400 that an HTTP/2 client would read as a frame.
+            eol = buf.find(b"\n")
+            if eol < 0:
+                if len(buf) < _MAX_FIRST_LINE:
+                    return  # wait for the rest of the first line
+                self._hand_over(ServerH1(self._server))  # the h1 codec answers the limit
+                return
+            if buf[:eol].rstrip(b"\r")[-9:] in _HTTP1_VERSIONS:
+                self._hand_over(ServerH1(self._server))
+            else:
+                self._refuse()
         elif n == _PREFACE_LEN:
             self._buf = buf
             self._hand_over(ServerH2(self._server))
         else:
             self._buf = buf  # a prefix of the preface: wait for the rest
+
+    def _refuse(self) -> None:
+        t = self._transport
+        self._transport = None
+        self._buf = b""
+        if t is not None:
+            t.write(_GOAWAY_PROTOCOL_ERROR)
+            t.close()
 
     def eof_received(self) -> bool:
         return False

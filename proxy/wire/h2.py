@@ -554,28 +554,25 @@ class ServerH2(asyncio.Protocol):
         self._in_read = True
         streams = self._streams
         try:
-            for ev in events:
-                cls = ev.__class__
-                if cls is h2c.DataReceived:
-                    st = streams.get(ev.stream_id)
+            for kind, sid, payload, flow, ended in events:
+                if kind == h2c.DATA:
+                    st = streams.get(sid)
                     if st is None:
-                        codec.ack(ev.stream_id, ev.flow_controlled_length)
+                        codec.ack(sid, flow)  # nobody wants it; keep the connection window open
                     else:
-                        st.data(ev.data, ev.flow_controlled_length)
-                elif cls is h2c.RequestReceived:
-                    self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
-                elif cls is h2c.StreamEnded:
-                    st = streams.get(ev.stream_id)
-                    if st is not None and not st.req_done:
-                        st.request_end(None)
-                elif cls is h2c.TrailersReceived:
-                    self._trailers(ev.stream_id, ev.headers)
-                elif cls is h2c.StreamReset:
-                    codec.forget(ev.stream_id)
-                    st = streams.get(ev.stream_id)
+                        st.data(payload, flow)
+                        if ended and not st.req_done:
+                            st.request_end(None)
+                elif kind == h2c.HEADERS:
+                    self._request(sid, payload, ended)
+                elif kind == h2c.TRAILERS:
+                    self._trailers(sid, payload)
+                elif kind == h2c.RESET:
+                    codec.forget(sid)
+                    st = streams.get(sid)
                     if st is not None:
                         st.client_reset()
-                elif cls is h2c.ConnectionTerminated:
+                elif kind == h2c.GOAWAY:
                     self._closing = True  # the client opens nothing more
                     if not streams:
                         self._close_soon = True
@@ -599,6 +596,9 @@ class ServerH2(asyncio.Protocol):
         st = _Stream(self, sid)
         try:
             req = h2c.read_request(fields)
+            if ended and req.content_length:
+                # RFC 9113 §8.1.1: the DATA (none) must add up to content-length.
+                raise PeerProtocolError("content-length with no DATA")
         except PeerProtocolError as exc:
             # RFC 9113 §8.1.1: a malformed request is a stream error of PROTOCOL_ERROR.
             self._server.count_failure(exc)
@@ -612,7 +612,7 @@ class ServerH2(asyncio.Protocol):
             st.req_done = ended
             st.respond_error(exc)
             return
-        if ended and not st.req_done:  # END_STREAM on HEADERS: the StreamEnded that follows is skipped
+        if ended and not st.req_done:  # END_STREAM on HEADERS: the request is complete
             st.request_end(None)
 
     def _trailers(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
@@ -629,7 +629,7 @@ class ServerH2(asyncio.Protocol):
         st.request_end(trailers)
 
     def _connection_error(self, exc: PeerProtocolError) -> None:
-        """h2 found a connection error and queued GOAWAY: send it, drop every stream, close."""
+        """The codec found a connection error and queued GOAWAY: send it, drop every stream, close."""
         self._server.count_failure(exc)
         log.debug("h2 connection error from %s: %s", self._peer_ip, exc)
         t = self._transport

@@ -48,11 +48,6 @@ _DROP: Final = frozenset(
 )
 _TE_TRAILERS: Final = (b"te", b"trailers")
 _EOM: Final = EndOfMessage(None)
-# The h2 events that carry a stream the exchange table knows.
-_STREAM_EVENTS: Final = frozenset((
-    h2c.DataReceived, h2c.ResponseReceived, h2c.StreamEnded, h2c.TrailersReceived,
-    h2c.InformationalResponseReceived, h2c.StreamReset,
-))
 
 
 class StreamResetError(UpstreamFailed):
@@ -293,7 +288,7 @@ class UpstreamH2(asyncio.Protocol):
                 self._fail_all(ConnectFailed(f"{self.endpoint} does not speak HTTP/2 over TLS (ALPN {proto})"))
                 self.close()
                 return
-        # Streams start when the peer's SETTINGS arrive (RemoteSettingsChanged), so its
+        # Streams start when the peer's SETTINGS arrive (a SETTINGS event), so its
         # SETTINGS_MAX_CONCURRENT_STREAMS is known before the first one: one round trip,
         # once per connection.
         self.endpoint.failures = 0
@@ -319,60 +314,68 @@ class UpstreamH2(asyncio.Protocol):
         # Owners that got events: each is told once, at the end, to write what it holds
         # (the `flush_writes` owner callback: one downstream write per upstream read).
         touched: list[Any] = []
-        for ev in events:
-            cls = ev.__class__
-            if cls in _STREAM_EVENTS:
-                ex = streams.get(ev.stream_id)
-                if ex is not None and ex.owner is not None and (not touched or touched[-1] is not ex.owner):
-                    touched.append(ex.owner)
-            else:
-                ex = None
-            if cls is h2c.DataReceived:
-                n = ev.flow_controlled_length
+        for kind, sid, payload, flow, ended in events:
+            if kind == h2c.DATA:
+                ex = streams.get(sid)
                 if ex is None or ex.owner is None:
-                    codec.ack(ev.stream_id, n)  # nobody wants it; keep the connection window open
+                    codec.ack(sid, flow)  # nobody wants it; keep the connection window open
+                    if ended and ex is not None:
+                        self._ended(sid)
                     continue
-                if ev.data:
-                    ex.owner.on_upstream_event(Body(ev.data))
+                owner = ex.owner
+                if not touched or touched[-1] is not owner:
+                    touched.append(owner)
+                if payload:
+                    owner.on_upstream_event(Body(payload))
                 if ex.paused:
-                    ex.unacked += n
+                    ex.unacked += flow
                 else:
-                    codec.ack(ev.stream_id, n)
-            elif cls is h2c.ResponseReceived:
-                self._response(ev.stream_id, ev.headers)
-            elif cls is h2c.StreamEnded:
-                self._ended(ev.stream_id)
-            elif cls is h2c.TrailersReceived:
-                if ex is not None and ex.owner is not None:
+                    codec.ack(sid, flow)
+                if ended:
+                    self._ended(sid)
+                continue
+            if kind == h2c.SETTINGS:
+                self.max_streams = min(codec.remote_max_streams, MAX_STREAMS_PER_CONNECTION)
+                self.connected = True
+                continue
+            if kind == h2c.GOAWAY:
+                self._goaway(sid, payload)
+                continue
+            ex = streams.get(sid)
+            if ex is None:
+                continue
+            if ex.owner is not None and (not touched or touched[-1] is not ex.owner):
+                touched.append(ex.owner)
+            if kind == h2c.HEADERS:
+                self._response(sid, payload)
+                if ended:
+                    self._ended(sid)
+            elif kind == h2c.TRAILERS:
+                if ex.owner is not None:
                     try:
-                        ex.trailers = h2c.read_response(ev.headers, trailers=True)[1]
+                        ex.trailers = h2c.read_response(payload, trailers=True)[1]
                     except PeerProtocolError as exc:
                         self._stream_error(ex, exc)
-                    else:
-                        ex.resp_ended = True
-            elif cls is h2c.InformationalResponseReceived:
-                if ex is not None and ex.owner is not None:
+                        continue
+                    ex.resp_ended = True
+                self._ended(sid)
+            elif kind == h2c.INFORMATIONAL:
+                if ex.owner is not None:
                     try:
-                        status, fields, _ = h2c.read_response(ev.headers)
+                        status, fields, _ = h2c.read_response(payload)
                     except PeerProtocolError as exc:
                         self._stream_error(ex, exc)
                         continue
                     ex.owner.on_upstream_event(ResponseHead(status, reason(status), b"2", fields))
-            elif cls is h2c.StreamReset:
-                codec.forget(ev.stream_id)
-                if ex is not None:
-                    streams.pop(ev.stream_id, None)
-                    self.active -= 1
-                    code = ev.error_code
-                    if code == h2c.REFUSED_STREAM and not ex.started_resp:
-                        ex.fail(RefusedError(f"{self.endpoint} refused the stream"))
-                    else:
-                        ex.fail(StreamResetError(f"{self.endpoint} reset the stream (error code {int(code)})", int(code)))
-            elif cls is h2c.RemoteSettingsChanged:
-                self.max_streams = min(codec.remote_max_streams, MAX_STREAMS_PER_CONNECTION)
-                self.connected = True
-            elif cls is h2c.ConnectionTerminated:
-                self._goaway(ev.last_stream_id, ev.error_code)
+            elif kind == h2c.RESET:
+                codec.forget(sid)
+                streams.pop(sid, None)
+                self.active -= 1
+                code = payload
+                if code == h2c.REFUSED_STREAM and not ex.started_resp:
+                    ex.fail(RefusedError(f"{self.endpoint} refused the stream"))
+                else:
+                    ex.fail(StreamResetError(f"{self.endpoint} reset the stream (error code {code})", code))
         drained = codec.drained
         if drained:
             codec.drained = []
