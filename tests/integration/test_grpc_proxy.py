@@ -193,7 +193,7 @@ def test_router_timeout_answers_deadline_exceeded_from_the_proxy(run: Any) -> No
     async def main() -> None:
         g = Greeter("g1")
         srv = GrpcServer(g)
-        rt = await _proxy_for(srv, extra="  timeoutMs: 300\n")
+        rt = await _proxy_for(srv, extra="  timeoutMs: 1000\n")
         ch = channel(proxy_port(rt))
 
         def call() -> grpc.RpcError:
@@ -206,8 +206,13 @@ def test_router_timeout_answers_deadline_exceeded_from_the_proxy(run: Any) -> No
         err = await _in_thread(call)
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         trailers = {m.key: m.value for m in err.trailing_metadata()}
-        assert "exceeded" in trailers["l5d-err"] and "300" in err.details()
-        assert await _in_thread(lambda: g.cancelled.wait(10))
+        assert "exceeded" in trailers["l5d-err"] and "1000" in err.details()
+        # The proxy's deadline races the upstream call's start: on a loaded machine the
+        # handler may not have run when the deadline fires, and then there is nothing to
+        # cancel. When it did run, it must have been cancelled. (Cancellation on its own
+        # is covered by test_client_cancellation_cancels_the_upstream_call.)
+        if g.hang_started.is_set():
+            assert await _in_thread(lambda: g.cancelled.wait(10))
         ch.close()
         await rt.drain()
         srv.stop()
