@@ -34,15 +34,12 @@ from dtab import Dtab
 from ..codec import grpc
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
-from ..errors import BadRequest, NoRoute, PeerProtocolError, ProxyError, Timeout
+from ..errors import BadRequest, PeerProtocolError, ProxyError, Timeout
 from ..route.l5d import (
-    decode_trace,
     encode_l5d_err,
     err_body,
-    format_deadline,
-    new_root_trace,
-    parse_deadline,
 )
+from .routing import RoutedRequest
 from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
 log = logging.getLogger(__name__)
@@ -111,14 +108,16 @@ class _View:
         return None
 
 
-class _Stream:
-    """One request stream: routes, then owns its upstream exchange (see upstream_h1)."""
+class _Stream(RoutedRequest):
+    """One request stream: routes (wire/routing.py, as HTTP/1.1 does), then owns its
+    upstream exchange (see upstream_h1)."""
 
     __slots__ = ("conn", "sid", "up", "req_done", "resp_started", "resp_done", "is_grpc", "timer",
-                 "route", "unacked", "acks_paused", "up_paused", "head_out", "head_only", "timeout_s",
+                 "unacked", "acks_paused", "up_paused", "head_out", "head_only", "timeout_s",
                  "deadline_call")
 
     def __init__(self, conn: ServerH2, sid: int) -> None:
+        self._init_routing(conn._server.router)
         self.conn = conn
         self.sid = sid
         self.up: Any = None
@@ -127,7 +126,6 @@ class _Stream:
         self.resp_done = False
         self.is_grpc = False
         self.timer: asyncio.TimerHandle | None = None
-        self.route: Any = None
         self.unacked = 0
         self.acks_paused = False  # the upstream asked us to stop crediting the client
         self.up_paused = False  # we asked the upstream to stop (client window or buffer full)
@@ -142,7 +140,6 @@ class _Stream:
         """Identify, assemble the local dtab, bind, pick, and start the upstream request."""
         conn = self.conn
         server = conn._server
-        router = server.router
         if req.method == b"CONNECT":
             raise BadRequest("CONNECT is not supported over HTTP/2")
         self.is_grpc = grpc.is_grpc(req.content_type)
@@ -206,39 +203,10 @@ class _Stream:
         else:
             local, local_key = Dtab.EMPTY, b""
 
-        ident = router.identifier.identify(_View(req))
-        route = router.route(ident.path, local, local_key)
-        self.route = route
-        picked = route.pick()
-        if picked is None:
-            raise router.no_route(route)
-        client, bound, residual_hdr = picked
-        endpoint = client.pick()
-        if endpoint is None:
-            raise NoRoute(
-                f"No hosts are available for {client.id.show()}, "
-                f"Dtab.base=[{router.base.dtab.show()}], Dtab.local=[{route.local.show()}]"
-            )
-
-        tc = decode_trace(trace_val) if trace_val is not None else None
-        if tc is not None:
-            tc = tc.child()
-            reqid, trace = tc.reqid(), tc.encode()
-        else:
-            reqid, trace = new_root_trace()
-        out.append((b"l5d-dst-service", route.service_hdr))
-        out.append((b"l5d-dst-client", client.id_show))
-        if residual_hdr is not None:
-            out.append((b"l5d-dst-residual", residual_hdr))
-        out.append((b"l5d-reqid", reqid))
-        out.append((b"l5d-ctx-trace", trace))
-        if route.local_hdr:
-            # The context travels to the next hop (Linkerd 1 lost it on a second gRPC hop).
-            out.append((b"l5d-ctx-dtab", route.local_hdr))
-        if deadline_vals is not None:
-            dl = parse_deadline(deadline_vals)
-            if dl is not None:
-                out.append((b"l5d-ctx-deadline", format_deadline(dl)))
+        endpoint, acts, ident = self._route_request(
+            server, _View(req), req.headers, local, local_key, out, trace_val, deadline_vals,
+            conn._peer_ip, host, conn._scheme, _VIA,
+        )
         timeout_s = server.timeout
         if grpc_timeout is not None:
             ns = grpc.parse_timeout(grpc_timeout)
@@ -249,8 +217,6 @@ class _Stream:
                     timeout_s = t
                 # The next hop gets what is left of the tighter deadline.
                 out.append((grpc.TIMEOUT, grpc.format_timeout(int(timeout_s * 1e9))))
-        if server.add_via:
-            out.append(_VIA)
 
         if ended:
             body_mode = BODY_NONE
@@ -259,10 +225,11 @@ class _Stream:
         else:
             body_mode = BODY_CHUNKED
         target = ident.rewritten_target if ident.rewritten_target is not None else req.path
+        if acts is not None:
+            target = acts.rewrite_target(target)  # a matched rule's URI rewrite
         if timeout_s is not None:
             self.timeout_s = timeout_s
             self.timer = conn._loop.call_later(timeout_s, self.on_timeout)
-        endpoint.outstanding += 1
         up = server.open_upstream(endpoint, self, req.method, target, out, body_mode, conn._loop)
         if not self.resp_done:  # it may have failed synchronously
             self.up = up
@@ -275,6 +242,7 @@ class _Stream:
     def data(self, data: bytes, flow_len: int) -> None:
         up = self.up
         if up is not None and data:
+            self._bytes_in += len(data)
             up.send_body(data)
         if self.acks_paused and self.up is not None:
             self.unacked += flow_len
@@ -299,6 +267,7 @@ class _Stream:
                 self._send_head(False)
             if self.head_only or not ev.data:
                 return
+            self._bytes_out += len(ev.data)
             queued = codec.send_data(self.sid, ev.data)
             conn.want_flush()
             if queued > h2c.SEND_HIGH_WATER and not self.up_paused and self.up is not None:
@@ -339,11 +308,15 @@ class _Stream:
             if name in _RESP_DROP or (clear and name[:4] == b"l5d-"):
                 continue
             out.append(h)
+        route = self._route
+        if route is not None and route.actions is not None:  # matched rules' response edits
+            out = route.actions.edit_response(out)
         if status < 200:  # interim: pass it on now, the final response follows
             conn._codec.send_headers(self.sid, out)
             conn.want_flush()
             return
         self.resp_started = True
+        self._status = status
         if self.timer is not None and not self.deadline_call:
             # The router timeout covers the wait for the response, as on HTTP/1.1; a
             # gRPC deadline covers the whole call (the client gave up at that point).
@@ -370,6 +343,9 @@ class _Stream:
         conn = self.conn
         code = getattr(exc, "reset_code", None)
         if code is not None or self.resp_started:
+            self._fclass = exc.stage
+            if not self._status:
+                self._status = exc.status
             # Cancellation travels both ways: the client sees the upstream's reset (or
             # a cut response as INTERNAL_ERROR, the stream-level form of a dropped body).
             conn._server.count_failure(exc)
@@ -408,11 +384,12 @@ class _Stream:
         if not self.resp_started or self.head_out is not None:
             self.head_out = None
             self.resp_started = False
-            name = self.route.service.show() if self.route is not None else "the destination"
+            name = self._route.service.show() if self._route is not None else "the destination"
             self.respond_error(Timeout(f"exceeded {self.timeout_s * 1000:.0f} ms to {name}"))
         else:
             conn = self.conn
             conn._server.count_failure(Timeout("deadline exceeded mid-response"))
+            self._fclass = "timeout"
             self.resp_done = self.req_done = True
             conn._codec.reset(self.sid, h2c.CANCEL)
             conn.want_flush()
@@ -432,6 +409,7 @@ class _Stream:
         message = str(exc) or type(exc).__name__
         self.resp_started = True
         self.resp_done = True
+        self._status, self._fclass = exc.status, exc.stage
         if self.is_grpc:
             codec.send_headers(self.sid, grpc.error_trailers(exc, None if clear else encode_l5d_err(message)), end_stream=True)
         else:
@@ -463,6 +441,8 @@ class _Stream:
 
     def client_reset(self) -> None:
         """The client reset the stream (or went away): cancel upstream."""
+        if not self.resp_done:
+            self._status, self._fclass = 499, "cancelled"  # nginx's code for a client gone
         self.req_done = self.resp_done = True
         up, self.up = self.up, None
         if up is not None:
@@ -475,6 +455,7 @@ class _Stream:
             self.timer = None
         conn = self.conn
         if conn._streams.pop(self.sid, None) is not None:
+            self._account()
             conn._server.count_done()
             if conn._closing and not conn._streams:
                 conn.want_flush()
@@ -485,7 +466,8 @@ class ServerH2(asyncio.Protocol):
     """Downstream HTTP/2 connection: streams routed and forwarded. Never blocks."""
 
     __slots__ = ("_server", "_loop", "_transport", "_codec", "_streams", "_peer_ip", "last_active",
-                 "_flush_scheduled", "_deferred", "_write_paused", "_closing", "_close_soon", "_in_read")
+                 "_flush_scheduled", "_deferred", "_write_paused", "_closing", "_close_soon", "_in_read",
+                 "_scheme")
 
     def __init__(self, server: Any) -> None:
         self._server = server
@@ -501,6 +483,7 @@ class ServerH2(asyncio.Protocol):
         self._closing = False  # GOAWAY sent or received: close when the last stream ends
         self._close_soon = False
         self._in_read = False
+        self._scheme = b"http"
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -508,6 +491,7 @@ class ServerH2(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer_ip = peer[0] if peer else ""
+        self._scheme = b"https" if transport.get_extra_info("ssl_object") is not None else b"http"
         set_nodelay(transport)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         server = self._server

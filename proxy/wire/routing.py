@@ -53,6 +53,7 @@ class RoutedRequest:
         peer_ip: str,
         authority: bytes | None,
         scheme: bytes = b"http",
+        via: tuple[bytes, bytes] = _VIA,
     ) -> tuple[Any, Any, Any]:
         """Route one request: returns (endpoint, matched rule actions or None, identified
         name) and appends the headers the upstream gets from the proxy to `out`. Raises a
@@ -112,7 +113,7 @@ class RoutedRequest:
             if dl is not None:
                 out.append((b"l5d-ctx-deadline", format_deadline(dl)))
         if server.add_via:
-            out.append(_VIA)
+            out.append(via)  # RFC 9110 §7.6.3: the protocol version this hop received
         if server.add_forwarded:  # RFC 7239: one more element per hop, as its own field
             node = b'"[%s]"' % peer_ip.encode() if ":" in peer_ip else peer_ip.encode()
             value = b"for=%s;proto=%s" % (node, scheme)
