@@ -38,31 +38,18 @@ from ..errors import (
     Timeout,
 )
 from .render import error_response
-from .routing import RoutedRequest
+from .routing import H_CTX_DTAB, H_DEADLINE, H_DROP, H_DTAB, H_TRACE, L5D_REQUEST_FIELDS, RoutedRequest
 from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
 log = logging.getLogger(__name__)
 
-# Request headers the proxy consumes or re-writes, and hop-by-hop ones (RFC 9110 §7.6.1).
-_H_DTAB: Final = 1
-_H_CTX_DTAB: Final = 2
-_H_DEADLINE: Final = 3
-_H_TRACE: Final = 4
-_H_DROP: Final = 5  # hop-by-hop: never forwarded
+# Request fields the proxy consumes or re-writes: the l5d- ones every protocol has, and
+# HTTP/1.1's hop-by-hop ones (RFC 9110 §7.6.1).
+_H_DTAB, _H_CTX_DTAB, _H_DEADLINE, _H_TRACE, _H_DROP = H_DTAB, H_CTX_DTAB, H_DEADLINE, H_TRACE, H_DROP
 _H_CONNECTION: Final = 6
 _H_UPGRADE: Final = 7
-_H_SIG: Final = 8
 _REQ_SPECIAL: Final = {
-    b"l5d-dtab": _H_DTAB,
-    b"l5d-ctx-dtab": _H_CTX_DTAB,
-    b"l5d-ctx-deadline": _H_DEADLINE,
-    b"l5d-ctx-trace": _H_TRACE,
-    b"l5d-sample": _H_DROP,
-    # Informational headers an earlier hop added describe that hop, not this one.
-    b"l5d-dst-service": _H_DROP,
-    b"l5d-dst-client": _H_DROP,
-    b"l5d-dst-residual": _H_DROP,
-    b"l5d-reqid": _H_DROP,
+    **L5D_REQUEST_FIELDS,
     b"connection": _H_CONNECTION,
     b"keep-alive": _H_DROP,
     b"proxy-connection": _H_DROP,

@@ -39,7 +39,7 @@ from ..route.l5d import (
     encode_l5d_err,
     err_body,
 )
-from .routing import RoutedRequest
+from .routing import H_CTX_DTAB, H_DEADLINE, H_DROP, H_DTAB, H_TRACE, L5D_REQUEST_FIELDS, RoutedRequest
 from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
 log = logging.getLogger(__name__)
@@ -49,25 +49,12 @@ log = logging.getLogger(__name__)
 #: connection window caps the sum), so the bound is on bookkeeping, not memory.
 DEFAULT_MAX_STREAMS: Final = 1000
 
-_H_DTAB: Final = 1
-_H_CTX_DTAB: Final = 2
-_H_DEADLINE: Final = 3
-_H_TRACE: Final = 4
-_H_DROP: Final = 5
+_H_DTAB, _H_CTX_DTAB, _H_DEADLINE, _H_TRACE, _H_DROP = H_DTAB, H_CTX_DTAB, H_DEADLINE, H_TRACE, H_DROP
 _H_GRPC_TIMEOUT: Final = 6
 _H_HOST: Final = 7
 _H_COOKIE: Final = 8
 _REQ_SPECIAL: Final = {
-    b"l5d-dtab": _H_DTAB,
-    b"l5d-ctx-dtab": _H_CTX_DTAB,
-    b"l5d-ctx-deadline": _H_DEADLINE,
-    b"l5d-ctx-trace": _H_TRACE,
-    b"l5d-sample": _H_DROP,
-    # Informational headers an earlier hop added describe that hop, not this one.
-    b"l5d-dst-service": _H_DROP,
-    b"l5d-dst-client": _H_DROP,
-    b"l5d-dst-residual": _H_DROP,
-    b"l5d-reqid": _H_DROP,
+    **L5D_REQUEST_FIELDS,
     b"grpc-timeout": _H_GRPC_TIMEOUT,
     b"host": _H_HOST,
     b"cookie": _H_COOKIE,

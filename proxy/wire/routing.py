@@ -18,6 +18,26 @@ from ..telemetry.metrics import record as record_stats
 
 _VIA: Final = (b"via", b"1.1 dtabproxy")
 
+# The l5d- request fields the proxy reads or rewrites (spec §10, §13), whatever the
+# protocol; each wire adds its own protocol's fields to this table.
+H_DTAB: Final = 1
+H_CTX_DTAB: Final = 2
+H_DEADLINE: Final = 3
+H_TRACE: Final = 4
+H_DROP: Final = 5  # never forwarded
+L5D_REQUEST_FIELDS: Final[dict[bytes, int]] = {
+    b"l5d-dtab": H_DTAB,
+    b"l5d-ctx-dtab": H_CTX_DTAB,
+    b"l5d-ctx-deadline": H_DEADLINE,
+    b"l5d-ctx-trace": H_TRACE,
+    b"l5d-sample": H_DROP,
+    # Informational headers an earlier hop added describe that hop, not this one.
+    b"l5d-dst-service": H_DROP,
+    b"l5d-dst-client": H_DROP,
+    b"l5d-dst-residual": H_DROP,
+    b"l5d-reqid": H_DROP,
+}
+
 
 class RoutedRequest:
     """Per-request routing and telemetry state, shared by h1 connections and h2 streams."""
