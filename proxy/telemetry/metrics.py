@@ -27,8 +27,11 @@ How the data plane uses it (all objects are created off the hot path and cached)
 * a replay on a fresh connection: ``cs.retries += 1; es.retries += 1``; an upstream
   connection: ``es.connects += 1; es.connections += 1`` when made, ``es.connections -= 1``
   when lost, ``es.connect_failures += 1`` when it cannot be made.
-* then ``rs.decisions.offer(router, route, bound, endpoint_addr, status, latency_s)``:
-  a countdown, and every round(1/``sample_rate``)-th request one tuple into a bounded deque.
+* then ``rs.decisions.offer(router, route, bound, endpoint_addr, status, latency_s, now)``
+  unless ``now < rs.decisions.next_at`` (a token bucket of ``max_per_second`` decisions,
+  1,000 by default, with bursts up to the ring's size, so recording under sustained load
+  costs one comparison), and of those every
+  round(1/``sample_rate``)-th: one tuple into a bounded deque.
 
 Override traffic (a request whose local dtab is not empty) is counted in objects of its
 own (label ``traffic="override"``), so a staging request never moves a canary's success
@@ -74,11 +77,12 @@ class Stats:
 
     __slots__ = (
         "labels", "started", "successes", "failures", "buckets", "latency_sum_s", "retries",
-        "bytes_in", "bytes_out", "connects", "connect_failures", "connections",
+        "bytes_in", "bytes_out", "connects", "connect_failures", "connections", "pairs",
     )  # fmt: skip
 
     def __init__(self, labels: tuple[str, ...]) -> None:
         self.labels = labels
+        self.pairs: dict[Stats, Pair] = {}  # endpoint stats only: one Pair per service seen
         self.started = 0
         self.successes = 0
         self.failures: dict[str, int] = {}  # by class; the classes are a small fixed set
@@ -206,17 +210,86 @@ def record(
         es.bytes_out += bytes_out
 
 
+class Pair:
+    """The counters of one (service, endpoint) pair: a request that reached an endpoint
+    updates only its pair (`record_pair`), half the work of updating the service and the
+    endpoint; `RouterStats.fold` adds pairs into both before anything reads them."""
+
+    __slots__ = ("svc", "es", "started", "successes", "failures", "buckets", "latency_sum_s",
+                 "bytes_in", "bytes_out", "dirty")  # fmt: skip
+
+    def __init__(self, svc: Stats, es: Stats) -> None:
+        self.svc = svc
+        self.es = es
+        self.started = 0
+        self.successes = 0
+        self.failures: dict[str, int] = {}
+        self.buckets = [0] * _NBUCKETS
+        self.latency_sum_s = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.dirty = False
+
+    def fold(self) -> None:
+        """Move the counts into the service and the endpoint (scrape time only)."""
+        for s in (self.svc, self.es):
+            s.started += self.started
+            s.successes += self.successes
+            f = s.failures
+            for c, n in self.failures.items():
+                f[c] = f.get(c, 0) + n
+            b = s.buckets
+            for i, n in enumerate(self.buckets):
+                if n:
+                    b[i] += n
+            s.latency_sum_s += self.latency_sum_s
+            s.bytes_in += self.bytes_in
+            s.bytes_out += self.bytes_out
+        self.started = self.successes = self.bytes_in = self.bytes_out = 0
+        self.failures = {}
+        self.buckets = [0] * _NBUCKETS
+        self.latency_sum_s = 0.0
+        self.dirty = False
+
+
+def record_pair(
+    p: Pair,
+    status: int,
+    latency_s: float,
+    bytes_in: int,
+    bytes_out: int,
+    failure_class: str | None = None,
+    _bisect: Any = bisect_left,
+    _bounds: tuple[float, ...] = LATENCY_BOUNDS_S,
+) -> None:
+    """A request that reached an endpoint ended: one update, on its pair."""
+    if failure_class is None and status < 500:
+        p.successes += 1
+    else:
+        c = failure_class or SERVER_ERROR
+        f = p.failures
+        f[c] = f.get(c, 0) + 1
+    p.buckets[_bisect(_bounds, latency_s)] += 1
+    p.latency_sum_s += latency_s
+    p.bytes_in += bytes_in
+    p.bytes_out += bytes_out
+    p.dirty = True
+
+
 class Decisions:
     """The last routing decisions of real requests, sampled; a bounded ring.
 
     Each entry holds references, not text (the router snapshot, the route, the bound
-    name): the admin renders them only when asked, so sampling costs one tuple. Sampling
-    is a countdown (every round(1/rate)-th request), not a random draw per request: the
-    requests a proxy sees arrive in no particular order, and a decrement is cheaper."""
+    name): the admin renders them only when asked. What is kept: a token bucket of
+    `max_per_second` decisions with bursts up to the ring's size (so every request of a
+    laptop session or a test shows, whatever its timing, while under sustained load the
+    data plane skips with one comparison against `next_at`), then a countdown for
+    `sample_rate` (every round(1/rate)-th of those)."""
 
-    __slots__ = ("_rate", "ring", "seq", "_every", "_left", "_clock")
+    __slots__ = ("_rate", "ring", "seq", "_every", "_left", "_clock", "next_at", "_per_s", "_tokens",
+                 "_burst", "_last")  # fmt: skip
 
-    def __init__(self, size: int = DECISIONS_SIZE, sample_rate: float = 1.0) -> None:
+    def __init__(self, size: int = DECISIONS_SIZE, sample_rate: float = 1.0, max_per_second: float = 1000.0) -> None:
         self.ring: deque[tuple[Any, ...]] = deque(maxlen=size)
         self.seq = 0  # numbers every recorded decision, so a client can tell new ones
         self._clock = time.time
@@ -224,6 +297,11 @@ class Decisions:
         self._every = 0  # 0: never sample
         self._left = 0
         self.sample_rate = sample_rate
+        self._per_s = max_per_second
+        self._burst = float(size)
+        self._tokens = self._burst
+        self._last = 0.0
+        self.next_at = 0.0  # perf_counter() time before which the bucket is empty
 
     @property
     def sample_rate(self) -> float:
@@ -233,11 +311,23 @@ class Decisions:
     def sample_rate(self, rate: float) -> None:
         self._rate = rate
         self._every = max(1, round(1 / rate)) if rate > 0 else 0
-        self._left = self._every
+        self._left = 1  # the next eligible decision is taken
 
     def offer(
-        self, router: Any, route: Any, bound: Any, endpoint: tuple[str, int] | None, status: int, latency_s: float
+        self, router: Any, route: Any, bound: Any, endpoint: tuple[str, int] | None, status: int, latency_s: float,
+        now: float | None = None,
     ) -> None:
+        """One decision, recorded if the limits allow; `now` is a perf_counter() time
+        (the data plane passes the one it already has, and skips the call while
+        `now < next_at`)."""
+        if now is not None and self._per_s > 0:
+            tokens = min(self._burst, self._tokens + (now - self._last) * self._per_s)
+            self._last = now
+            if tokens < 1.0:
+                self._tokens = tokens
+                self.next_at = now + (1.0 - tokens) / self._per_s
+                return
+            self._tokens = tokens - 1.0
         left = self._left - 1
         if left > 0 or not self._every:  # rate 1.0 never skips, 0.0 always does
             self._left = left
@@ -255,7 +345,7 @@ class RouterStats:
     that never got a service, and the decision ring."""
 
     __slots__ = ("label", "_services", "_clients", "_other_services", "_other_clients", "unrouted",
-                 "decisions", "_max_services", "_max_clients", "_max_endpoints")  # fmt: skip
+                 "decisions", "_max_services", "_max_clients", "_max_endpoints", "_pairs")  # fmt: skip
 
     def __init__(
         self,
@@ -276,6 +366,21 @@ class RouterStats:
         self._max_services = max_services
         self._max_clients = max_clients
         self._max_endpoints = max_endpoints
+        self._pairs: list[Pair] = []
+
+    def pair(self, svc: Stats, es: Stats) -> Pair:
+        """The pair of a service and an endpoint (cached on the endpoint's stats)."""
+        p = es.pairs.get(svc)
+        if p is None:
+            p = es.pairs[svc] = Pair(svc, es)
+            self._pairs.append(p)
+        return p
+
+    def fold(self) -> None:
+        """Bring services and endpoints up to date before they are read."""
+        for p in self._pairs:
+            if p.dirty or p.started:
+                p.fold()
 
     @staticmethod
     def _traffic(override: bool) -> str:
@@ -318,9 +423,11 @@ class RouterStats:
         u[c] = u.get(c, 0) + 1
 
     def services(self) -> list[Stats]:
+        self.fold()
         return [*self._services.values(), *self._other_services.values()]
 
     def clients(self) -> list[ClientStats]:
+        self.fold()
         return [*self._clients.values(), *self._other_clients.values()]
 
 

@@ -15,6 +15,7 @@ from typing import Any, Final
 from ..errors import NoRoute
 from ..route.l5d import decode_trace, format_deadline, new_root_trace, parse_deadline
 from ..telemetry.metrics import record as record_stats
+from ..telemetry.metrics import record_pair
 
 _VIA: Final = (b"via", b"1.1 dtabproxy")
 
@@ -43,7 +44,7 @@ class RoutedRequest:
     """Per-request routing and telemetry state, shared by h1 connections and h2 streams."""
 
     __slots__ = (
-        "_router", "_route", "_svc", "_es", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out",
+        "_router", "_route", "_svc", "_pair", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out",
         "_bound", "_ep_key",
     )
 
@@ -51,7 +52,7 @@ class RoutedRequest:
         self._router = router
         self._route: Any = None
         self._svc: Any = None  # the route's service counters while a request is counted
-        self._es: Any = None
+        self._pair: Any = None  # its (service, endpoint) counters once an endpoint is picked
         self._t0 = 0.0
         self._status = 0
         self._fclass: str | None = None
@@ -93,7 +94,6 @@ class RoutedRequest:
         self._route = route
         svc = route.stats
         if svc is not None:
-            svc.started += 1
             self._svc = svc
             self._t0 = perf_counter()  # loop.time() is too coarse under uvloop (1 ms)
         if picked is None:
@@ -108,8 +108,12 @@ class RoutedRequest:
         if svc is not None:
             cs = route.cstats.get(client)
             if cs is not None:
-                es = self._es = cs.endpoint(endpoint.host, endpoint.port, endpoint.addr_key)
-                es.started += 1
+                es = cs.endpoint(endpoint.host, endpoint.port, endpoint.addr_key)
+                pair = es.pairs.get(svc)
+                if pair is None:
+                    pair = router.stats.pair(svc, es)
+                pair.started += 1
+                self._pair = pair
             self._bound = bound
             self._ep_key = endpoint.addr_key
 
@@ -149,12 +153,20 @@ class RoutedRequest:
         svc = self._svc
         if svc is not None:
             self._svc = None
-            latency = perf_counter() - self._t0
-            es, self._es = self._es, None
-            record_stats(svc, es, self._status, latency, self._bytes_in, self._bytes_out, self._fclass)
+            now = perf_counter()
+            latency = now - self._t0
+            pair = self._pair
+            if pair is not None:  # reached an endpoint: one update, on the pair
+                self._pair = None
+                record_pair(pair, self._status, latency, self._bytes_in, self._bytes_out, self._fclass)
+            else:  # failed before an endpoint was picked (no route, no hosts)
+                svc.started += 1
+                record_stats(svc, None, self._status, latency, self._bytes_in, self._bytes_out, self._fclass)
             rs = self._router.stats
             if rs is not None:
-                rs.decisions.offer(self._router, self._route, self._bound, self._ep_key, self._status, latency)
+                d = rs.decisions
+                if now >= d.next_at:  # at most max_per_second decisions: one comparison otherwise
+                    d.offer(self._router, self._route, self._bound, self._ep_key, self._status, latency, now)
         elif self._fclass is not None:  # failed before it had a service (override, identify)
             rs = self._router.stats
             if rs is not None:

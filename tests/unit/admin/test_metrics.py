@@ -202,3 +202,14 @@ def test_a_large_scrape_renders_every_series() -> None:
     assert sum(1 for k in m if k[0] == "dtabproxy_service_requests_total") == 300
     assert sum(1 for k in m if k[0] == "dtabproxy_endpoint_request_latency_seconds_bucket") == 300 * (len(LATENCY_BOUNDS_S) + 1)
     assert m[("dtabproxy_router_requests_total", labels(router="r", traffic="override"))] == 150
+
+
+def test_decisions_keep_bursts_and_cap_sustained_load_by_a_token_bucket() -> None:
+    d = Decisions(size=8, sample_rate=1.0, max_per_second=10.0)
+    for i in range(8):  # a burst up to the ring's size is kept whatever its timing
+        d.offer(None, None, None, None, 200, 0.001, now=100.0)
+    assert d.seq == 8
+    d.offer(None, None, None, None, 200, 0.001, now=100.0)
+    assert d.seq == 8 and d.next_at > 100.0  # the bucket is empty: the data plane skips until next_at
+    d.offer(None, None, None, None, 200, 0.001, now=d.next_at + 0.001)
+    assert d.seq == 9  # refilled at max_per_second
