@@ -178,7 +178,10 @@ def test_grpc_timeout_is_the_deadline_and_is_rewritten_with_the_time_left(run: A
         ok, err = await _in_thread(calls)
         assert ok == b"g1:x"
         left = g.seen_timeouts[0]
-        assert left is not None and 0 < left <= 8  # the server saw a deadline, not more than ours
+        # The server saw a deadline, not more than ours: the proxy re-writes grpc-timeout
+        # rounded down (codec/grpc.py), but grpcio's time_remaining() carries its own timer
+        # slack of a few ms, so the bound allows that much and no more.
+        assert left is not None and 0 < left <= 8.1
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # The proxy cancelled the upstream stream when the deadline passed (if the handler
         # had started by then: on a loaded machine the deadline can win that race).
