@@ -206,7 +206,7 @@ def test_a_large_scrape_renders_every_series() -> None:
 
 def test_decisions_keep_bursts_and_cap_sustained_load_by_a_token_bucket() -> None:
     d = Decisions(size=8, sample_rate=1.0, max_per_second=10.0)
-    for i in range(8):  # a burst up to the ring's size is kept whatever its timing
+    for _ in range(8):  # a burst up to the ring's size is kept whatever its timing
         d.offer(None, None, None, None, 200, 0.001, now=100.0)
     assert d.seq == 8
     d.offer(None, None, None, None, 200, 0.001, now=100.0)
