@@ -73,6 +73,20 @@ SCENARIOS: tuple[Scenario, ...] = (
         conns=5,
         streams=10,
     ),
+    # The shapes issue 5 asks for: one connection with 10 concurrent streams, and 50
+    # connections with one stream each, for h2c GET and gRPC unary.
+    Scenario(
+        "h2c-1x10", "h2c GET, 1 connection x 10 concurrent streams", "h2c", "max", "rps",
+        conns=1, streams=10, quick=False,
+    ),
+    Scenario(
+        "grpc-1x10", "gRPC unary, 1 connection x 10 concurrent streams", "grpc", "max", "rps",
+        conns=1, streams=10, quick=False,
+    ),
+    Scenario(
+        "grpc-50x1", "gRPC unary, 50 connections x 1 stream", "grpc", "max", "rps",
+        conns=50, streams=1, quick=False,
+    ),
     Scenario("idle-conns", "idle keep-alive connections: RSS per connection", "h1", "idle", "kib_per_conn"),
     Scenario(
         "dentries-10",
