@@ -170,6 +170,26 @@ def _read_header_path(value: bytes) -> Path:
 # -- identifier kinds --------------------------------------------------------------------
 
 
+def _first_segments(
+    memo: dict[bytes, Identified], prefix: Path, segs: list[bytes], n: int, where: str, value: bytes
+) -> Identified | None:
+    """The name of the first `n` segments (memoised per segments), None when there are
+    fewer. An empty one (`/a//b`) is an error, not a decline: a path element is never
+    empty (spec §2.1), so the name cannot exist; the URL is malformed."""
+    if len(segs) < n:
+        return None
+    head = segs[:n] if len(segs) > n else segs
+    key = b"/".join(head)
+    found = memo.get(key)
+    if found is None:
+        if not all(head):
+            raise BadRequest(f"empty segment in {where} {value.decode('latin-1')}")
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        found = memo[key] = Identified(Path((*prefix, *head)))
+    return found
+
+
 class HeaderTokenIdentifier:
     """`io.l5d.header.token`: the whole header value as one element, as sent (no case
     folding, port kept): `Host: Web.Example:8080` -> `/svc/Web.Example:8080`."""
@@ -292,20 +312,9 @@ class PathIdentifier:
         upath, query = split_target(req.target)
         segs = url_segments(upath)
         n = self.segments
-        if len(segs) < n:
-            return self._too_few
-        head = segs[:n] if len(segs) > n else segs
-        key = b"/".join(head)
-        memo = self._memo
-        found = memo.get(key)
+        found = _first_segments(self._memo, self._prefix, segs, n, "path", upath)
         if found is None:
-            if not all(head):
-                # `/a//b`: a path element is never empty (spec §2.1), so this name
-                # cannot exist; an error rather than a decline, as a malformed URL.
-                raise BadRequest(f"empty segment in path {upath.decode('latin-1')}")
-            if len(memo) >= MEMO_SIZE:
-                memo.clear()
-            found = memo[key] = Identified(Path((*self._prefix, *head)))
+            return self._too_few
         if not self.consume:
             return found
         rest = segs[n:]
@@ -357,20 +366,8 @@ class HeaderSegmentsIdentifier:
         if not value:
             return self._too_few
         segs = url_segments(split_target(value)[0])
-        n = self.segments
-        if len(segs) < n:
-            return self._too_few
-        head = segs[:n] if len(segs) > n else segs
-        key = b"/".join(head)
-        memo = self._memo
-        found = memo.get(key)
-        if found is None:
-            if not all(head):
-                raise BadRequest(f"empty segment in {self.header} {value.decode('latin-1')}")
-            if len(memo) >= MEMO_SIZE:
-                memo.clear()
-            found = memo[key] = Identified(Path((*self._prefix, *head)))
-        return found
+        found = _first_segments(self._memo, self._prefix, segs, self.segments, self.header, value)
+        return self._too_few if found is None else found
 
 
 # -- construction from configuration -------------------------------------------------------

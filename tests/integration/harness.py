@@ -12,6 +12,19 @@ from config import load_text
 from proxy.runtime import Runtime
 
 
+async def read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A chunked body (test peers only: trusts its input), trailers skipped."""
+    body = b""
+    while True:
+        size = int((await reader.readline()).split(b";")[0], 16)
+        if size == 0:
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            return body
+        body += await reader.readexactly(size)
+        await reader.readline()
+
+
 @dataclass
 class Seen:
     method: str
@@ -72,14 +85,7 @@ class Backend:
                 if "content-length" in hd:
                     body = await reader.readexactly(int(hd["content-length"]))
                 elif hd.get("transfer-encoding") == "chunked":
-                    while True:
-                        size = int((await reader.readline()).split(b";")[0], 16)
-                        if size == 0:
-                            while (await reader.readline()) not in (b"\r\n", b""):
-                                pass
-                            break
-                        body += await reader.readexactly(size)
-                        await reader.readline()
+                    body = await read_chunked(reader)
                 self.seen.append(Seen(method, target, headers, body, conn_id))
                 mode = hd.get("x-respond", "")
                 status = 200
@@ -148,14 +154,7 @@ async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> Re
     elif "content-length" in hd:
         body = await reader.readexactly(int(hd["content-length"]))
     elif hd.get("transfer-encoding") == "chunked":
-        while True:
-            size = int((await reader.readline()).split(b";")[0], 16)
-            if size == 0:
-                while (await reader.readline()) not in (b"\r\n", b""):
-                    pass
-                break
-            body += await reader.readexactly(size)
-            await reader.readline()
+        body = await read_chunked(reader)
     else:
         body = await reader.read()
     return Response(status, headers, body)
