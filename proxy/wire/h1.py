@@ -289,6 +289,8 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
     # -- one exchange --------------------------------------------------------------------
 
     def _start(self, head: RequestHead) -> None:
+        if head.target[:1] != b"/" and head.method != b"CONNECT":
+            _origin_form(head)
         self._busy = True
         self._head = head
         self._req_done = False
@@ -640,6 +642,27 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         tail = self._reader.upgrade_tail
         if tail:
             up.tunnel_write(tail)
+
+
+def _origin_form(head: RequestHead) -> None:
+    """An absolute-form target (`GET http://world/x HTTP/1.1`, what an `http_proxy` client
+    sends): its authority replaces Host (RFC 9112 §3.2.2) and the upstream, an origin
+    server, gets the origin form (§3.2.1). `*` (OPTIONS) is left alone."""
+    t = head.target
+    i = t.find(b"://")
+    if i <= 0:
+        return
+    rest = t[i + 3 :]
+    end = len(rest)
+    for sep in (b"/", b"?", b"#"):
+        j = rest.find(sep)
+        if 0 <= j < end:
+            end = j
+    authority = rest[:end].rpartition(b"@")[2]  # userinfo is never forwarded
+    path = rest[end:].partition(b"#")[0]
+    head.target = path if path[:1] == b"/" else b"/" + path
+    if authority:
+        head.headers = [(b"host", authority)] + [h for h in head.headers if h[0] != b"host"]
 
 
 _DROP_SETS: dict[bytes, frozenset[bytes]] = {}

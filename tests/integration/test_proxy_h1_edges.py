@@ -341,3 +341,23 @@ def test_hmac_signed_override_from_an_untrusted_source(run: Any) -> None:
         await v2.close()
 
     run(main())
+
+
+def test_absolute_form_targets_use_their_authority_and_go_upstream_in_origin_form(run: Any) -> None:
+    async def main() -> None:
+        world = await Backend("world").start()
+        rt = await start_proxy(router_yaml(f"/svc/world => /$/inet/127.0.0.1/{world.port}"))
+        c = await Client.connect(proxy_port(rt))
+        # What a client configured with http_proxy sends (RFC 9112 §3.2.2).
+        r = await c.request("GET", "http://world/hello?x=1", {"Host": "ignored"})
+        assert r.status == 200 and r.body == b"world GET /hello?x=1"
+        seen = world.seen[0]
+        assert seen.target == "/hello?x=1" and seen.header("host") == "world"
+        assert seen.header("l5d-dst-service") == "/svc/world"
+        r = await c.request("GET", "http://user@world?q", {"Host": "world"})
+        assert r.status == 200 and world.seen[1].target == "/?q"
+        await c.close()
+        await rt.drain()
+        await world.close()
+
+    run(main())
