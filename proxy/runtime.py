@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+from functools import partial
 from typing import Any, Final
 
 from config import Config, RouterConfig, ServerConfig
@@ -127,7 +128,12 @@ class Listener:
         self._header_timeout = rc.limits.header_read_timeout_ms / 1000
         self._override_cache: dict[tuple[Any, ...], tuple[Dtab, bytes]] = {}  # answers of one policy
         # The client protocol's opener (see wire.upstream_h1): one per listener, chosen here.
-        self.open_upstream = make_h2_opener(rc.client.tls) if rc.client.protocol == "h2" else open_h1
+        connect_timeout = rc.client.connect_timeout_ms / 1000 or None
+        self.open_upstream = (
+            make_h2_opener(rc.client.tls, connect_timeout)
+            if rc.client.protocol == "h2"
+            else partial(open_h1, connect_timeout=connect_timeout)
+        )
 
     def check_override(
         self, peer_ip: str, ctx: list[bytes], user: list[bytes], sig: bytes | None

@@ -361,7 +361,8 @@ class PendingH1:
             self.cancelled = True
             ep.outstanding -= 1
             ep.failures += 1
-            err = ConnectFailed(f"Unable to connect to {ep.host}:{ep.port}: {exc or 'cancelled'}")
+            why = "cancelled" if exc is None else str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
+            err = ConnectFailed(f"Unable to connect to {ep.host}:{ep.port}: {why}")
             self.owner.upstream_failed(err)
             return
         ep.failures = 0
@@ -380,14 +381,17 @@ class PendingH1:
 
 def _open_on(
     endpoint: Any, owner: Any, head: bytes, method: bytes, body_mode: int, loop: asyncio.AbstractEventLoop,
-    *, allow_replay: bool = True,
+    *, allow_replay: bool = True, connect_timeout: float | None = None,
 ) -> Any:
     conn = endpoint.take_idle()
     if conn is not None:
         conn.attach(owner, head, method, body_mode, reused=allow_replay)
         return conn
     pending = PendingH1(owner, endpoint, head, method, body_mode)
-    fut = asyncio.ensure_future(loop.create_connection(lambda: UpstreamH1(endpoint, loop), endpoint.host, endpoint.port))
+    coro: Any = loop.create_connection(lambda: UpstreamH1(endpoint, loop), endpoint.host, endpoint.port)
+    if connect_timeout:  # client.connectTimeoutMs: per new connection, never per request
+        coro = asyncio.wait_for(coro, connect_timeout)
+    fut = asyncio.ensure_future(coro)
     fut.add_done_callback(pending.connected)
     return pending
 
@@ -400,13 +404,15 @@ def open_h1(
     headers: list[tuple[bytes, bytes]],
     body_mode: int,
     loop: asyncio.AbstractEventLoop,
+    *,
+    connect_timeout: float | None = None,
 ) -> Any:
     """Start a request to `endpoint`; returns the exchange handle (see module doc).
     The caller has counted the request in `endpoint.outstanding`; the handle uncounts it."""
     if body_mode == BODY_CHUNKED:
         headers.append(_CHUNKED_HEADER)
     head = encode_request_head(method, target, headers)
-    return _open_on(endpoint, owner, head, method, body_mode, loop)
+    return _open_on(endpoint, owner, head, method, body_mode, loop, connect_timeout=connect_timeout)
 
 
 _HEAD_CLASS: Any = None

@@ -515,7 +515,7 @@ def _request_headers(method: bytes, target: bytes, headers: list[tuple[bytes, by
     return out
 
 
-def make_h2_opener(tls: Any = None) -> Any:
+def make_h2_opener(tls: Any = None, connect_timeout: float | None = None) -> Any:
     """An opener (`open_h1`'s signature) for HTTP/2 upstreams: h2c, or TLS with ALPN
     `h2` when the client config has `tls`."""
     ctx: ssl.SSLContext | None = None
@@ -550,6 +550,8 @@ def make_h2_opener(tls: Any = None) -> Any:
                                           server_hostname=server_name or endpoint.host)
         else:
             coro = loop.create_connection(lambda: conn, endpoint.host, endpoint.port)
+        if connect_timeout:  # client.connectTimeoutMs: per new connection, never per request
+            coro = asyncio.wait_for(coro, connect_timeout)
         fut = asyncio.ensure_future(coro)
 
         def connected(f: asyncio.Future[Any]) -> None:
