@@ -22,7 +22,6 @@ from config import Config, RouterConfig, ServerConfig
 from dtab import Dtab
 
 from .discovery.fs import FsNamer
-from .errors import ProxyError
 from .route.identify import IdentifierChain, make_identifier
 from .route.router import Router
 from .route.trust import OverridePolicy
@@ -93,7 +92,7 @@ class Listener:
 
     __slots__ = (
         "router", "loop", "limits", "connections", "timeout", "clear_context", "policy",
-        "sig_header", "add_via", "add_forwarded", "discard_limit", "requests", "failures", "server",
+        "sig_header", "add_via", "add_forwarded", "discard_limit", "server",
         "_override_cache", "config", "address", "_idle_timeout", "_header_timeout", "_sweeper",
         "closed_event", "open_upstream", "protocol",
     )
@@ -103,8 +102,6 @@ class Listener:
         self.loop = loop
         self.connections: set[ServerH1] = set()
         self.discard_limit = DISCARD_LIMIT
-        self.requests = 0
-        self.failures = 0
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -149,12 +146,6 @@ class Listener:
             cache.clear()
         cache[key] = result
         return result
-
-    def count_done(self) -> None:
-        self.requests += 1
-
-    def count_failure(self, exc: ProxyError) -> None:
-        self.failures += 1
 
     def connection_closed(self, conn: ServerH1) -> None:
         if not self.connections and self.server is None:
@@ -288,15 +279,7 @@ class Runtime:
         """Swap a router's base dtab: a new snapshot, same clients (pools stay warm)
         and the same rules."""
         old = self.routers[label]
-        rc = old.config
-        if isinstance(rc, RouterConfig):
-            self._swap(old, self._build_router(rc, clients=old.clients, base=table))
-            return
-        new = Router(
-            old.label, table, identifier=old.identifier, namers=old.namers,
-            dst_prefix=old.dst_prefix, clients=old.clients, config=old.config, stats=old.stats,
-        )
-        self._swap(old, new)
+        self._swap(old, self._build_router(old.config, clients=old.clients, base=table))
 
     def install_signals(self) -> None:
         loop = self.loop

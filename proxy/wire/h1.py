@@ -225,7 +225,6 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
             up, self._up = self._up, None
             if up is not None:
                 up.cancel()
-            self._server.count_failure(exc)
             if self._resp_started:
                 self._abort()
             else:
@@ -278,7 +277,6 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
                 if self._busy:
                     break
                 q.clear()
-                self._server.count_failure(ev)
                 self._write_error(ev, close=True)
                 self._status, self._fclass = ev.status, ev.stage
                 self._account()  # a request that could not be parsed: unrouted
@@ -399,7 +397,6 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
 
     def _fail_early(self, exc: ProxyError) -> None:
         """A failure before anything went upstream: answer, then skip the request body."""
-        self._server.count_failure(exc)
         head = self._head
         assert head is not None
         if head.chunked or (head.content_length or 0) > self._server.discard_limit:
@@ -545,7 +542,6 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
 
     def _respond_error(self, exc: ProxyError) -> None:
         """Answer a failure after the exchange started; skip any body still to come."""
-        self._server.count_failure(exc)
         if not self._req_done:
             self._discard = True
             head = self._head
@@ -587,7 +583,6 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         self._busy = False
         self._head = None
         self._route = None
-        self._server.count_done()
         t = self._transport
         if t is None:
             return

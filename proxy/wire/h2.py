@@ -335,7 +335,6 @@ class _Stream(RoutedRequest):
                 self._status = exc.status
             # Cancellation travels both ways: the client sees the upstream's reset (or
             # a cut response as INTERNAL_ERROR, the stream-level form of a dropped body).
-            conn._server.count_failure(exc)
             self.resp_done = True
             self.req_done = True
             conn._codec.reset(self.sid, h2c.INTERNAL_ERROR if code is None else code)
@@ -375,7 +374,6 @@ class _Stream(RoutedRequest):
             self.respond_error(Timeout(f"exceeded {self.timeout_s * 1000:.0f} ms to {name}"))
         else:
             conn = self.conn
-            conn._server.count_failure(Timeout("deadline exceeded mid-response"))
             self._fclass = "timeout"
             self.resp_done = self.req_done = True
             conn._codec.reset(self.sid, h2c.CANCEL)
@@ -387,7 +385,6 @@ class _Stream(RoutedRequest):
         status with `l5d-err` and a text body (spec §13.4)."""
         conn = self.conn
         server = conn._server
-        server.count_failure(exc)
         up, self.up = self.up, None
         if up is not None:
             up.cancel()
@@ -443,7 +440,6 @@ class _Stream(RoutedRequest):
         conn = self.conn
         if conn._streams.pop(self.sid, None) is not None:
             self._account()
-            conn._server.count_done()
             if conn._closing and not conn._streams:
                 conn.want_flush()
                 conn._close_soon = True
@@ -570,9 +566,8 @@ class ServerH2(asyncio.Protocol):
             if ended and req.content_length:
                 # RFC 9113 §8.1.1: the DATA (none) must add up to content-length.
                 raise PeerProtocolError("content-length with no DATA")
-        except PeerProtocolError as exc:
+        except PeerProtocolError:
             # RFC 9113 §8.1.1: a malformed request is a stream error of PROTOCOL_ERROR.
-            self._server.count_failure(exc)
             self._codec.reset(sid, h2c.PROTOCOL_ERROR)
             return
         self._streams[sid] = st
@@ -592,8 +587,7 @@ class ServerH2(asyncio.Protocol):
             return
         try:
             trailers = h2c.read_response(fields, trailers=True)[1]
-        except PeerProtocolError as exc:
-            self._server.count_failure(exc)
+        except PeerProtocolError:
             self._codec.reset(sid, h2c.PROTOCOL_ERROR)
             st.client_reset()
             return
@@ -601,7 +595,6 @@ class ServerH2(asyncio.Protocol):
 
     def _connection_error(self, exc: PeerProtocolError) -> None:
         """The codec found a connection error and queued GOAWAY: send it, drop every stream, close."""
-        self._server.count_failure(exc)
         log.debug("h2 connection error from %s: %s", self._peer_ip, exc)
         t = self._transport
         streams, self._streams = self._streams, {}

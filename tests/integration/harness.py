@@ -12,6 +12,17 @@ from config import load_text
 from proxy.runtime import Runtime
 
 
+async def read_fields(reader: asyncio.StreamReader) -> list[tuple[str, str]]:
+    """A header block up to the empty line, names lower-cased (test peers only)."""
+    headers = []
+    while True:
+        h = await reader.readline()
+        if h in (b"\r\n", b""):
+            return headers
+        n, _, v = h.decode("latin-1").partition(":")
+        headers.append((n.strip().lower(), v.strip()))
+
+
 async def read_chunked(reader: asyncio.StreamReader) -> bytes:
     """A chunked body (test peers only: trusts its input), trailers skipped."""
     body = b""
@@ -73,13 +84,7 @@ class Backend:
                 if not line:
                     return
                 method, target, _ = line.decode("latin-1").split(" ", 2)
-                headers = []
-                while True:
-                    h = await reader.readline()
-                    if h in (b"\r\n", b""):
-                        break
-                    n, _, v = h.decode("latin-1").partition(":")
-                    headers.append((n.strip().lower(), v.strip()))
+                headers = await read_fields(reader)
                 hd = dict(headers)
                 body = b""
                 if "content-length" in hd:
@@ -140,13 +145,7 @@ async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> Re
         raise ConnectionError("connection closed before a response")
     parts = line.decode("latin-1").split(" ", 2)
     status = int(parts[1])
-    headers = []
-    while True:
-        h = await reader.readline()
-        if h in (b"\r\n", b""):
-            break
-        n, _, v = h.decode("latin-1").partition(":")
-        headers.append((n.strip().lower(), v.strip()))
+    headers = await read_fields(reader)
     hd = dict(headers)
     body = b""
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
