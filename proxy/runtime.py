@@ -24,6 +24,7 @@ from dtab import Dtab
 from .discovery.fs import FsNamer
 from .route.identify import IdentifierChain, make_identifier
 from .route.router import Router
+from .route.settings import ListenerSettings
 from .route.trust import OverridePolicy
 from .telemetry.metrics import Telemetry
 from .wire.detect import protocol_factory
@@ -34,16 +35,10 @@ from .wire.upstream_h2 import make_h2_opener
 
 log = logging.getLogger(__name__)
 
-#: Parsed override results cached per (peer, header values): the same staging header
-#: arrives on every request of a test session, and parsing costs more than a dict hit.
-OVERRIDE_CACHE_SIZE: Final = 4096
 #: How often the config file and its resource files are checked for changes. Half a
 #: second keeps an edit-to-effect delay well under the 1 s the namers aim for, and a
 #: stat of a few files costs microseconds.
 CONFIG_POLL_S: Final = 0.5
-#: Request bodies up to this size are read and dropped after an early error answer so
-#: the connection stays usable; larger ones close the connection instead.
-DISCARD_LIMIT: Final = 64 * 1024
 
 
 def install_uvloop() -> bool:
@@ -87,65 +82,57 @@ def build_policy(rc: RouterConfig, sc: ServerConfig) -> OverridePolicy:
 
 
 class Listener:
-    """One server socket and what its connections share: the current router, limits,
-    the override policy, counters. `router` is swapped whole on reload."""
+    """One server socket and what its connections share: the settings snapshot (swapped
+    whole on reload and on a dtab change), the connections, the requests in flight."""
 
     __slots__ = (
-        "router", "loop", "limits", "connections", "timeout", "clear_context", "policy",
-        "sig_header", "add_via", "add_forwarded", "discard_limit", "server",
-        "_override_cache", "config", "address", "_idle_timeout", "_header_timeout", "_sweeper",
-        "closed_event", "open_upstream", "protocol",
-    )
+        "settings", "loop", "connections", "server", "config", "address", "_idle_timeout",
+        "_header_timeout", "_sweeper", "closed_event", "protocol", "in_flight",
+    )  # fmt: skip
 
     def __init__(self, router: Router, rc: RouterConfig, sc: ServerConfig, loop: asyncio.AbstractEventLoop) -> None:
-        self.router = router
         self.loop = loop
-        self.connections: set[ServerH1] = set()
-        self.discard_limit = DISCARD_LIMIT
+        self.connections: set[Any] = set()
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed_event = asyncio.Event()
         self.protocol = rc.protocol
-        self.apply(rc, sc)
+        self.in_flight = 0
+        self.apply(rc, sc, router)
 
-    def apply(self, rc: RouterConfig, sc: ServerConfig) -> None:
+    @property
+    def router(self) -> Router:
+        return self.settings.router
+
+    @router.setter
+    def router(self, router: Router) -> None:
+        self.settings = self.settings.with_router(router)  # one reference: new requests see it
+
+    def apply(self, rc: RouterConfig, sc: ServerConfig, router: Router | None = None) -> None:
         """Take a router's and server's settings: at start, and when a reload keeps this
-        listener (same address, protocol and TLS). Each is one reference swap;
-        connections read them per request."""
-        self.limits = rc.limits
+        listener (same address, protocol and TLS). One reference swap; connections read
+        the snapshot per request."""
         self.config = sc
-        self.timeout: float | None = rc.timeout_ms / 1000 if rc.timeout_ms else None
-        self.clear_context = sc.clear_context
-        self.policy = build_policy(rc, sc)
-        self.sig_header = self.policy.hmac_header or b"\x00"  # a name no header has
-        self.add_via = rc.add_via
-        self.add_forwarded = rc.add_forwarded
         self._idle_timeout = rc.limits.idle_timeout_ms / 1000
         self._header_timeout = rc.limits.header_read_timeout_ms / 1000
-        self._override_cache: dict[tuple[Any, ...], tuple[Dtab, bytes]] = {}  # answers of one policy
         # The client protocol's opener (see wire.upstream_h1): one per listener, chosen here.
         connect_timeout = rc.client.connect_timeout_ms / 1000 or None
-        self.open_upstream = (
+        opener = (
             make_h2_opener(rc.client.tls, connect_timeout)
             if rc.client.protocol == "h2"
             else partial(open_h1, connect_timeout=connect_timeout)
         )
-
-    def check_override(
-        self, peer_ip: str, ctx: list[bytes], user: list[bytes], sig: bytes | None
-    ) -> tuple[Dtab, bytes]:
-        key = (peer_ip, *ctx, b"\x00", *user, sig)
-        hit = self._override_cache.get(key)
-        if hit is not None:
-            return hit
-        local = self.policy.check(peer_ip, ctx, user, sig)
-        result = (local, local.show().encode("latin-1"))
-        cache = self._override_cache
-        if len(cache) >= OVERRIDE_CACHE_SIZE:
-            cache.clear()
-        cache[key] = result
-        return result
+        self.settings = ListenerSettings(
+            router if router is not None else self.settings.router,
+            rc.limits,
+            sc,
+            rc.timeout_ms / 1000 if rc.timeout_ms else None,
+            build_policy(rc, sc),
+            opener,
+            add_via=rc.add_via,
+            add_forwarded=rc.add_forwarded,
+        )
 
     def connection_closed(self, conn: ServerH1) -> None:
         if not self.connections and self.server is None:
@@ -465,6 +452,13 @@ async def serve(config: Config, *, config_path: str | None = None, ready_cb: Any
         ready_cb(rt)
     await rt.wait()
     await rt.drain()
+    # Drained: a second SIGTERM (a supervisor that did not see us exit yet) must not
+    # turn this clean exit into death by signal while the loop shuts down.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):  # not the main thread (tests run serve elsewhere)
+            pass
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from config import load_text
 from proxy.runtime import Listener
-from proxy.upstream.balancer import Endpoint
+from proxy.upstream.endpoint import Endpoint
 from proxy.wire.h1 import ServerH1
 from proxy.wire.upstream_h1 import UpstreamH1
 

@@ -36,7 +36,7 @@ from h2.settings import SettingCodes
 from config import load_text
 from dtab import Dtab
 from proxy.runtime import Listener
-from proxy.upstream.balancer import Endpoint
+from proxy.upstream.endpoint import Endpoint
 from proxy.wire.h2 import ServerH2
 from proxy.wire.upstream_h1 import UpstreamH1
 from proxy.wire.upstream_h2 import UpstreamH2

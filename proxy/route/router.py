@@ -21,7 +21,7 @@ import dtab
 from dtab import EMPTY, FAIL, NEG, BindError, Bound, Dtab, Leaf, NameTree, Path, Union
 
 from ..errors import NoRoute
-from ..upstream.balancer import Client, ClientRegistry
+from ..upstream.endpoint import Client, ClientRegistry
 from .rules import Actions, Overlay, RuleSet, hash_value, sticky_u
 
 if TYPE_CHECKING:

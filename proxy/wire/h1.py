@@ -19,8 +19,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-from dtab import Dtab
-
 from ..codec.h1 import (
     LAST_CHUNK,
     Body,
@@ -33,31 +31,21 @@ from ..codec.h1 import (
     encode_trailers,
 )
 from ..errors import (
+    NoRoute,
+    Overloaded,
     PeerProtocolError,
     ProxyError,
     Timeout,
 )
+from ..route.request import RoutedRequest, drop_set, no_hosts
+from ..route.settings import Listener
+from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER
 from .render import error_response
-from .routing import H_CTX_DTAB, H_DEADLINE, H_DROP, H_DTAB, H_TRACE, L5D_REQUEST_FIELDS, RoutedRequest
-from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
+from .upstream_h1 import set_nodelay
 
 log = logging.getLogger(__name__)
 
-# Request fields the proxy consumes or re-writes: the l5d- ones every protocol has, and
-# HTTP/1.1's hop-by-hop ones (RFC 9110 §7.6.1).
-_H_DTAB, _H_CTX_DTAB, _H_DEADLINE, _H_TRACE, _H_DROP = H_DTAB, H_CTX_DTAB, H_DEADLINE, H_TRACE, H_DROP
-_H_CONNECTION: Final = 6
-_H_UPGRADE: Final = 7
-_REQ_SPECIAL: Final = {
-    **L5D_REQUEST_FIELDS,
-    b"connection": _H_CONNECTION,
-    b"keep-alive": _H_DROP,
-    b"proxy-connection": _H_DROP,
-    b"te": _H_DROP,
-    b"trailer": _H_DROP,
-    b"transfer-encoding": _H_DROP,
-    b"upgrade": _H_UPGRADE,
-}
+_VIA: Final = (b"via", b"1.1 dtabproxy")
 _RESP_DROP: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade")
 )
@@ -66,7 +54,6 @@ _CHUNKED: Final = (b"transfer-encoding", b"chunked")
 _CONN_CLOSE: Final = (b"connection", b"close")
 _CONN_KEEP_ALIVE: Final = (b"connection", b"keep-alive")
 _CONN_UPGRADE: Final = (b"connection", b"upgrade")
-_CONN_KEEP: Final = frozenset((b"close", b"keep-alive", b"upgrade"))
 _PAUSE_QUEUE: Final = 1  # too many pipelined events queued
 _PAUSE_UPSTREAM: Final = 2  # the upstream cannot take more request body yet
 #: Pipelined events queued behind an in-flight request before reads pause.
@@ -105,15 +92,16 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         "_busy", "_req_done", "_resp_started", "_resp_done", "_discard", "_close_after",
         "_up", "_head", "_resp_chunked", "_resp_head_only", "_client_keep_alive", "_timer",
         "_paused", "_tunnel", "last_active", "_pumping", "_deadline", "_view", "_wbuf",
-        "head_started",
+        "head_started", "_settings",
     )
 
-    def __init__(self, server: Any) -> None:
-        self._server = server  # the listener's shared state: router ref, limits, flags
-        self._init_routing(server.router)
+    def __init__(self, server: Listener) -> None:
+        self._server = server  # the listener: its settings snapshot, connections, loop
+        settings = self._settings = server.settings  # re-read per request: a reload swaps it
+        self._init_routing(settings.router, server)
         self._loop = server.loop
         self._transport: Any = None
-        lim = server.limits
+        lim = settings.limits
         self._reader = RequestReader(max_header_bytes=lim.max_header_bytes, max_headers=lim.max_headers)
         self._queue: deque[Any] = deque()
         self._peer_ip = ""
@@ -123,7 +111,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         self._resp_done = True
         self._discard = False
         self._close_after = False
-        self._up: Any = None  # the upstream exchange handle (see upstream_h1)
+        self._up: Any = None  # the request's attempt (proxy/upstream/attempt.py)
         self._head: RequestHead | None = None
         self._resp_chunked = False
         self._resp_head_only = False
@@ -161,6 +149,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
             self._status, self._fclass = 499, "cancelled"  # nginx's code for a client gone
             self._account()
         self._busy = False
+        self._release_slot()  # a tunnel held its slot until now
         self._server.connections.discard(self)
         self._server.connection_closed(self)
 
@@ -299,107 +288,69 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         if not head.keep_alive:
             self._close_after = True
         server = self._server
-        self._router = server.router  # a reload swapped it: new requests use the new snapshot
+        settings = self._settings = server.settings  # a reload swapped it: new requests see it
+        self._router = settings.router
+        limit = settings.max_concurrent
+        if limit is not None and not self._take_slot(limit):
+            self._fail_early(Overloaded(f"{limit} requests in flight on this server (servers[].maxConcurrentRequests)"))
+            return
         try:
-            self._open(head)
+            self._open(head, settings)
         except ProxyError as exc:
             self._fail_early(exc)
             return
-        if server.timeout is not None:
+        if settings.timeout is not None:
             # One timer per connection, re-armed lazily: requests only move the deadline.
-            self._deadline = self._loop.time() + server.timeout
+            self._deadline = self._loop.time() + settings.timeout
             if self._timer is None:
                 self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
-    def _open(self, head: RequestHead) -> None:
-        """Identify, assemble the local dtab, bind, pick, and start the upstream request."""
-        server = self._server
-        clear = server.clear_context
-        ctx_vals: list[bytes] = []
-        user_vals: list[bytes] = []
-        deadline_vals: list[bytes] | None = None
-        trace_val: bytes | None = None
-        conn_tokens: bytes | None = None
-        upgrade: bytes | None = None
-        special = _REQ_SPECIAL
-        sig_header = server.sig_header
-        sig: bytes | None = None
-        headers = head.headers
+    def _open(self, head: RequestHead, settings: Any) -> None:
+        """Set the forwarded fields apart, prepare (route/request.py), start the attempt."""
         extras = head.extras
         if extras is None:  # plain: nothing to drop or read, forward the fields as they came
-            out = headers.copy()
+            out = head.headers.copy()
         else:
             # The codec listed the few hop-by-hop and l5d- fields while it scanned the
             # head; everything else is filtered in one comprehension, not a Python loop.
-            drop = _drop_set(sig_header)
-            if clear:  # spec §13.5: no l5d- field from the caller goes on, none is read
-                out = [h for h in headers if h[0] not in drop and not h[0].startswith(b"l5d-")]
+            drop = drop_set(settings.sig_header)
+            if settings.clear_context:  # spec §13.5: no l5d- field from the caller goes on
+                out = [h for h in head.headers if h[0] not in drop and not h[0].startswith(b"l5d-")]
             else:
-                out = [h for h in headers if h[0] not in drop]
-            for name, value in extras:
-                kind = special.get(name)
-                if kind is None:
-                    if name == sig_header and not clear:
-                        sig = value
-                    continue  # another l5d- field: forwarded (or cleared) above
-                if clear and name[0] == 108:  # an l5d- field the proxy consumes
-                    continue
-                if kind == _H_DTAB:
-                    user_vals.append(value)
-                elif kind == _H_CTX_DTAB:
-                    ctx_vals.append(value)
-                elif kind == _H_DEADLINE:
-                    if deadline_vals is None:
-                        deadline_vals = []
-                    deadline_vals.append(value)
-                elif kind == _H_TRACE:
-                    trace_val = value
-                elif kind == _H_CONNECTION:
-                    conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
-                elif kind == _H_UPGRADE:
-                    upgrade = value
-        if sig is None and (ctx_vals or user_vals) and sig_header[:4] != b"l5d-" and server.policy.hmac_header:
-            sig = self._view.point(head).headers(sig_header)  # a signature field not named l5d-*
-        if conn_tokens is not None:  # names listed in Connection are hop-by-hop too
-            listed = {t.strip().lower() for t in conn_tokens.split(b",")}
-            listed -= _CONN_KEEP
-            if listed:
-                out = [h for h in out if h[0] not in listed]
-
-        # Local dtab (spec §10): trusted override sources only, within limits.
-        if ctx_vals or user_vals:
-            local, local_key = server.check_override(self._peer_ip, ctx_vals, user_vals, sig)
-        else:
-            local, local_key = Dtab.EMPTY, b""
-
-        endpoint, acts, ident = self._route_request(
-            server, self._view.point(head), headers, local, local_key, out, trace_val, deadline_vals,
-            self._peer_ip, self._view.headers(b"host"),
-        )
-        if head.upgrade and upgrade is not None:
-            out.append(_CONN_UPGRADE)
-            out.append((b"upgrade", upgrade))
-
+                out = [h for h in head.headers if h[0] not in drop]
         if head.chunked:
             body_mode = BODY_CHUNKED
         elif head.content_length:
             body_mode = BODY_LENGTH
         else:
             body_mode = BODY_NONE
-        target = ident.rewritten_target if ident.rewritten_target is not None else head.target
-        if acts is not None:
-            target = acts.rewrite_target(target)  # a matched rule's URI rewrite
-        self._up = server.open_upstream(endpoint, self, head.method, target, out, body_mode, self._loop)
-
-    def rebind_upstream(self, handle: Any) -> None:
-        """The upstream replaced its handle (a stale pooled connection was replayed)."""
-        self._up = handle
+        view = self._view.point(head)
+        attempt = self._prepare(
+            settings, self._loop, view, head.headers, extras, out, self._peer_ip, view.headers(b"host"),
+            head.method, head.target, body_mode, b"http", _VIA,
+        )
+        upgrade = self._upgrade
+        if head.upgrade and upgrade is not None:
+            out.append(_CONN_UPGRADE)
+            out.append((b"upgrade", upgrade))
+        self._up = attempt
+        try:
+            attempt.start()
+        except NoRoute:
+            self._up = None
+            if attempt.endpoint is None:
+                raise no_hosts(attempt.client, self._router, self._route) from None
+            raise
+        except ProxyError:
+            self._up = None
+            raise
+        self._started(attempt)
 
     def _fail_early(self, exc: ProxyError) -> None:
         """A failure before anything went upstream: answer, then skip the request body."""
         head = self._head
         assert head is not None
-        if head.chunked or (head.content_length or 0) > self._server.discard_limit:
+        if head.chunked or (head.content_length or 0) > self._settings.discard_limit:
             self._close_after = True  # don't read an unbounded body just to throw it away
         self._discard = True
         self._resp_done = True
@@ -456,7 +407,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         # take as long as it takes. The timer itself stays armed for later requests.
         self._deadline = 0.0
         status = ev.status
-        clear = self._server.clear_context
+        clear = self._settings.clear_context
         if ev.plain:
             out = ev.headers.copy()
         elif clear:
@@ -500,7 +451,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         if not self._req_done:
             self._discard = True  # answered before the upload ended: drop the rest
             head = self._head
-            if head is not None and (head.chunked or (head.content_length or 0) > self._server.discard_limit):
+            if head is not None and (head.chunked or (head.content_length or 0) > self._settings.discard_limit):
                 self._close_after = True
                 self._finish()
             return
@@ -536,7 +487,8 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
             up.cancel()
         if not self._resp_started:
             name = self._route.service.show() if self._route is not None else "the destination"
-            self._respond_error(Timeout(f"exceeded {self._server.timeout * 1000:.0f} ms to {name}"))
+            timeout = self._settings.timeout or 0.0
+            self._respond_error(Timeout(f"exceeded {timeout * 1000:.0f} ms to {name}"))
         else:
             self._abort()
 
@@ -545,7 +497,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         if not self._req_done:
             self._discard = True
             head = self._head
-            if head is not None and (head.chunked or (head.content_length or 0) > self._server.discard_limit):
+            if head is not None and (head.chunked or (head.content_length or 0) > self._settings.discard_limit):
                 self._close_after = True
         self._resp_done = True
         self._write_error(exc, close=self._close_after)
@@ -562,7 +514,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
             return
         head = self._head
         is_head = head is not None and head.method == b"HEAD" and self._busy
-        t.write(error_response(exc, close=close, clear_context=self._server.clear_context, head=is_head))
+        t.write(error_response(exc, close=close, clear_context=self._settings.clear_context, head=is_head))
         if close:
             t.close()
 
@@ -660,17 +612,5 @@ def _origin_form(head: RequestHead) -> None:
         head.headers = [(b"host", authority)] + [h for h in head.headers if h[0] != b"host"]
 
 
-_DROP_SETS: dict[bytes, frozenset[bytes]] = {}
-
-
-def _drop_set(sig_header: bytes) -> frozenset[bytes]:
-    """The request fields never forwarded: hop-by-hop ones, the l5d- ones the proxy
-    consumes or rewrites, and the override signature field (its name is configured)."""
-    drop = _DROP_SETS.get(sig_header)
-    if drop is None:
-        drop = _DROP_SETS[sig_header] = frozenset(_REQ_SPECIAL) | {sig_header}
-    return drop
-
-
-def make_protocol_factory(server: Any) -> Callable[[], ServerH1]:
+def make_protocol_factory(server: Listener) -> Callable[[], ServerH1]:
     return lambda: ServerH1(server)

@@ -29,18 +29,18 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-from dtab import Dtab
-
 from ..codec import grpc
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
-from ..errors import BadRequest, PeerProtocolError, ProxyError, Timeout
+from ..errors import BadRequest, NoRoute, PeerProtocolError, ProxyError, Timeout
 from ..route.l5d import (
     encode_l5d_err,
     err_body,
 )
-from .routing import H_CTX_DTAB, H_DEADLINE, H_DROP, H_DTAB, H_TRACE, L5D_REQUEST_FIELDS, RoutedRequest
-from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
+from ..route.request import REQUEST_FIELDS, RoutedRequest, no_hosts
+from ..route.settings import Listener
+from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER
+from .upstream_h1 import set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,11 @@ log = logging.getLogger(__name__)
 #: connection window caps the sum), so the bound is on bookkeeping, not memory.
 DEFAULT_MAX_STREAMS: Final = 1000
 
-_H_DTAB, _H_CTX_DTAB, _H_DEADLINE, _H_TRACE, _H_DROP = H_DTAB, H_CTX_DTAB, H_DEADLINE, H_TRACE, H_DROP
-_H_GRPC_TIMEOUT: Final = 6
-_H_HOST: Final = 7
-_H_COOKIE: Final = 8
-_REQ_SPECIAL: Final = {
-    **L5D_REQUEST_FIELDS,
-    b"grpc-timeout": _H_GRPC_TIMEOUT,
-    b"host": _H_HOST,
-    b"cookie": _H_COOKIE,
-}
+# Request fields HTTP/2 handles itself (RFC 9113 §8.3.1, §8.2.3); the rest of the
+# special ones are the shared table's (route/request.py).
+_H_HOST: Final = -1
+_H_COOKIE: Final = -2
+_REQ_SPECIAL: Final = {**REQUEST_FIELDS, b"host": _H_HOST, b"cookie": _H_COOKIE}
 # Response fields never forwarded onto HTTP/2 (RFC 9113 §8.2.2), whatever the upstream.
 _RESP_DROP: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade")
@@ -101,10 +96,10 @@ class _Stream(RoutedRequest):
 
     __slots__ = ("conn", "sid", "up", "req_done", "resp_started", "resp_done", "is_grpc", "timer",
                  "unacked", "acks_paused", "up_paused", "head_out", "head_only", "timeout_s",
-                 "deadline_call")
+                 "deadline_call", "settings")
 
     def __init__(self, conn: ServerH2, sid: int) -> None:
-        self._init_routing(conn._server.router)
+        self._init_routing(conn._server.settings.router, conn._server)
         self.conn = conn
         self.sid = sid
         self.up: Any = None
@@ -120,109 +115,89 @@ class _Stream(RoutedRequest):
         self.head_only = False
         self.timeout_s = 0.0
         self.deadline_call = False  # grpc-timeout: the deadline bounds the whole call
+        self.settings = conn._server.settings  # the listener's, when the stream opened
 
     # -- opening -------------------------------------------------------------------------
 
     def open(self, req: h2c.Request, ended: bool) -> None:
-        """Identify, assemble the local dtab, bind, pick, and start the upstream request."""
+        """Set the forwarded fields apart, prepare (route/request.py), start the attempt."""
         conn = self.conn
-        server = conn._server
+        settings = self.settings
+        self._router = settings.router
         if req.method == b"CONNECT":
             raise BadRequest("CONNECT is not supported over HTTP/2")
         self.is_grpc = grpc.is_grpc(req.content_type)
         self.head_only = req.method == b"HEAD"
-        clear = server.clear_context
-        ctx_vals: list[bytes] = []
-        user_vals: list[bytes] = []
-        deadline_vals: list[bytes] | None = None
-        trace_val: bytes | None = None
-        grpc_timeout: bytes | None = None
+        clear = settings.clear_context
         host: bytes | None = req.authority
         cookies: list[bytes] | None = None
+        extras: list[tuple[bytes, bytes]] | None = None
         out: list[tuple[bytes, bytes]] = [(b"host", b"")]  # placeholder, filled below
         special = _REQ_SPECIAL
-        sig_header = server.sig_header
-        sig: bytes | None = None
+        sig_header = settings.sig_header
         for item in req.headers:
             name = item[0]
             kind = special.get(name)
             if kind is None:
                 if name[0] == 108 and name.startswith(b"l5d-"):  # 108: "l", no slice per field
+                    if name == sig_header:
+                        if extras is None:
+                            extras = []
+                        extras.append(item)
+                        continue
                     if clear:
                         continue
-                    if name == sig_header:
-                        sig = item[1]
-                        continue
                 out.append(item)
-            elif clear and name.startswith(b"l5d-"):
-                continue
-            elif kind == _H_DTAB:
-                user_vals.append(item[1])
-            elif kind == _H_CTX_DTAB:
-                ctx_vals.append(item[1])
-            elif kind == _H_DEADLINE:
-                if deadline_vals is None:
-                    deadline_vals = []
-                deadline_vals.append(item[1])
-            elif kind == _H_TRACE:
-                trace_val = item[1]
-            elif kind == _H_GRPC_TIMEOUT:
-                grpc_timeout = item[1]
+            elif kind > 0:  # consumed by the shared step
+                if extras is None:
+                    extras = []
+                extras.append(item)
             elif kind == _H_HOST:
                 if host is None:  # :authority wins (RFC 9113 §8.3.1)
                     host = item[1]
-            elif kind == _H_COOKIE:
-                if req.cookies > 1:  # RFC 9113 §8.2.3: one field for HTTP/1.1
-                    if cookies is None:
-                        cookies = []
-                    cookies.append(item[1])
-                else:
-                    out.append(item)
+            elif req.cookies > 1:  # RFC 9113 §8.2.3: one field for HTTP/1.1
+                if cookies is None:
+                    cookies = []
+                cookies.append(item[1])
+            else:
+                out.append(item)
         if host is not None:
             out[0] = (b"host", host)
         else:
             del out[0]
         if cookies is not None:
             out.append((b"cookie", b"; ".join(cookies)))
-
-        if ctx_vals or user_vals:
-            local, local_key = server.check_override(conn._peer_ip, ctx_vals, user_vals, sig)
-        else:
-            local, local_key = Dtab.EMPTY, b""
-
-        endpoint, acts, ident = self._route_request(
-            server, _View(req), req.headers, local, local_key, out, trace_val, deadline_vals,
-            conn._peer_ip, host, conn._scheme, _VIA,
-        )
-        timeout_s = server.timeout
-        if grpc_timeout is not None:
-            ns = grpc.parse_timeout(grpc_timeout)
-            if ns is not None:
-                t = ns / 1e9
-                self.deadline_call = True
-                if timeout_s is None or t < timeout_s:
-                    timeout_s = t
-                # The next hop gets what is left of the tighter deadline.
-                out.append((grpc.TIMEOUT, grpc.format_timeout(int(timeout_s * 1e9))))
-
         if ended:
             body_mode = BODY_NONE
         elif req.content_length is not None:
             body_mode = BODY_LENGTH
         else:
             body_mode = BODY_CHUNKED
-        target = ident.rewritten_target if ident.rewritten_target is not None else req.path
-        if acts is not None:
-            target = acts.rewrite_target(target)  # a matched rule's URI rewrite
+        attempt = self._prepare(
+            settings, conn._loop, _View(req), req.headers, extras, out, conn._peer_ip, host,
+            req.method, req.path, body_mode, conn._scheme, _VIA,
+        )
+        timeout_s = settings.timeout
+        grpc_ns = self._grpc_timeout_ns
+        if grpc_ns is not None:
+            t = grpc_ns / 1e9
+            self.deadline_call = True
+            if timeout_s is None or t < timeout_s:
+                timeout_s = t
+            # The next hop gets what is left of the tighter deadline.
+            out.append((grpc.TIMEOUT, grpc.format_timeout(int(timeout_s * 1e9))))
         if timeout_s is not None:
             self.timeout_s = timeout_s
             self.timer = conn._loop.call_later(timeout_s, self.on_timeout)
-        up = server.open_upstream(endpoint, self, req.method, target, out, body_mode, conn._loop)
+        try:
+            attempt.start()
+        except NoRoute:
+            if attempt.endpoint is None:
+                raise no_hosts(attempt.client, self._router, self._route) from None
+            raise
+        self._started(attempt)
         if not self.resp_done:  # it may have failed synchronously
-            self.up = up
-
-    def rebind_upstream(self, handle: Any) -> None:
-        self.up = handle
+            self.up = attempt
 
     # -- request side ----------------------------------------------------------------------
 
@@ -267,7 +242,7 @@ class _Stream(RoutedRequest):
             self.up = None
             trailers = ev.trailers
             if trailers:
-                clear = conn._server.clear_context
+                clear = self.settings.clear_context
                 trailers = [h for h in trailers if h[0] not in _RESP_DROP and not (clear and h[0][:4] == b"l5d-")]
             if self.head_out is not None:
                 self._send_head(not trailers)
@@ -284,7 +259,7 @@ class _Stream(RoutedRequest):
     def _response_head(self, ev: ResponseHead) -> None:
         status = ev.status
         conn = self.conn
-        clear = conn._server.clear_context
+        clear = self.settings.clear_context
         status_field = _STATUS.get(status)
         if status_field is None or status == 101:
             self.upstream_failed(PeerProtocolError(f"upstream answered status {status}, which HTTP/2 cannot carry"))
@@ -384,12 +359,11 @@ class _Stream(RoutedRequest):
         """Answer a failure the proxy found itself: trailers-only for gRPC, else a
         status with `l5d-err` and a text body (spec §13.4)."""
         conn = self.conn
-        server = conn._server
         up, self.up = self.up, None
         if up is not None:
             up.cancel()
         codec = conn._codec
-        clear = server.clear_context
+        clear = self.settings.clear_context
         message = str(exc) or type(exc).__name__
         self.resp_started = True
         self.resp_done = True
@@ -452,7 +426,7 @@ class ServerH2(asyncio.Protocol):
                  "_flush_scheduled", "_deferred", "_write_paused", "_closing", "_close_soon", "_in_read",
                  "_scheme")
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Listener) -> None:
         self._server = server
         self._loop = server.loop
         self._transport: Any = None
@@ -478,8 +452,8 @@ class ServerH2(asyncio.Protocol):
         set_nodelay(transport)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         server = self._server
-        limits = server.limits
-        max_streams = getattr(server.config, "max_concurrent_requests", None) or DEFAULT_MAX_STREAMS
+        limits = server.settings.limits
+        max_streams = server.settings.max_concurrent or DEFAULT_MAX_STREAMS
         self._codec = h2c.H2Codec(
             client_side=False, max_concurrent_streams=max_streams, max_header_list_size=limits.max_header_bytes
         )
@@ -570,6 +544,12 @@ class ServerH2(asyncio.Protocol):
             # RFC 9113 §8.1.1: a malformed request is a stream error of PROTOCOL_ERROR.
             self._codec.reset(sid, h2c.PROTOCOL_ERROR)
             return
+        limit = st.settings.max_concurrent
+        if limit is not None and not st._take_slot(limit):
+            # servers[].maxConcurrentRequests: refused before any processing, so the
+            # client may retry it anywhere (RFC 9113 §8.7).
+            self._codec.reset(sid, h2c.REFUSED_STREAM)
+            return
         self._streams[sid] = st
         try:
             st.open(req, ended)
@@ -651,5 +631,5 @@ class ServerH2(asyncio.Protocol):
                 st.up.resume_reading()
 
 
-def make_protocol_factory(server: Any) -> Callable[[], ServerH2]:
+def make_protocol_factory(server: Listener) -> Callable[[], ServerH2]:
     return lambda: ServerH2(server)

@@ -1,24 +1,18 @@
 """Upstream HTTP/1.1: pooled keep-alive connections, each the handle of one exchange.
 
-`open_h1(endpoint, owner, method, target, headers, body_mode)` starts a request and
+`open_h1(endpoint, owner, method, target, headers, body_mode, loop)` starts a request and
 returns a handle at once: a warm connection from the endpoint's pool, or a pending one
-that buffers until the connection is made. The downstream side (an HTTP/1.1 connection
+that buffers until a connection is made (or one is given back, when the endpoint is at
+`client.hostConnectionPool.maxSize`). The downstream side (an HTTP/1.1 connection
 or an HTTP/2 stream) only ever uses the handle API and the owner callbacks below, so it
 never knows whether it talks to a pooled connection, a fresh one, or another protocol.
 
-Handle API (downstream -> upstream):
-    send_body(data)          request body bytes (already de-chunked)
-    send_end(trailers|None)  the request is complete
-    pause_reading() / resume_reading()   the downstream's write buffer is full / drained
-    cancel()                 abandon the exchange (client gone, timeout): the connection closes
-    start_tunnel(down_transport)  after a 101: relay raw bytes both ways
-Owner callbacks (upstream -> downstream):
-    on_upstream_event(ev)    ResponseHead (1xx included), Body, EndOfMessage from codec.h1
-    upstream_failed(exc)     a ProxyError; `exc.retryable` when nothing reached the peer
-    pause_client_reads() / resume_client_reads()   our write buffer is full / drained
-
-Body modes: BODY_NONE (no body: send_end follows at once), BODY_LENGTH (a
-`content-length` header is in `headers`), BODY_CHUNKED (re-chunked on the way).
+The handle API and owner callbacks are `proxy.upstream.contracts.Handle` and `Owner`; the
+owner is normally an `Attempt`, which keeps the endpoint's books: connections here only
+count themselves open and closed (`Endpoint.checkout`/`closed`) and never touch the
+endpoint's request or health state. A failure on a reused connection that had received
+nothing is marked `stale` (the peer closed it while it idled): the attempt decides
+whether to replay. Body modes are `contracts.BODY_*`.
 """
 
 from __future__ import annotations
@@ -30,19 +24,14 @@ from typing import Any, Final
 
 from ..codec.h1 import LAST_CHUNK, ResponseReader, encode_chunk, encode_request_head, encode_trailers
 from ..errors import ConnectFailed, PeerProtocolError, UpstreamFailed
+from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, SINK
+from ..upstream.endpoint import CONNECT, Endpoint
 
 log = logging.getLogger(__name__)
 
-BODY_NONE: Final = 0
-BODY_LENGTH: Final = 1
-BODY_CHUNKED: Final = 2
+__all__ = ["BODY_CHUNKED", "BODY_LENGTH", "BODY_NONE", "HIGH_WATER", "LOW_WATER", "UpstreamH1", "open_h1"]
 
-#: Write-buffer water marks: above HIGH the other side stops reading until below LOW.
-HIGH_WATER: Final = 256 * 1024
-LOW_WATER: Final = 64 * 1024
-
-_IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
-_CHUNKED_HEADER: Final = (b"transfer-encoding", b"chunked")
+_CHUNKED_LINE: Final = b"transfer-encoding: chunked\r\n\r\n"
 
 
 def set_nodelay(transport: Any) -> None:
@@ -59,11 +48,10 @@ class UpstreamH1(asyncio.Protocol):
 
     __slots__ = (
         "transport", "reader", "owner", "endpoint", "closed", "reused", "got_bytes", "peer",
-        "_chunked", "_req_ended", "_resp_ended", "_keep_alive", "_replay", "_loop", "_paused",
-        "_method",
-    )
+        "_chunked", "_req_ended", "_resp_ended", "_keep_alive", "_loop", "_paused", "_counted",
+    )  # fmt: skip
 
-    def __init__(self, endpoint: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
         self.endpoint = endpoint
         self._loop = loop
         self.transport: Any = None
@@ -77,9 +65,8 @@ class UpstreamH1(asyncio.Protocol):
         self._req_ended = False
         self._resp_ended = False
         self._keep_alive = True
-        self._replay: bytes | None = None
         self._paused = False
-        self._method = b""
+        self._counted = True  # still counted in endpoint.connections (until `closed` once)
 
     # -- pool ------------------------------------------------------------------------------
 
@@ -90,30 +77,28 @@ class UpstreamH1(asyncio.Protocol):
         self.owner = owner
         self.reused = reused
         self.got_bytes = False
-        self._method = method
         self._chunked = body_mode == BODY_CHUNKED
         self._req_ended = False
         self._resp_ended = False
         self._keep_alive = True
-        # A bodiless idempotent request on a reused connection may be replayed once if
-        # the peer had closed the connection while it idled (the classic pool race).
-        self._replay = head if reused and body_mode == BODY_NONE and method in _IDEMPOTENT else None
         self.reader.expect(method)
         self.transport.write(head)
         if self.transport.get_write_buffer_size() > HIGH_WATER:
             owner.pause_client_reads()
 
+    def write_raw(self, data: bytes) -> None:
+        """Bytes already framed for this exchange (a pending handle's buffer)."""
+        self.transport.write(data)
+
     def _detach(self) -> None:
         """The exchange is over on both sides: back to the pool, or closed."""
         self.owner = None
-        ep = self.endpoint
-        ep.outstanding -= 1
         if self._paused:
             self._paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
         if self._keep_alive and not self.closed:
-            if ep.give_back(self):
+            if self.endpoint.give_back(self):
                 return
         self.close()
 
@@ -122,7 +107,6 @@ class UpstreamH1(asyncio.Protocol):
     def send_body(self, data: bytes) -> None:
         if self.owner is None or self.closed:
             return
-        self._replay = None
         self.transport.write(encode_chunk(data) if self._chunked else data)
 
     def send_end(self, trailers: Any = None) -> None:
@@ -145,14 +129,19 @@ class UpstreamH1(asyncio.Protocol):
             self.transport.resume_reading()
 
     def cancel(self) -> None:
-        if self.owner is not None:
-            self.owner = None
-            self.endpoint.outstanding -= 1
+        self.owner = None
         self.close()
+
+    def discard(self, complete: bool) -> None:
+        if complete and self._req_ended and not self.closed:
+            self.owner = SINK  # read the rest of the response, then back to the pool
+            if self._resp_ended:
+                self._detach()
+        else:
+            self.cancel()
 
     def start_tunnel(self, down: Any) -> None:
         self.owner = None
-        self.endpoint.outstanding -= 1
         self.peer = down
         tail = self.reader.upgrade_tail
         if tail:
@@ -205,9 +194,13 @@ class UpstreamH1(asyncio.Protocol):
     def _deliver_events(self, owner: Any, events: list[Any]) -> None:
         for ev in events:
             if self.owner is not owner:
-                if self.peer is None:  # the exchange ended part-way through the batch
+                if self.owner is SINK:
+                    owner = SINK  # given up for a retry: read on, drop the events
+                elif self.peer is None:  # the exchange ended part-way through the batch
                     self.close()
-                return  # or a 101 turned the connection into a tunnel
+                    return
+                else:
+                    return  # a 101 turned the connection into a tunnel
             if ev.__class__ is _EOM_CLASS:
                 self._resp_ended = True
                 owner.on_upstream_event(ev)
@@ -218,10 +211,8 @@ class UpstreamH1(asyncio.Protocol):
                     # request, and the rest of the upload is not wanted.
                     self._keep_alive = False
                 continue
-            if ev.__class__ is _HEAD_CLASS and ev.status >= 200:
-                self._replay = None
-                if not ev.keep_alive:
-                    self._keep_alive = False
+            if ev.__class__ is _HEAD_CLASS and ev.status >= 200 and not ev.keep_alive:
+                self._keep_alive = False
             owner.on_upstream_event(ev)
 
     def eof_received(self) -> bool:
@@ -243,14 +234,15 @@ class UpstreamH1(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._counted:
+            self._counted = False
+            self.endpoint.closed(self)
         if self.peer is not None:
             self.peer.close()
             self.peer = None
             return
         if self.owner is not None:
             self._fail(UpstreamFailed(f"connection to {self.endpoint} lost"))
-        else:
-            self.endpoint.discard(self)
 
     def pause_writing(self) -> None:
         if self.owner is not None:
@@ -261,22 +253,15 @@ class UpstreamH1(asyncio.Protocol):
             self.owner.resume_client_reads()
 
     def _fail(self, exc: UpstreamFailed) -> None:
-        owner, replay = self.owner, self._replay
+        owner = self.owner
         self.close()
         if owner is None:
             return
         self.owner = None
-        ep = self.endpoint
-        if replay is not None and not self.got_bytes:
-            # The pooled connection was dead before our request reached the peer: replay
-            # once on another connection. The endpoint's outstanding count moves with it.
-            handle = _open_on(ep, owner, replay, self._method, BODY_NONE, self._loop, allow_replay=False)
-            if self._req_ended:
-                handle.send_end(None)
-            owner.rebind_upstream(handle)
-            return
-        ep.outstanding -= 1
-        ep.failures += 1
+        if self.reused and not self.got_bytes:
+            # The peer had closed this pooled connection while it idled (the classic pool
+            # race): the request may never have been read. The attempt decides on a replay.
+            exc.stale = True  # type: ignore[attr-defined]
         owner.upstream_failed(exc)
 
     def close(self) -> None:
@@ -286,11 +271,14 @@ class UpstreamH1(asyncio.Protocol):
 
 
 class PendingH1:
-    """The handle while the connection is being made: buffers, then hands over."""
+    """The handle until a connection is ready (made, or given back to a waiting
+    exchange): buffers, then hands over."""
 
-    __slots__ = ("owner", "endpoint", "parts", "method", "body_mode", "ended", "trailers", "conn", "cancelled", "size")
+    __slots__ = ("owner", "endpoint", "parts", "method", "body_mode", "ended", "trailers", "conn", "cancelled",
+                 "size", "loop", "connect_timeout")  # fmt: skip
 
-    def __init__(self, owner: Any, endpoint: Any, head: bytes, method: bytes, body_mode: int) -> None:
+    def __init__(self, owner: Any, endpoint: Endpoint, head: bytes, method: bytes, body_mode: int,
+                 loop: asyncio.AbstractEventLoop, connect_timeout: float | None) -> None:  # fmt: skip
         self.owner = owner
         self.endpoint = endpoint
         self.parts: list[bytes] = [head]
@@ -301,6 +289,8 @@ class PendingH1:
         self.conn: UpstreamH1 | None = None
         self.cancelled = False
         self.size = len(head)
+        self.loop = loop
+        self.connect_timeout = connect_timeout
 
     def send_body(self, data: bytes) -> None:
         conn = self.conn
@@ -336,7 +326,13 @@ class PendingH1:
             return
         if not self.cancelled:
             self.cancelled = True
-            self.endpoint.outstanding -= 1
+            self.endpoint.cancel_wait(self.given)
+
+    def discard(self, complete: bool) -> None:
+        if self.conn is not None:
+            self.conn.discard(complete)
+        else:
+            self.cancel()
 
     def start_tunnel(self, down: Any) -> None:
         assert self.conn is not None
@@ -350,69 +346,94 @@ class PendingH1:
         if self.conn is not None:
             self.conn.tunnel_eof()
 
+    def connect(self) -> None:
+        """Open a new connection (already counted in endpoint.connections)."""
+        ep = self.endpoint
+        loop = self.loop
+        coro: Any = loop.create_connection(lambda: UpstreamH1(ep, loop), ep.host, ep.port)
+        if self.connect_timeout:  # client.connectTimeoutMs: per new connection, never per request
+            coro = asyncio.wait_for(coro, self.connect_timeout)
+        fut = asyncio.ensure_future(coro)
+        fut.add_done_callback(self.connected)
+
+    def given(self, conn: UpstreamH1 | None) -> None:
+        """A waiting exchange's turn: a pooled connection given back to it, or (None)
+        room to open one, already counted."""
+        if self.cancelled:
+            if conn is None:
+                self.endpoint.closed(None)  # the room goes unused: pass it on
+            elif not self.endpoint.give_back(conn):
+                conn.close()
+            return
+        if conn is None:
+            self.connect()
+        else:
+            self._attach(conn, reused=True)
+
+    def connect_or_wait(self) -> None:
+        """Open a connection, or wait for one at `client.hostConnectionPool.maxSize`
+        (raises Overloaded past `maxWaiters`)."""
+        got = self.endpoint.checkout(self.given, fresh=True)
+        if got is CONNECT:
+            self.connect()
+
     def connected(self, fut: asyncio.Future[Any]) -> None:
         ep = self.endpoint
-        if self.cancelled:
-            if not fut.cancelled() and fut.exception() is None:
-                fut.result()[1].close()
-            return
-        exc = None if fut.cancelled() else fut.exception()
-        if fut.cancelled() or exc is not None:
+        if fut.cancelled() or fut.exception() is not None:
+            exc = None if fut.cancelled() else fut.exception()
+            ep.closed(None)
+            if self.cancelled:
+                return
             self.cancelled = True
-            ep.outstanding -= 1
-            ep.failures += 1
             why = "cancelled" if exc is None else str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
-            err = ConnectFailed(f"Unable to connect to {ep.host}:{ep.port}: {why}")
-            self.owner.upstream_failed(err)
+            self.owner.upstream_failed(ConnectFailed(f"Unable to connect to {ep.host}:{ep.port}: {why}"))
             return
-        ep.failures = 0
         conn: UpstreamH1 = fut.result()[1]
+        if self.cancelled:
+            # The exchange was abandoned while connecting (a client reset, a timeout): the
+            # new connection carries nothing yet, so it joins the pool instead of closing.
+            if not ep.give_back(conn):
+                conn.close()
+            return
+        self._attach(conn, reused=False)
+
+    def _attach(self, conn: UpstreamH1, *, reused: bool) -> None:
         self.conn = conn
-        body_mode = self.body_mode
         head, rest = self.parts[0], self.parts[1:]
-        conn.attach(self.owner, head, self.method, body_mode, reused=False)
+        self.parts = []
+        conn.attach(self.owner, head, self.method, self.body_mode, reused=reused)
         if rest:
-            conn.transport.write(b"".join(rest))  # already framed when buffered
+            conn.write_raw(b"".join(rest))  # already framed when buffered
         if self.ended:
             conn.send_end(self.trailers)
         if self.size > HIGH_WATER:
             self.owner.resume_client_reads()
 
 
-def _open_on(
-    endpoint: Any, owner: Any, head: bytes, method: bytes, body_mode: int, loop: asyncio.AbstractEventLoop,
-    *, allow_replay: bool = True, connect_timeout: float | None = None,
-) -> Any:
-    conn = endpoint.take_idle()
-    if conn is not None:
-        conn.attach(owner, head, method, body_mode, reused=allow_replay)
-        return conn
-    pending = PendingH1(owner, endpoint, head, method, body_mode)
-    coro: Any = loop.create_connection(lambda: UpstreamH1(endpoint, loop), endpoint.host, endpoint.port)
-    if connect_timeout:  # client.connectTimeoutMs: per new connection, never per request
-        coro = asyncio.wait_for(coro, connect_timeout)
-    fut = asyncio.ensure_future(coro)
-    fut.add_done_callback(pending.connected)
-    return pending
-
-
 def open_h1(
-    endpoint: Any,
+    endpoint: Endpoint,
     owner: Any,
     method: bytes,
     target: bytes,
     headers: list[tuple[bytes, bytes]],
     body_mode: int,
     loop: asyncio.AbstractEventLoop,
+    fresh: bool = False,
     *,
     connect_timeout: float | None = None,
 ) -> Any:
-    """Start a request to `endpoint`; returns the exchange handle (see module doc).
-    The caller has counted the request in `endpoint.outstanding`; the handle uncounts it."""
-    if body_mode == BODY_CHUNKED:
-        headers.append(_CHUNKED_HEADER)
+    """Start a request to `endpoint`; returns the exchange handle (see the module doc).
+    `headers` is not changed (a retry sends the same list again)."""
     head = encode_request_head(method, target, headers)
-    return _open_on(endpoint, owner, head, method, body_mode, loop, connect_timeout=connect_timeout)
+    if body_mode == BODY_CHUNKED:
+        head = head[:-2] + _CHUNKED_LINE  # the head ends with the empty line
+    conn = None if fresh else endpoint.take_idle()
+    if conn is not None:
+        conn.attach(owner, head, method, body_mode, reused=True)
+        return conn
+    pending = PendingH1(owner, endpoint, head, method, body_mode, loop, connect_timeout)
+    pending.connect_or_wait()
+    return pending if pending.conn is None else pending.conn
 
 
 _HEAD_CLASS: Any = None

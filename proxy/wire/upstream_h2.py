@@ -28,9 +28,11 @@ from typing import Any, Final
 
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
-from ..errors import ConnectFailed, PeerProtocolError, ProxyError, UpstreamFailed
+from ..errors import ConnectFailed, Overloaded, PeerProtocolError, ProxyError, UpstreamFailed
+from ..upstream.contracts import BODY_NONE, HIGH_WATER, LOW_WATER
+from ..upstream.endpoint import Endpoint
 from .render import reason
-from .upstream_h1 import BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
+from .upstream_h1 import set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +145,21 @@ class H2Exchange:
             conn.want_flush()
         conn.stream_closed(self)
 
+    def discard(self, complete: bool) -> None:
+        """A stream's rest is cheap to refuse: RST_STREAM(CANCEL), the connection stays."""
+        self.cancel()
+
     def start_tunnel(self, down: Any) -> None:  # pragma: no cover - no 101 on HTTP/2
         down.close()
+
+    def tunnel_eof(self) -> None:  # pragma: no cover
+        return
 
     def tunnel_write(self, data: bytes) -> None:  # pragma: no cover
         return
 
     def _finish(self) -> None:
-        if not self.done:
-            self.done = True
-            self.endpoint.outstanding -= 1
+        self.done = True
 
     # -- connection side -------------------------------------------------------------------
 
@@ -190,9 +197,9 @@ class UpstreamH2(asyncio.Protocol):
     """One HTTP/2 connection to an endpoint, carrying many exchanges."""
 
     __slots__ = ("endpoint", "loop", "codec", "transport", "streams", "waiting", "closed", "goaway",
-                 "_flush_scheduled", "max_streams", "connected", "_write_paused", "scheme", "active")
+                 "_flush_scheduled", "max_streams", "connected", "_write_paused", "scheme", "active", "_counted")
 
-    def __init__(self, endpoint: Any, loop: asyncio.AbstractEventLoop, scheme: bytes) -> None:
+    def __init__(self, endpoint: Endpoint, loop: asyncio.AbstractEventLoop, scheme: bytes) -> None:
         self.endpoint = endpoint
         self.loop = loop
         self.codec = h2c.H2Codec(client_side=True)
@@ -207,6 +214,13 @@ class UpstreamH2(asyncio.Protocol):
         self._write_paused = False
         self.scheme = scheme
         self.active = 0  # started plus waiting exchanges
+        endpoint.opened()
+        self._counted = True  # counted in endpoint.connections until `_uncount`
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.endpoint.closed(self)
 
     # -- pool ------------------------------------------------------------------------------
 
@@ -291,14 +305,12 @@ class UpstreamH2(asyncio.Protocol):
         # Streams start when the peer's SETTINGS arrive (a SETTINGS event), so its
         # SETTINGS_MAX_CONCURRENT_STREAMS is known before the first one: one round trip,
         # once per connection.
-        self.endpoint.failures = 0
         self.flush()
 
     def connect_failed(self, exc: BaseException | None) -> None:
         ep = self.endpoint
-        ep.failures += 1
         self.closed = True
-        ep.discard(self)
+        self._uncount()
         self._fail_all(ConnectFailed(f"Unable to connect to {ep.host}:{ep.port}: {exc or 'cancelled'}"))
 
     def data_received(self, data: bytes) -> None:
@@ -447,7 +459,7 @@ class UpstreamH2(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
-        self.endpoint.discard(self)
+        self._uncount()
         self._fail_all(UpstreamFailed(f"connection to {self.endpoint} lost"))
 
     def _fail_all(self, exc: ProxyError) -> None:
@@ -486,6 +498,10 @@ class UpstreamH2(asyncio.Protocol):
         if t is not None:
             self.flush()
             t.close()
+
+
+def _busy(conn: UpstreamH2) -> int:
+    return conn.active
 
 
 def _request_headers(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], scheme: bytes) -> list[tuple[bytes, bytes]]:
@@ -528,20 +544,33 @@ def make_h2_opener(tls: Any = None, connect_timeout: float | None = None) -> Any
     scheme = b"https" if ctx is not None else b"http"
 
     def open_h2(
-        endpoint: Any,
+        endpoint: Endpoint,
         owner: Any,
         method: bytes,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body_mode: int,
         loop: asyncio.AbstractEventLoop,
+        fresh: bool = False,
     ) -> H2Exchange:
-        """Start a request to `endpoint`; returns the exchange handle. The caller has
-        counted the request in `endpoint.outstanding`; the handle uncounts it."""
+        """Start a request to `endpoint`; returns the exchange handle."""
         fields = _request_headers(method, target, headers, scheme)
         for conn in endpoint.idle:
             if conn.has_room():
                 return conn.open(owner, fields, body_mode)  # type: ignore[no-any-return]
+        limit = endpoint.max_connections
+        if limit is not None and endpoint.connections >= limit:
+            # client.hostConnectionPool.maxSize: no new connection; the stream waits for a
+            # slot on the least busy one, within maxWaiters queued streams per endpoint.
+            live = [c for c in endpoint.idle if not c.closed and not c.goaway]
+            queued = sum(len(c.waiting) for c in live)
+            if not live or queued >= endpoint.max_waiters:
+                raise Overloaded(
+                    f"{endpoint.host}:{endpoint.port} has {endpoint.connections} HTTP/2 connections "
+                    f"(client.hostConnectionPool.maxSize {limit}) and {queued} streams waiting "
+                    f"(client.hostConnectionPool.maxWaiters {endpoint.max_waiters})"
+                )
+            return min(live, key=_busy).open(owner, fields, body_mode)  # type: ignore[no-any-return]
         conn = UpstreamH2(endpoint, loop, scheme)
         endpoint.idle.append(conn)  # joinable while it connects: no connection storm
         ex = conn.open(owner, fields, body_mode)

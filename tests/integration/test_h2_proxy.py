@@ -289,6 +289,7 @@ def test_slow_consumer_slows_the_producer_and_memory_stays_bounded(run: Any) -> 
 
 
 def _upstream_paused(handle: Any) -> bool:
+    handle = getattr(handle, "handle", handle)  # the attempt's current exchange
     conn = getattr(handle, "conn", None) or handle  # a PendingH1 hands over to its connection
     return bool(conn is not None and conn._paused)
 

@@ -366,7 +366,7 @@ def test_absolute_form_targets_use_their_authority_and_go_upstream_in_origin_for
 def test_connect_timeout_fails_a_connect_that_never_completes() -> None:
     """client.connectTimeoutMs bounds each new upstream connection: a connect that never
     completes (a blackholed address) fails the request as a retryable connect failure."""
-    from proxy.upstream.balancer import Endpoint
+    from proxy.upstream.endpoint import Endpoint
     from proxy.wire.upstream_h1 import BODY_NONE, open_h1
 
     class Owner:
@@ -391,13 +391,12 @@ def test_connect_timeout_fails_a_connect_that_never_completes() -> None:
 
         loop.create_connection = hang  # type: ignore[method-assign]  # a plain asyncio loop
         ep = Endpoint("192.0.2.1", 80)
-        ep.outstanding += 1
         owner = Owner()
         open_h1(ep, owner, b"GET", b"/", [(b"host", b"x")], BODY_NONE, loop, connect_timeout=0.05)
         await asyncio.wait_for(owner.failed.wait(), 10)
         assert owner.exc is not None and "Unable to connect to 192.0.2.1:80: timed out" in str(owner.exc)
         assert getattr(owner.exc, "retryable", False) is True
-        assert ep.outstanding == 0 and ep.failures == 1
+        assert ep.connections == 0  # the failed connection gave its pool slot back
         never.cancel()
 
     asyncio.run(main())

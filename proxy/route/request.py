@@ -1,0 +1,330 @@
+"""One request's way from its fields to an attempt, the same for HTTP/1.1 and HTTP/2.
+
+`RoutedRequest` is a slotted base class: an HTTP/1.1 connection (one request at a time)
+and an HTTP/2 stream inherit it, so the per-request state lives on the object that
+already exists. Its `_prepare` is the one request-preparation step of both protocols:
+
+1. read the fields the proxy consumes (`l5d-*`, hop-by-hop, `grpc-timeout`), which each
+   protocol has already set apart from the fields it forwards (`extras`);
+2. check a per-request override against the listener's trust policy (`clearContext`
+   strips every `l5d-ctx-*` field and honours only a trusted or signed `l5d-dtab`);
+3. identify, match rules, bind (cached per name) and pick a client;
+4. add Linkerd's headers (`l5d-dst-*`, `l5d-reqid`, `l5d-ctx-trace`, `l5d-ctx-dtab`,
+   `l5d-ctx-deadline` with the time left), `Via` and `Forwarded` when configured;
+5. work out the request's deadline: the earliest of an inbound `l5d-ctx-deadline`,
+   `grpc-timeout` and the service's `totalTimeoutMs` (an expired one is refused here);
+6. rewrite the target (identifier, rules) and return an `Attempt`, not yet started, for
+   the protocol to finish (HTTP/1.1 adds its Upgrade fields, HTTP/2 its `grpc-timeout`).
+
+`_account` records the request exactly once when it ends. No I/O here.
+"""
+
+from __future__ import annotations
+
+import time
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Final
+
+from dtab import Dtab
+
+from ..codec import grpc
+from ..errors import NoRoute, Timeout
+from ..telemetry.metrics import record as record_stats
+from ..telemetry.metrics import record_pair
+from ..upstream.attempt import Attempt
+from ..upstream.policy import NONE
+from .l5d import Deadline, decode_trace, format_deadline, new_root_trace, parse_deadline
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .settings import ListenerSettings
+
+# What the proxy does with a request field it does not simply forward.
+F_DTAB: Final = 1  # l5d-dtab: the caller's override
+F_CTX_DTAB: Final = 2  # l5d-ctx-dtab: the override context of earlier hops
+F_DEADLINE: Final = 3  # l5d-ctx-deadline
+F_TRACE: Final = 4  # l5d-ctx-trace
+F_DROP: Final = 5  # never forwarded: hop-by-hop, or describing an earlier hop
+F_CONNECTION: Final = 6  # Connection: its tokens name more hop-by-hop fields
+F_UPGRADE: Final = 7  # Upgrade: forwarded only with a real upgrade (HTTP/1.1)
+F_GRPC_TIMEOUT: Final = 8  # grpc-timeout: a deadline, re-written with the time left
+
+#: The request fields every protocol consumes or re-writes (spec §10, §13; RFC 9110
+#: §7.6.1's hop-by-hop fields; gRPC's deadline). HTTP/2 never carries the hop-by-hop ones
+#: (its codec refuses them), so one table serves both.
+REQUEST_FIELDS: Final[dict[bytes, int]] = {
+    b"l5d-dtab": F_DTAB,
+    b"l5d-ctx-dtab": F_CTX_DTAB,
+    b"l5d-ctx-deadline": F_DEADLINE,
+    b"l5d-ctx-trace": F_TRACE,
+    b"l5d-sample": F_DROP,
+    # Informational headers an earlier hop added describe that hop, not this one.
+    b"l5d-dst-service": F_DROP,
+    b"l5d-dst-client": F_DROP,
+    b"l5d-dst-residual": F_DROP,
+    b"l5d-reqid": F_DROP,
+    b"connection": F_CONNECTION,
+    b"keep-alive": F_DROP,
+    b"proxy-connection": F_DROP,
+    b"te": F_DROP,
+    b"trailer": F_DROP,
+    b"transfer-encoding": F_DROP,
+    b"upgrade": F_UPGRADE,
+    b"grpc-timeout": F_GRPC_TIMEOUT,
+}
+#: Connection tokens that name no field to drop.
+_CONN_KEEP: Final = frozenset((b"close", b"keep-alive", b"upgrade"))
+_L: Final = 108  # b"l"[0]
+
+_DROP_SETS: dict[bytes, frozenset[bytes]] = {}
+
+
+def drop_set(sig_header: bytes) -> frozenset[bytes]:
+    """The request fields never forwarded as they came: the table above, and the
+    override signature field (its name is configured)."""
+    drop = _DROP_SETS.get(sig_header)
+    if drop is None:
+        drop = _DROP_SETS[sig_header] = frozenset(REQUEST_FIELDS) | {sig_header}
+    return drop
+
+
+class RoutedRequest:
+    """Per-request routing and telemetry state, shared by h1 connections and h2 streams."""
+
+    __slots__ = (
+        "_router", "_route", "_svc", "_pair", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out",
+        "_bound", "_ep_key", "_upgrade", "_grpc_timeout_ns", "_listener", "_counted",
+    )  # fmt: skip
+
+    def _init_routing(self, router: Any, listener: Any) -> None:
+        self._router = router
+        self._listener = listener
+        self._counted = False  # holds one of the listener's maxConcurrentRequests slots
+        self._route: Any = None
+        self._svc: Any = None  # the route's service counters while a request is counted
+        self._pair: Any = None  # its (service, endpoint) counters once an endpoint is picked
+        self._t0 = 0.0
+        self._status = 0
+        self._fclass: str | None = None
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._bound: Any = None
+        self._ep_key: Any = None
+        self._upgrade: bytes | None = None  # the Upgrade field of the request being prepared
+        self._grpc_timeout_ns: int | None = None  # its grpc-timeout, when it had one
+
+    def _prepare(
+        self,
+        settings: ListenerSettings,
+        loop: asyncio.AbstractEventLoop,
+        view: Any,
+        headers: list[tuple[bytes, bytes]],
+        extras: list[tuple[bytes, bytes]] | None,
+        out: list[tuple[bytes, bytes]],
+        peer_ip: str,
+        authority: bytes | None,
+        method: bytes,
+        target: bytes,
+        body_mode: int,
+        scheme: bytes,
+        via: tuple[bytes, bytes],
+    ) -> Attempt:
+        """Route one request (see the module docstring). `headers` are all its fields (for
+        rules), `out` the ones to forward (extras already left out), `extras` the fields
+        the proxy consumes, or None when there are none. Raises a ProxyError (400
+        unidentifiable, 403/431 override refused, 502 no route, 503 deadline passed)."""
+        ctx_vals: list[bytes] | None = None
+        user_vals: list[bytes] | None = None
+        deadline_vals: list[bytes] | None = None
+        trace_val: bytes | None = None
+        grpc_timeout: bytes | None = None
+        sig: bytes | None = None
+        self._upgrade = None
+        if extras is not None:
+            clear = settings.clear_context
+            sig_header = settings.sig_header
+            conn_tokens: bytes | None = None
+            fields = REQUEST_FIELDS
+            for name, value in extras:
+                kind = fields.get(name)
+                if kind is None:
+                    if name == sig_header:
+                        sig = value
+                    continue  # another l5d- field: forwarded (or cleared) by the protocol
+                if clear and name[0] == _L and kind != F_DTAB:
+                    continue  # spec §13.5: no l5d-ctx- field from an edge's caller is read
+                if kind == F_DTAB:
+                    if user_vals is None:
+                        user_vals = []
+                    user_vals.append(value)
+                elif kind == F_CTX_DTAB:
+                    if ctx_vals is None:
+                        ctx_vals = []
+                    ctx_vals.append(value)
+                elif kind == F_DEADLINE:
+                    if deadline_vals is None:
+                        deadline_vals = []
+                    deadline_vals.append(value)
+                elif kind == F_TRACE:
+                    trace_val = value
+                elif kind == F_CONNECTION:
+                    conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
+                elif kind == F_UPGRADE:
+                    self._upgrade = value
+                elif kind == F_GRPC_TIMEOUT:
+                    grpc_timeout = value
+            if conn_tokens is not None:  # names listed in Connection are hop-by-hop too
+                listed = {t.strip().lower() for t in conn_tokens.split(b",")}
+                listed -= _CONN_KEEP
+                if listed:
+                    out[:] = [h for h in out if h[0] not in listed]
+            if (ctx_vals or user_vals) and sig is None and settings.policy.hmac_header and sig_header[:4] != b"l5d-":
+                sig = view.headers(sig_header)  # a signature field the codec did not set apart
+
+        # Local dtab (spec §10): trusted override sources only, within limits.
+        if ctx_vals or user_vals:
+            local, local_key = settings.check_override(peer_ip, ctx_vals or [], user_vals or [], sig)
+        else:
+            local, local_key = Dtab.EMPTY, b""
+
+        router = self._router
+        acts = None
+        if router.rules is None:  # no match rules: the plain path, one attribute check
+            ident = router.identifier.identify(view)
+            route = router.route(ident.path, local, local_key)
+            picked = route.pick()
+        else:  # match rules (proxy/route/rules.py): rules overlay, sticky pick, rewrites
+            sel = router.select(view, headers, local, local_key)
+            ident, route, acts = sel.ident, sel.route, sel.actions
+            picked = route.pick(sel.u)
+            if acts is not None:
+                out[:] = acts.edit_request(out)  # authority and header edits, before l5d-*
+        self._route = route
+        svc = route.stats
+        if svc is not None:
+            self._svc = svc
+            self._t0 = perf_counter()  # loop.time() is too coarse under uvloop (1 ms)
+        if picked is None:
+            raise router.no_route(route)
+        client, bound, residual_hdr = picked
+        if svc is not None:
+            self._bound = bound
+
+        # Linkerd's informational and context headers (spec §13.1, §13.3).
+        tc = decode_trace(trace_val) if trace_val is not None else None
+        if tc is not None:
+            tc = tc.child()
+            reqid, trace = tc.reqid(), tc.encode()
+        else:
+            reqid, trace = new_root_trace()
+        out.append((b"l5d-dst-service", route.service_hdr))
+        out.append((b"l5d-dst-client", client.id_show))
+        if residual_hdr is not None:
+            out.append((b"l5d-dst-residual", residual_hdr))
+        out.append((b"l5d-reqid", reqid))
+        out.append((b"l5d-ctx-trace", trace))
+        if route.local_hdr:
+            out.append((b"l5d-ctx-dtab", route.local_hdr))
+        self._grpc_timeout_ns = None
+        if deadline_vals is not None or grpc_timeout is not None:
+            self._deadline_fields(deadline_vals, grpc_timeout, out)
+        if settings.add_via:
+            out.append(via)  # RFC 9110 §7.6.3: the protocol version this hop received
+        if settings.add_forwarded:  # RFC 7239: one more element per hop, as its own field
+            node = b'"[%s]"' % peer_ip.encode() if ":" in peer_ip else peer_ip.encode()
+            value = b"for=%s;proto=%s" % (node, scheme)
+            if authority:
+                value += b';host="' + authority + b'"'
+            out.append((b"forwarded", value))
+
+        if ident.rewritten_target is not None:
+            target = ident.rewritten_target
+        if acts is not None:
+            target = acts.rewrite_target(target)  # a matched rule's URI rewrite
+        return Attempt(self, client, NONE, settings.open_upstream, loop, method, target, out, body_mode)  # type: ignore[arg-type]
+
+    def _deadline_fields(
+        self, deadline_vals: list[bytes] | None, grpc_timeout: bytes | None, out: list[tuple[bytes, bytes]]
+    ) -> None:
+        """An inbound `l5d-ctx-deadline` goes on re-written (strictest of its values);
+        `grpc-timeout` is kept for the protocol, which re-writes it with the time left."""
+        if deadline_vals is not None:
+            dl = parse_deadline(deadline_vals)
+            if dl is not None:
+                now_ns = time.time_ns()
+                if dl.deadline_ns <= now_ns:
+                    raise Timeout("the request's deadline (l5d-ctx-deadline) has passed")
+                out.append((b"l5d-ctx-deadline", format_deadline(Deadline(max(now_ns, dl.timestamp_ns), dl.deadline_ns))))
+        if grpc_timeout is not None:
+            self._grpc_timeout_ns = grpc.parse_timeout(grpc_timeout)
+
+    def _started(self, attempt: Attempt) -> None:
+        """The first try is on its way: bind the (service, endpoint) counters."""
+        svc = self._svc
+        ep = attempt.endpoint
+        if svc is None or ep is None:
+            return
+        route = self._route
+        cs = route.cstats.get(attempt.client)
+        if cs is not None:
+            es = cs.endpoint(ep.host, ep.port, ep.addr_key)
+            pair = es.pairs.get(svc)
+            if pair is None:
+                pair = self._router.stats.pair(svc, es)
+            pair.started += 1
+            self._pair = pair
+        self._ep_key = ep.addr_key
+
+    def _take_slot(self, limit: int | None) -> bool:
+        """Count the request against `servers[].maxConcurrentRequests`; False when full."""
+        if limit is None:
+            return True
+        lst = self._listener
+        if lst.in_flight >= limit:
+            return False
+        lst.in_flight += 1
+        self._counted = True
+        return True
+
+    def _release_slot(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._listener.in_flight -= 1
+
+    def _account(self) -> None:
+        """Telemetry for the request that just ended, exactly once: plain increments on
+        the counters bound to its route and endpoint, and a sampled decision."""
+        if self._counted:
+            self._release_slot()
+        svc = self._svc
+        if svc is not None:
+            self._svc = None
+            now = perf_counter()
+            latency = now - self._t0
+            pair = self._pair
+            if pair is not None:  # reached an endpoint: one update, on the pair
+                self._pair = None
+                record_pair(pair, self._status, latency, self._bytes_in, self._bytes_out, self._fclass)
+            else:  # failed before an endpoint was picked (no route, no hosts)
+                svc.started += 1
+                record_stats(svc, None, self._status, latency, self._bytes_in, self._bytes_out, self._fclass)
+            rs = self._router.stats
+            if rs is not None:
+                d = rs.decisions
+                if now >= d.next_at:  # at most max_per_second decisions: one comparison otherwise
+                    d.offer(self._router, self._route, self._bound, self._ep_key, self._status, latency, now)
+        elif self._fclass is not None:  # failed before it had a service (override, identify)
+            rs = self._router.stats
+            if rs is not None:
+                rs.record_unrouted(self._status, self._fclass)
+        self._fclass = None
+        self._bytes_in = self._bytes_out = 0
+        self._bound = self._ep_key = None
+
+
+def no_hosts(client: Any, router: Any, route: Any) -> NoRoute:
+    return NoRoute(
+        f"No hosts are available for {client.id.show()}, "
+        f"Dtab.base=[{router.base.dtab.show()}], Dtab.local=[{route.local.show()}]"
+    )

@@ -1,0 +1,360 @@
+"""The attempt: one try of one request on one endpoint, for HTTP/1.1 and HTTP/2 alike.
+
+An `Attempt` sits between a downstream request (an HTTP/1.1 connection or an HTTP/2
+stream: the *owner*) and an upstream connection handle. To the owner it is the handle
+(`send_body`, `send_end`, `cancel`, ...); to the handle it is the owner
+(`on_upstream_event`, `upstream_failed`, ...). That position is where everything that
+concerns one try attaches, once for both protocols:
+
+- the endpoint's bookkeeping: `begin`/`end` around the try, the balancer's latency
+  feedback when the response head arrives, failure accrual's verdict;
+- requeues: a try refused before any byte of it reached the endpoint (a connect failure,
+  REFUSED_STREAM, a GOAWAY below the stream) goes to another endpoint, for any method,
+  within the client's requeue budget; a stale pooled HTTP/1.1 connection (closed by the
+  peer while idle) is replayed once on a fresh one for a request whose body is at hand;
+- retries: a response or failure the service's classifier calls retryable is tried again
+  (after the retry backoff, within the retry budget and the request's deadline) as long
+  as nothing of the response has reached the client and the request body is still at
+  hand (buffered up to `service.retryBufferSize.requestBytes`);
+- the per-attempt timeout (`client.requestAttemptTimeoutMs`): the try is abandoned when no
+  response head arrived in time, and retried when the classifier allows.
+
+The request-level deadlines (the router's `timeoutMs`, `service.totalTimeoutMs`, an inbound
+deadline) stay with the owner, which cancels the attempt when one passes.
+
+Once the response head is committed to the owner, every later event is passed straight
+through: the request that does not fail pays one attribute test per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Final
+
+from ..codec.h1 import EndOfMessage, ResponseHead
+from ..errors import NoRoute, ProxyError, Timeout
+
+if TYPE_CHECKING:
+    from .contracts import Handle, Opener, Owner
+    from .endpoint import Client, Endpoint
+    from .policy import RequestPolicy
+
+#: Verdicts of a response classifier.
+SUCCESS: Final = 0
+FAILURE: Final = 1
+RETRYABLE: Final = 2
+
+#: Requeues of one request at most, whatever the budget says: Finagle's RequeueFilter
+#: stops at the same bound, so a client whose every endpoint refuses fails fast.
+MAX_REQUEUES: Final = 25
+
+#: Methods whose request may be replayed after it was (perhaps) seen by the endpoint:
+#: RFC 9110 §9.2.2's idempotent methods.
+IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+
+
+#: `Attempt.handle` while the opener runs: a failure reported from inside it still counts.
+_OPENING: Final[Any] = object()
+
+
+class Attempt:
+    """One request's tries, one at a time (see the module docstring)."""
+
+    __slots__ = (
+        "owner", "handle", "endpoint", "client", "policy", "opener", "loop", "method", "target", "headers",
+        "body_mode", "committed", "req_ended", "trailers", "body", "body_bytes", "t0", "retries",
+        "requeues", "replayed", "timer", "done",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        owner: Owner,
+        client: Client,
+        policy: RequestPolicy,
+        opener: Opener,
+        loop: asyncio.AbstractEventLoop,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body_mode: int,
+    ) -> None:
+        self.owner = owner
+        self.client = client
+        self.policy = policy
+        self.opener = opener
+        self.loop = loop
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body_mode = body_mode
+        self.handle: Handle | None = None
+        self.endpoint: Endpoint | None = None
+        self.committed = False  # a response head went to the owner: no more tries
+        self.req_ended = False
+        self.trailers: Any = None
+        # The request body kept for another try; None once it outgrew the retry buffer
+        # (or when the policy keeps none), so a streamed upload is never held.
+        self.body: list[bytes] | None = [] if policy.buffer_bytes else None
+        self.body_bytes = 0
+        self.t0 = 0.0
+        self.retries = 0
+        self.requeues = 0
+        self.replayed = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.done = False
+
+    # -- trying ------------------------------------------------------------------------------
+
+    def start(self, endpoint: Endpoint | None = None, *, fresh: bool = False) -> None:
+        """Pick an endpoint (unless given) and send the request there. Raises NoRoute when
+        the client has no endpoints; a failure to connect arrives as `upstream_failed`."""
+        ep = endpoint if endpoint is not None else self.client.pick()
+        if ep is None:
+            c = self.client
+            raise NoRoute(f"No hosts are available for {c.id.show()}")
+        self.endpoint = ep
+        ep.begin()
+        policy = self.policy
+        if policy.observe is not None:
+            self.t0 = perf_counter()
+        if policy.attempt_timeout_s:
+            self._arm(policy.attempt_timeout_s)
+        self.handle = _OPENING
+        try:
+            handle = self.opener(ep, self, self.method, self.target, self.headers, self.body_mode, self.loop, fresh)
+        except ProxyError:  # refused at once (a full pool): the endpoint saw nothing
+            self.handle = None
+            ep.end()
+            self._stop_timer()
+            raise
+        if self.handle is not _OPENING:
+            return  # it failed while opening, and that was dealt with (maybe by a new try)
+        self.handle = handle
+        body = self.body
+        if body:  # another try: what the request sent so far goes again
+            for chunk in body:
+                handle.send_body(chunk)
+        if self.req_ended:
+            handle.send_end(self.trailers)
+
+    def _arm(self, delay_s: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(delay_s, self._attempt_timed_out)
+
+    def _attempt_timed_out(self) -> None:
+        self.timer = None
+        if self.committed or self.done:
+            return
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.cancel()
+        ms = self.policy.attempt_timeout_s * 1000
+        self._failed(Timeout(f"no response from {self.endpoint} within {ms:.0f} ms (client.requestAttemptTimeoutMs)"))
+
+    # -- the handle API, for the owner ------------------------------------------------------------
+
+    def send_body(self, data: bytes) -> None:
+        body = self.body
+        if body is not None and not self.committed:
+            n = self.body_bytes + len(data)
+            if n <= self.policy.buffer_bytes:
+                body.append(data)
+                self.body_bytes = n
+            else:
+                self.body = None  # too large to keep: this request is tried once more at most
+        handle = self.handle
+        if handle is not None:
+            handle.send_body(data)
+
+    def send_end(self, trailers: Any = None) -> None:
+        self.req_ended = True
+        self.trailers = trailers
+        handle = self.handle
+        if handle is not None:
+            handle.send_end(trailers)
+
+    def pause_reading(self) -> None:
+        if self.handle is not None:
+            self.handle.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.handle is not None:
+            self.handle.resume_reading()
+
+    def cancel(self) -> None:
+        """The owner gave up (client gone, deadline): abandon the try in flight."""
+        if self.done:
+            return
+        self.done = True
+        self._stop_timer()
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.cancel()
+        ep = self.endpoint
+        if ep is not None and handle is not None:
+            ep.end()
+            if not self.committed:
+                ep.abandoned(self.loop.time())
+
+    def start_tunnel(self, down: Any) -> None:
+        handle = self.handle
+        assert handle is not None
+        self.done = True
+        if self.endpoint is not None:
+            self.endpoint.end()
+        handle.start_tunnel(down)
+
+    def tunnel_write(self, data: bytes) -> None:
+        if self.handle is not None:
+            self.handle.tunnel_write(data)
+
+    def tunnel_eof(self) -> None:
+        if self.handle is not None:
+            self.handle.tunnel_eof()
+
+    # -- owner callbacks, for the handle -------------------------------------------------------------
+
+    def on_upstream_event(self, ev: Any) -> None:
+        if self.committed:
+            if ev.__class__ is EndOfMessage:
+                self._ended(ev)
+                return
+            self.owner.on_upstream_event(ev)
+            return
+        if ev.__class__ is ResponseHead and ev.status >= 200:
+            self._response_head(ev)
+            return
+        if ev.__class__ is EndOfMessage:  # a response with no final head (h2 stream ended)
+            self.committed = True
+            self._ended(ev)
+            return
+        self.owner.on_upstream_event(ev)
+
+    def _response_head(self, ev: ResponseHead) -> None:
+        """A final response head: classify it, then pass it on or give it up for a retry."""
+        ep = self.endpoint
+        assert ep is not None
+        self._stop_timer()
+        policy = self.policy
+        if policy.observe is not None:
+            policy.observe(ep, perf_counter() - self.t0)
+        verdict = policy.classify(self.method, ev.status, ev.headers) if policy.classify is not None else SUCCESS
+        now = self.loop.time()
+        if verdict == SUCCESS:
+            ep.succeeded(now)
+        else:
+            ep.failed(now)
+            if verdict == RETRYABLE and self._may_retry():
+                handle, self.handle = self.handle, None
+                ep.end()
+                if handle is not None:
+                    handle.discard(self.req_ended)
+                self._retry()
+                return
+        self.committed = True
+        self.owner.on_upstream_event(ev)
+
+    def _ended(self, ev: Any) -> None:
+        self.done = True
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            ep = self.endpoint
+            assert ep is not None
+            ep.end()
+            if not self.req_ended:
+                # Answered before the upload ended: the rest of it is not wanted, and the
+                # connection cannot carry another exchange after a half-sent one.
+                handle.discard(False)
+        self.owner.on_upstream_event(ev)
+
+    def upstream_failed(self, exc: ProxyError) -> None:
+        handle, self.handle = self.handle, None
+        if handle is None or self.done:
+            return
+        self._failed(exc)
+
+    def _failed(self, exc: ProxyError) -> None:
+        """The try in flight failed (its handle is already let go)."""
+        self._stop_timer()
+        ep = self.endpoint
+        assert ep is not None
+        ep.end()
+        if self.committed:  # the response was cut short: nothing more to try
+            self.done = True
+            ep.failed(self.loop.time())
+            self.owner.upstream_failed(exc)
+            return
+        if getattr(exc, "stale", False):
+            # A pooled connection the peer had closed while it idled (the pool race, not
+            # the endpoint's fault): one replay on a fresh connection, when the request
+            # may be seen twice and its body is at hand.
+            if not self.replayed and self.method in IDEMPOTENT and self._body_at_hand():
+                self.replayed = True
+                self._restart(ep, fresh=True)
+                return
+        now = self.loop.time()
+        ep.failed(now)
+        policy = self.policy
+        if exc.retryable and self._body_at_hand():
+            # Nothing reached the endpoint: requeue anywhere, any method (within budget).
+            budget = policy.requeue_budget
+            if budget is not None and self.requeues < MAX_REQUEUES and budget.try_withdraw(now):
+                self.requeues += 1
+                self._restart(None)
+                return
+        elif policy.classify_error is not None and policy.classify_error(self.method, exc) == RETRYABLE:
+            if self._may_retry():
+                self._retry()
+                return
+        self.done = True
+        self.owner.upstream_failed(exc)
+
+    def flush_writes(self) -> None:
+        self.owner.flush_writes()
+
+    def pause_client_reads(self) -> None:
+        self.owner.pause_client_reads()
+
+    def resume_client_reads(self) -> None:
+        self.owner.resume_client_reads()
+
+    # -- retries -------------------------------------------------------------------------------------
+
+    def _body_at_hand(self) -> bool:
+        """Whether the whole request body sent so far can be sent again."""
+        return self.body_mode == 0 or self.body is not None
+
+    def _may_retry(self) -> bool:
+        policy = self.policy
+        if policy.retry_budget is None or not self._body_at_hand():
+            return False
+        return bool(policy.retry_budget.try_withdraw(self.loop.time()))
+
+    def _retry(self) -> None:
+        self.retries += 1
+        stats = self.policy.stats
+        if stats is not None:
+            stats.retries += 1
+        delay = self.policy.next_backoff(self.retries) if self.policy.next_backoff is not None else 0.0
+        if delay > 0:
+            self.timer = self.loop.call_later(delay, self._restart, None)
+        else:
+            self._restart(None)
+
+    def _restart(self, endpoint: Endpoint | None, *, fresh: bool = False) -> None:
+        self.timer = None
+        if self.done:
+            return
+        try:
+            self.start(endpoint, fresh=fresh)
+        except ProxyError as exc:
+            self.done = True
+            self.owner.upstream_failed(exc)
+        self.owner.flush_writes()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

@@ -1,0 +1,313 @@
+"""Endpoints, their connection pools, and clients (one per bound id).
+
+A `Client` is what a bound name resolves to: a live address set (an `Inet` or a namer's
+`EndpointSet`) and, per address, an `Endpoint`. An `Endpoint` owns everything the proxy
+knows about one upstream address: its idle connections, how many requests are in flight
+on it, its load estimate (for the balancer) and its health (failure accrual). That state
+changes only through `Endpoint` methods; the wire layer's connections and the attempt
+call them and never assign the fields.
+
+The pool follows httpcore's shape: bookkeeping happens in one synchronous method that
+returns the I/O still to do (`checkout` says "use this idle connection", "connect", or
+"wait"), so nothing can interleave between related state changes. No transports here:
+connections are opaque objects with `usable()` and `close()`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from dtab import Bound, Inet, Path
+
+from ..errors import Overloaded
+
+#: Idle keep-alive connections kept per endpoint when the config sets no pool size: a
+#: burst of this many concurrent requests finds warm connections afterwards.
+DEFAULT_MAX_IDLE: Final = 256
+
+AVAILABLE: Final = "available"
+PROBING: Final = "probing"
+DEAD: Final = "dead"
+
+
+class AlwaysHealthy:
+    """Failure accrual `none`: an endpoint is always available."""
+
+    __slots__ = ()
+    state: Final = AVAILABLE
+
+    def usable(self, now: float) -> bool:
+        return True
+
+    def success(self, now: float) -> None:
+        return None
+
+    def failure(self, now: float) -> bool:
+        return False
+
+    def release(self, now: float) -> None:
+        return None
+
+
+_ALWAYS: Final = AlwaysHealthy()
+
+#: What `Endpoint.checkout` tells the caller to do.
+class _Verdict:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+CONNECT: Final = _Verdict("CONNECT")  # open a new connection (already counted in `connections`)
+WAIT: Final = _Verdict("WAIT")  # the waiter was queued; it is called back with a connection or None
+
+
+class Endpoint:
+    """One upstream address: idle connections (most recent last), load and health."""
+
+    __slots__ = (
+        "host", "port", "addr_key", "idle", "outstanding", "failures", "connections", "max_idle",
+        "max_connections", "max_waiters", "waiters", "cost", "cost_stamp", "health", "stats",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_idle: int = DEFAULT_MAX_IDLE,
+        *,
+        max_connections: int | None = None,
+        max_waiters: int = 0,
+        health: Any = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.addr_key = (host, port)
+        self.idle: list[Any] = []  # upstream connections ready for a request (h2: every connection)
+        self.outstanding = 0  # requests in flight here (attempts between begin and end)
+        self.failures = 0  # consecutive failed attempts (a tie-breaker for the balancer)
+        self.connections = 0  # open or opening connections (counted against max_connections)
+        self.max_idle = max_idle
+        self.max_connections = max_connections  # client.hostConnectionPool.maxSize; None: unbounded
+        self.max_waiters = max_waiters  # client.hostConnectionPool.maxWaiters
+        self.waiters: deque[Callable[[Any], None]] | None = None
+        self.cost = 0.0  # peak-EWMA latency estimate in seconds (the balancer owns its meaning)
+        self.cost_stamp = 0.0
+        self.health: Any = health if health is not None else _ALWAYS  # failure accrual state
+        self.stats: Any = None  # telemetry counters for connections, bound by the client
+
+    @property
+    def state(self) -> str:
+        """`available`, `probing` or `dead`, as failure accrual sees the endpoint."""
+        state: str = self.health.state
+        return state
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """An attempt starts here."""
+        self.outstanding += 1
+
+    def end(self) -> None:
+        """An attempt ended (answered, failed or abandoned); exactly once per `begin`."""
+        self.outstanding -= 1
+
+    def succeeded(self, now: float) -> None:
+        """An attempt got a response its classifier calls a success."""
+        self.failures = 0
+        self.health.success(now)
+
+    def failed(self, now: float) -> bool:
+        """An attempt failed (connect failure, reset, a response classified as a failure).
+        True when failure accrual took the endpoint out because of it."""
+        self.failures += 1
+        return bool(self.health.failure(now))
+
+    def abandoned(self, now: float) -> None:
+        """An attempt ended without a verdict (the client went away): a probe that never
+        reported must not hold the endpoint in `probing`."""
+        self.health.release(now)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def take_idle(self) -> Any | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # LIFO: the warmest connection, and the others can idle out
+            if conn.usable():
+                return conn
+        return None
+
+    def checkout(self, waiter: Callable[[Any], None], *, fresh: bool = False) -> Any:
+        """A connection for one HTTP/1.1 exchange: an idle one (returned), or `CONNECT`
+        (the caller opens one; it is counted already), or `WAIT` (`waiter(conn)` is called
+        when one is given back, `waiter(None)` when one may be opened instead). Raises
+        Overloaded past `maxSize` connections and `maxWaiters` waiters. `fresh`: not an
+        idle connection (the caller looked already, or wants a new one)."""
+        if not fresh:
+            conn = self.take_idle()
+            if conn is not None:
+                return conn
+        limit = self.max_connections
+        if limit is None or self.connections < limit:
+            self.connections += 1
+            return CONNECT
+        waiters = self.waiters
+        if waiters is None:
+            waiters = self.waiters = deque()
+        if len(waiters) >= self.max_waiters:
+            raise Overloaded(
+                f"{self.host}:{self.port} has {self.connections} connections "
+                f"(client.hostConnectionPool.maxSize {limit}) and {len(waiters)} requests waiting "
+                f"(client.hostConnectionPool.maxWaiters {self.max_waiters})"
+            )
+        waiters.append(waiter)
+        return WAIT
+
+    def cancel_wait(self, waiter: Callable[[Any], None]) -> None:
+        waiters = self.waiters
+        if waiters:
+            try:
+                waiters.remove(waiter)
+            except ValueError:
+                pass
+
+    def opened(self) -> None:
+        """A connection this endpoint did not count through `checkout` (HTTP/2) opens."""
+        self.connections += 1
+
+    def give_back(self, conn: Any) -> bool:
+        """Park a connection for reuse, or hand it to a waiting exchange; False means
+        the caller should close it."""
+        waiters = self.waiters
+        if waiters:
+            waiters.popleft()(conn)
+            return True
+        if len(self.idle) >= self.max_idle:
+            return False
+        self.idle.append(conn)
+        return True
+
+    def closed(self, conn: Any) -> None:
+        """A connection of this endpoint closed (or could not be made)."""
+        self.connections -= 1
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+        waiters = self.waiters
+        if waiters:  # room for one more connection: the first waiter opens it
+            self.connections += 1
+            waiters.popleft()(None)
+
+    def discard(self, conn: Any) -> None:
+        """Stop handing out `conn` (it is closing, or going away)."""
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_idle(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            waiter(None)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.host}:{self.port})"
+
+
+class Client:
+    """The concrete side of a bound id: its address set, endpoints and balancer."""
+
+    __slots__ = ("id", "id_show", "addr", "_endpoints", "_addrs_seen", "_list", "_rand", "_static", "_make")
+
+    def __init__(self, bound: Bound, make_endpoint: Callable[[str, int], Endpoint] | None = None) -> None:
+        self.id: Path = bound.id
+        self.id_show = bound.id.show().encode("latin-1")
+        self.addr = bound.addr
+        self._make = make_endpoint or Endpoint
+        self._endpoints: dict[tuple[str, int], Endpoint] = {}
+        self._addrs_seen: object = None
+        self._list: list[Endpoint] = []
+        self._rand = random.random
+        # An /$/inet address never changes: one endpoint, picked without any checks.
+        self._static = self._make(bound.addr.host, bound.addr.port) if isinstance(bound.addr, Inet) else None
+
+    def _current_addrs(self) -> tuple[tuple[str, int], ...]:
+        addr = self.addr
+        if isinstance(addr, Inet):
+            return ((addr.host, addr.port),)
+        if addr is None:
+            return ()
+        addrs: tuple[tuple[str, int], ...] = addr.addrs  # a live EndpointSet: swapped as a whole
+        return addrs
+
+    def endpoints(self) -> list[Endpoint]:
+        if self._static is not None:
+            return [self._static]
+        addrs = self._current_addrs()
+        if addrs is not self._addrs_seen:  # the set changed (identity check: one reference swap)
+            eps = self._endpoints
+            make = self._make
+            fresh = {a: eps.get(a) or make(a[0], a[1]) for a in addrs}
+            for a, ep in eps.items():
+                if a not in fresh:
+                    ep.close_idle()
+            self._endpoints = fresh
+            self._list = list(fresh.values())
+            self._addrs_seen = addrs
+        return self._list
+
+    def pick(self) -> Endpoint | None:
+        if self._static is not None:
+            return self._static
+        eps = self.endpoints()
+        n = len(eps)
+        if n == 0:
+            return None
+        if n == 1:
+            return eps[0]
+        r = self._rand
+        a = eps[int(r() * n)]
+        b = eps[int(r() * n)]
+        # Power of two choices on outstanding requests, failures as a tie-breaker.
+        if (b.outstanding, b.failures) < (a.outstanding, a.failures):
+            return b
+        return a
+
+    def close_idle(self) -> None:
+        if self._static is not None:
+            self._static.close_idle()
+        for ep in self._endpoints.values():
+            ep.close_idle()
+
+
+class ClientRegistry:
+    """Clients by bound id, shared by every route of a router."""
+
+    __slots__ = ("_clients",)
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[Path, Any], Client] = {}
+
+    def get(self, bound: Bound) -> Client:
+        # Inet compares by value; a namer's live EndpointSet by identity.
+        key = (bound.id, bound.addr)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = Client(bound)
+        return client
+
+    def close_idle(self) -> None:
+        for c in self._clients.values():
+            c.close_idle()
