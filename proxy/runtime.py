@@ -452,12 +452,14 @@ async def serve(config: Config, *, config_path: str | None = None, ready_cb: Any
         ready_cb(rt)
     await rt.wait()
     await rt.drain()
-    # Drained: a second SIGTERM (a supervisor that did not see us exit yet) must not
-    # turn this clean exit into death by signal while the loop shuts down.
+    # Drained: a second SIGTERM (a supervisor that did not see us exit yet) must not turn
+    # this clean exit into death by signal while the loop shuts down. The loop's handlers
+    # go first: closing the loop would reset the signals it still handles to the default.
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
+            rt.loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)
-        except (ValueError, OSError):  # not the main thread (tests run serve elsewhere)
+        except (ValueError, OSError, RuntimeError, NotImplementedError):  # not the main thread
             pass
     return 0
 

@@ -75,6 +75,7 @@ REQUEST_FIELDS: Final[dict[bytes, int]] = {
 }
 #: Connection tokens that name no field to drop.
 _CONN_KEEP: Final = frozenset((b"close", b"keep-alive", b"upgrade"))
+_CONN_UPGRADE: Final = (b"connection", b"upgrade")
 _L: Final = 108  # b"l"[0]
 
 _DROP_SETS: dict[bytes, frozenset[bytes]] = {}
@@ -94,7 +95,7 @@ class RoutedRequest:
 
     __slots__ = (
         "_router", "_route", "_svc", "_pair", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out",
-        "_bound", "_ep_key", "_upgrade", "_grpc_timeout_ns", "_listener", "_counted",
+        "_bound", "_ep_key", "_upgrade", "_grpc_timeout_ns", "_listener", "_counted", "_up",
     )  # fmt: skip
 
     def _init_routing(self, router: Any, listener: Any) -> None:
@@ -112,6 +113,7 @@ class RoutedRequest:
         self._bound: Any = None
         self._ep_key: Any = None
         self._upgrade: bytes | None = None  # the Upgrade field of the request being prepared
+        self._up: Any = None  # the request's attempt (proxy/upstream/attempt.py)
         self._grpc_timeout_ns: int | None = None  # its grpc-timeout, when it had one
 
     def _prepare(
@@ -129,11 +131,14 @@ class RoutedRequest:
         body_mode: int,
         scheme: bytes,
         via: tuple[bytes, bytes],
+        upgrade: bool = False,
     ) -> Attempt:
         """Route one request (see the module docstring). `headers` are all its fields (for
         rules), `out` the ones to forward (extras already left out), `extras` the fields
         the proxy consumes, or None when there are none. Raises a ProxyError (400
-        unidentifiable, 403/431 override refused, 502 no route, 503 deadline passed)."""
+        unidentifiable, 403/431 override refused, 502 no route, 503 deadline passed).
+        `upgrade`: the request asks for a protocol upgrade (HTTP/1.1), so its Upgrade
+        field goes on. Returns the attempt, started."""
         ctx_vals: list[bytes] | None = None
         user_vals: list[bytes] | None = None
         deadline_vals: list[bytes] | None = None
@@ -238,11 +243,38 @@ class RoutedRequest:
                 value += b';host="' + authority + b'"'
             out.append((b"forwarded", value))
 
+        if upgrade and self._upgrade is not None:
+            out.append(_CONN_UPGRADE)
+            out.append((b"upgrade", self._upgrade))
+
         if ident.rewritten_target is not None:
             target = ident.rewritten_target
         if acts is not None:
             target = acts.rewrite_target(target)  # a matched rule's URI rewrite
-        return Attempt(self, client, NONE, settings.open_upstream, loop, method, target, out, body_mode)  # type: ignore[arg-type]
+        attempt = Attempt(self, client, NONE, settings.open_upstream, loop, method, target, out, body_mode)  # type: ignore[arg-type]
+        self._up = attempt
+        try:
+            attempt.start()
+        except NoRoute:
+            self._up = None
+            if attempt.endpoint is None:
+                raise no_hosts(client, router, route) from None
+            raise
+        except BaseException:
+            self._up = None
+            raise
+        ep = attempt.endpoint
+        if svc is not None and ep is not None and self._svc is svc:  # not failed already
+            cs = route.cstats.get(client)
+            if cs is not None:  # bind the (service, endpoint) counters
+                es = cs.endpoint(ep.host, ep.port, ep.addr_key)
+                pair = es.pairs.get(svc)
+                if pair is None:
+                    pair = router.stats.pair(svc, es)
+                pair.started += 1
+                self._pair = pair
+            self._ep_key = ep.addr_key
+        return attempt
 
     def _deadline_fields(
         self, deadline_vals: list[bytes] | None, grpc_timeout: bytes | None, out: list[tuple[bytes, bytes]]
@@ -257,24 +289,14 @@ class RoutedRequest:
                     raise Timeout("the request's deadline (l5d-ctx-deadline) has passed")
                 out.append((b"l5d-ctx-deadline", format_deadline(Deadline(max(now_ns, dl.timestamp_ns), dl.deadline_ns))))
         if grpc_timeout is not None:
-            self._grpc_timeout_ns = grpc.parse_timeout(grpc_timeout)
-
-    def _started(self, attempt: Attempt) -> None:
-        """The first try is on its way: bind the (service, endpoint) counters."""
-        svc = self._svc
-        ep = attempt.endpoint
-        if svc is None or ep is None:
-            return
-        route = self._route
-        cs = route.cstats.get(attempt.client)
-        if cs is not None:
-            es = cs.endpoint(ep.host, ep.port, ep.addr_key)
-            pair = es.pairs.get(svc)
-            if pair is None:
-                pair = self._router.stats.pair(svc, es)
-            pair.started += 1
-            self._pair = pair
-        self._ep_key = ep.addr_key
+            ns = grpc.parse_timeout(grpc_timeout)
+            if ns is not None:
+                self._grpc_timeout_ns = ns
+                # The next hop gets what is left of the tighter of it and the router timeout.
+                timeout = self._listener.settings.timeout
+                if timeout is not None and timeout * 1e9 < ns:
+                    ns = int(timeout * 1e9)
+                out.append((grpc.TIMEOUT, grpc.format_timeout(ns)))
 
     def _take_slot(self, limit: int | None) -> bool:
         """Count the request against `servers[].maxConcurrentRequests`; False when full."""

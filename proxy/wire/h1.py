@@ -31,13 +31,12 @@ from ..codec.h1 import (
     encode_trailers,
 )
 from ..errors import (
-    NoRoute,
     Overloaded,
     PeerProtocolError,
     ProxyError,
     Timeout,
 )
-from ..route.request import RoutedRequest, drop_set, no_hosts
+from ..route.request import RoutedRequest, drop_set
 from ..route.settings import Listener
 from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER
 from .render import error_response
@@ -90,7 +89,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
     __slots__ = (
         "_server", "_loop", "_transport", "_reader", "_queue", "_peer_ip",
         "_busy", "_req_done", "_resp_started", "_resp_done", "_discard", "_close_after",
-        "_up", "_head", "_resp_chunked", "_resp_head_only", "_client_keep_alive", "_timer",
+        "_head", "_resp_chunked", "_resp_head_only", "_client_keep_alive", "_timer",
         "_paused", "_tunnel", "last_active", "_pumping", "_deadline", "_view", "_wbuf",
         "head_started", "_settings",
     )
@@ -111,7 +110,6 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         self._resp_done = True
         self._discard = False
         self._close_after = False
-        self._up: Any = None  # the request's attempt (proxy/upstream/attempt.py)
         self._head: RequestHead | None = None
         self._resp_chunked = False
         self._resp_head_only = False
@@ -325,26 +323,10 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         else:
             body_mode = BODY_NONE
         view = self._view.point(head)
-        attempt = self._prepare(
+        self._prepare(
             settings, self._loop, view, head.headers, extras, out, self._peer_ip, view.headers(b"host"),
-            head.method, head.target, body_mode, b"http", _VIA,
+            head.method, head.target, body_mode, b"http", _VIA, head.upgrade,
         )
-        upgrade = self._upgrade
-        if head.upgrade and upgrade is not None:
-            out.append(_CONN_UPGRADE)
-            out.append((b"upgrade", upgrade))
-        self._up = attempt
-        try:
-            attempt.start()
-        except NoRoute:
-            self._up = None
-            if attempt.endpoint is None:
-                raise no_hosts(attempt.client, self._router, self._route) from None
-            raise
-        except ProxyError:
-            self._up = None
-            raise
-        self._started(attempt)
 
     def _fail_early(self, exc: ProxyError) -> None:
         """A failure before anything went upstream: answer, then skip the request body."""

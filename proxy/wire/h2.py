@@ -32,12 +32,12 @@ from typing import Any, Final
 from ..codec import grpc
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
-from ..errors import BadRequest, NoRoute, PeerProtocolError, ProxyError, Timeout
+from ..errors import BadRequest, PeerProtocolError, ProxyError, Timeout
 from ..route.l5d import (
     encode_l5d_err,
     err_body,
 )
-from ..route.request import REQUEST_FIELDS, RoutedRequest, no_hosts
+from ..route.request import REQUEST_FIELDS, RoutedRequest
 from ..route.settings import Listener
 from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER
 from .upstream_h1 import set_nodelay
@@ -94,7 +94,7 @@ class _Stream(RoutedRequest):
     """One request stream: routes (wire/routing.py, as HTTP/1.1 does), then owns its
     upstream exchange (see upstream_h1)."""
 
-    __slots__ = ("conn", "sid", "up", "req_done", "resp_started", "resp_done", "is_grpc", "timer",
+    __slots__ = ("conn", "sid", "req_done", "resp_started", "resp_done", "is_grpc", "timer",
                  "unacked", "acks_paused", "up_paused", "head_out", "head_only", "timeout_s",
                  "deadline_call", "settings")
 
@@ -102,7 +102,6 @@ class _Stream(RoutedRequest):
         self._init_routing(conn._server.settings.router, conn._server)
         self.conn = conn
         self.sid = sid
-        self.up: Any = None
         self.req_done = False
         self.resp_started = False  # response HEADERS went out (or are deferred to the flush)
         self.resp_done = False
@@ -173,7 +172,7 @@ class _Stream(RoutedRequest):
             body_mode = BODY_LENGTH
         else:
             body_mode = BODY_CHUNKED
-        attempt = self._prepare(
+        self._prepare(
             settings, conn._loop, _View(req), req.headers, extras, out, conn._peer_ip, host,
             req.method, req.path, body_mode, conn._scheme, _VIA,
         )
@@ -184,37 +183,26 @@ class _Stream(RoutedRequest):
             self.deadline_call = True
             if timeout_s is None or t < timeout_s:
                 timeout_s = t
-            # The next hop gets what is left of the tighter deadline.
-            out.append((grpc.TIMEOUT, grpc.format_timeout(int(timeout_s * 1e9))))
-        if timeout_s is not None:
+        if timeout_s is not None and not self.resp_done:
             self.timeout_s = timeout_s
             self.timer = conn._loop.call_later(timeout_s, self.on_timeout)
-        try:
-            attempt.start()
-        except NoRoute:
-            if attempt.endpoint is None:
-                raise no_hosts(attempt.client, self._router, self._route) from None
-            raise
-        self._started(attempt)
-        if not self.resp_done:  # it may have failed synchronously
-            self.up = attempt
 
     # -- request side ----------------------------------------------------------------------
 
     def data(self, data: bytes, flow_len: int) -> None:
-        up = self.up
+        up = self._up
         if up is not None and data:
             self._bytes_in += len(data)
             up.send_body(data)
-        if self.acks_paused and self.up is not None:
+        if self.acks_paused and self._up is not None:
             self.unacked += flow_len
         else:
             self.conn._codec.ack(self.sid, flow_len)
 
     def request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
         self.req_done = True
-        if self.up is not None:
-            self.up.send_end(trailers)
+        if self._up is not None:
+            self._up.send_end(trailers)
         if self.resp_done:
             self.finish()
 
@@ -232,14 +220,14 @@ class _Stream(RoutedRequest):
             self._bytes_out += len(ev.data)
             queued = codec.send_data(self.sid, ev.data)
             conn.want_flush()
-            if queued > h2c.SEND_HIGH_WATER and not self.up_paused and self.up is not None:
+            if queued > h2c.SEND_HIGH_WATER and not self.up_paused and self._up is not None:
                 self.up_paused = True
-                self.up.pause_reading()
+                self._up.pause_reading()
         elif cls is ResponseHead:
             self._response_head(ev)
         elif cls is EndOfMessage:
             self.resp_done = True
-            self.up = None
+            self._up = None
             trailers = ev.trailers
             if trailers:
                 clear = self.settings.clear_context
@@ -296,7 +284,7 @@ class _Stream(RoutedRequest):
             self.conn._codec.send_headers(self.sid, head, end_stream=end_stream)
 
     def upstream_failed(self, exc: ProxyError) -> None:
-        self.up = None
+        self._up = None
         if self.resp_done:
             return
         if self.head_out is not None:  # nothing sent yet: answer with the error instead
@@ -339,7 +327,7 @@ class _Stream(RoutedRequest):
         self.timer = None
         if self.resp_done:
             return
-        up, self.up = self.up, None
+        up, self._up = self._up, None
         if up is not None:
             up.cancel()
         if not self.resp_started or self.head_out is not None:
@@ -359,7 +347,7 @@ class _Stream(RoutedRequest):
         """Answer a failure the proxy found itself: trailers-only for gRPC, else a
         status with `l5d-err` and a text body (spec §13.4)."""
         conn = self.conn
-        up, self.up = self.up, None
+        up, self._up = self._up, None
         if up is not None:
             up.cancel()
         codec = conn._codec
@@ -402,7 +390,7 @@ class _Stream(RoutedRequest):
         if not self.resp_done:
             self._status, self._fclass = 499, "cancelled"  # nginx's code for a client gone
         self.req_done = self.resp_done = True
-        up, self.up = self.up, None
+        up, self._up = self._up, None
         if up is not None:
             up.cancel()
         self.finish()
@@ -524,8 +512,8 @@ class ServerH2(asyncio.Protocol):
                     st = streams.get(sid)
                     if st is not None and st.up_paused and not self._write_paused:
                         st.up_paused = False
-                        if st.up is not None:
-                            st.up.resume_reading()
+                        if st._up is not None:
+                            st._up.resume_reading()
         finally:
             self._in_read = False
         self.flush()
@@ -621,14 +609,14 @@ class ServerH2(asyncio.Protocol):
     def pause_writing(self) -> None:  # our client reads slower than upstreams send
         self._write_paused = True
         for st in self._streams.values():
-            if st.up is not None:
-                st.up.pause_reading()
+            if st._up is not None:
+                st._up.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         for st in self._streams.values():
-            if st.up is not None and not st.up_paused:
-                st.up.resume_reading()
+            if st._up is not None and not st.up_paused:
+                st._up.resume_reading()
 
 
 def make_protocol_factory(server: Listener) -> Callable[[], ServerH2]:

@@ -269,7 +269,7 @@ def test_slow_consumer_slows_the_producer_and_memory_stays_bounded(run: Any) -> 
             await asyncio.sleep(0.01)
         server = next(iter(rt.listeners[0].connections))
         st = server._streams[sid]
-        while not _upstream_paused(st.up):
+        while not _upstream_paused(st._up):
             await asyncio.sleep(0.01)  # the upstream read is paused: the producer is slowed
         queued = server._codec.buffered(sid)
         assert queued <= SEND_HIGH_WATER + 256 * 1024
