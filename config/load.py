@@ -208,6 +208,8 @@ def _router_json(r: RouterConfig) -> dict[str, Any]:
     overrides: dict[str, Any] = {"trust": trust, "maxBytes": o.max_bytes, "maxEntries": o.max_entries}
     if o.allow_prefixes is not None:
         overrides["allowPrefixes"] = [p.show() for p in o.allow_prefixes]
+    if o.allow_destinations is not None:
+        overrides["allowDestinations"] = [p.show() for p in o.allow_destinations]
     lim = r.limits
     c = r.client
     client: dict[str, Any] = {
@@ -1185,7 +1187,9 @@ class _Loader:
         node = router.get("overrides")
         if node is None:
             return OverrideConfig()
-        m = self.mapping(node, router.key("overrides"), ("trust", "maxBytes", "maxEntries", "allowPrefixes"))
+        m = self.mapping(
+            node, router.key("overrides"), ("trust", "maxBytes", "maxEntries", "allowPrefixes", "allowDestinations")
+        )
         cidrs: tuple[IPNetwork, ...] | None = None
         hmac = None
         trust_node = m.get("trust")
@@ -1198,20 +1202,24 @@ class _Loader:
             hmac_node = t.get("hmac")
             if hmac_node is not None:
                 hmac = self.hmac(self.mapping(hmac_node, t.key("hmac"), ("header", "key", "keyFile")))
-        allow = None
-        if "allowPrefixes" in m.items:
-            allow_list = []
-            for i, n in enumerate(self.seq(m, "allowPrefixes")):
-                holder = _Map(m.node, m.path, {f"allowPrefixes[{i}]": (n, n)})
-                allow_list.append(self.parsed(holder, f"allowPrefixes[{i}]", read_prefix, "prefix"))
-            allow = tuple(allow_list)
         return OverrideConfig(
             cidrs=cidrs,
             hmac=hmac,
             max_bytes=self.int_(m, "maxBytes", 4096, 1, 1 << 20, "a size 1-1048576 (bytes)"),
             max_entries=self.int_(m, "maxEntries", 32, 1, 10_000, "an entry count 1-10000"),
-            allow_prefixes=allow,
+            allow_prefixes=self.prefix_list(m, "allowPrefixes"),
+            allow_destinations=self.prefix_list(m, "allowDestinations"),
         )
+
+    def prefix_list(self, m: _Map, name: str) -> tuple[Any, ...] | None:
+        """A list of dtab prefixes (`[/svc/web, /#/io.l5d.k8s]`); None when absent."""
+        if name not in m.items:
+            return None
+        out = []
+        for i, n in enumerate(self.seq(m, name)):
+            holder = _Map(m.node, m.path, {f"{name}[{i}]": (n, n)})
+            out.append(self.parsed(holder, f"{name}[{i}]", read_prefix, "prefix"))
+        return tuple(out)
 
     def cidr(self, node: yaml.Node, key: str) -> IPNetwork:
         text = self.scalar(node)

@@ -142,6 +142,7 @@ class OverrideConfig:
     max_bytes: int = 4096  # an override is parsed per request; a dtab of a few rules fits
     max_entries: int = 32
     allow_prefixes: tuple[Prefix, ...] | None = None  # None: any prefix
+    allow_destinations: tuple[Prefix, ...] | None = None  # None: any destination
 
     def trusted_cidrs(self, clear_context: bool) -> tuple[IPNetwork, ...]:
         """The networks an override is honoured from on a server. Configured CIDRs

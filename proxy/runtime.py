@@ -83,6 +83,7 @@ def build_policy(rc: RouterConfig, sc: ServerConfig) -> OverridePolicy:
         max_entries=ov.max_entries,
         allow_prefixes=list(ov.allow_prefixes) if ov.allow_prefixes is not None else None,
         clear_context=sc.clear_context,
+        allow_destinations=list(ov.allow_destinations) if ov.allow_destinations is not None else None,
     )
 
 

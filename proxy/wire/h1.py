@@ -332,17 +332,17 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
             # The codec listed the few hop-by-hop and l5d- fields while it scanned the
             # head; everything else is filtered in one comprehension, not a Python loop.
             drop = _drop_set(sig_header)
-            if clear:  # spec §13.5: no l5d- field from the caller goes on, none is read
+            if clear:  # spec §13.5: no l5d- field from the caller goes on
                 out = [h for h in headers if h[0] not in drop and not h[0].startswith(b"l5d-")]
             else:
                 out = [h for h in headers if h[0] not in drop]
             for name, value in extras:
                 kind = special.get(name)
                 if kind is None:
-                    if name == sig_header and not clear:
+                    if name == sig_header:
                         sig = value
                     continue  # another l5d- field: forwarded (or cleared) above
-                if clear and name[0] == 108:  # an l5d- field the proxy consumes
+                if clear and name[0] == 108 and kind != _H_DTAB:  # an edge reads l5d-dtab only
                     continue
                 if kind == _H_DTAB:
                     user_vals.append(value)
@@ -562,7 +562,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
             return
         head = self._head
         is_head = head is not None and head.method == b"HEAD" and self._busy
-        t.write(error_response(exc, close=close, clear_context=self._server.clear_context, head=is_head))
+        t.write(error_response(exc, close=close, terse=self._server.policy.terse_for(self._peer_ip), head=is_head))
         if close:
             t.close()
 

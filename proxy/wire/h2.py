@@ -39,6 +39,7 @@ from ..route.l5d import (
     encode_l5d_err,
     err_body,
 )
+from .render import public_message
 from .routing import H_CTX_DTAB, H_DEADLINE, H_DROP, H_DTAB, H_TRACE, L5D_REQUEST_FIELDS, RoutedRequest
 from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
@@ -148,13 +149,13 @@ class _Stream(RoutedRequest):
             kind = special.get(name)
             if kind is None:
                 if name[0] == 108 and name.startswith(b"l5d-"):  # 108: "l", no slice per field
-                    if clear:
-                        continue
                     if name == sig_header:
                         sig = item[1]
                         continue
+                    if clear:
+                        continue
                 out.append(item)
-            elif clear and name.startswith(b"l5d-"):
+            elif clear and kind != _H_DTAB and name.startswith(b"l5d-"):  # an edge reads l5d-dtab only
                 continue
             elif kind == _H_DTAB:
                 user_vals.append(item[1])
@@ -185,6 +186,9 @@ class _Stream(RoutedRequest):
         if cookies is not None:
             out.append((b"cookie", b"; ".join(cookies)))
 
+        if sig is None and (ctx_vals or user_vals) and sig_header[:4] != b"l5d-" and server.policy.hmac_header:
+            sig = _View(req).headers(sig_header)  # a signature field not named l5d-*: read, not forwarded
+            out = [h for h in out if h[0] != sig_header]
         if ctx_vals or user_vals:
             local, local_key = server.check_override(conn._peer_ip, ctx_vals, user_vals, sig)
         else:
@@ -389,17 +393,18 @@ class _Stream(RoutedRequest):
         if up is not None:
             up.cancel()
         codec = conn._codec
-        clear = server.clear_context
-        message = str(exc) or type(exc).__name__
+        terse = server.policy.terse_for(conn._peer_ip)  # an edge's untrusted caller: no details
+        message = public_message(exc) if terse else str(exc) or type(exc).__name__
         self.resp_started = True
         self.resp_done = True
         self._status, self._fclass = exc.status, exc.stage
         if self.is_grpc:
-            codec.send_headers(self.sid, grpc.error_trailers(exc, None if clear else encode_l5d_err(message)), end_stream=True)
+            l5d_err = None if terse else encode_l5d_err(message)
+            codec.send_headers(self.sid, grpc.error_trailers(exc, l5d_err, message=message), end_stream=True)
         else:
-            body = b"" if clear else err_body(message)
+            body = err_body(message)
             fields = [_STATUS.get(exc.status) or (b":status", b"502"), _TEXT_PLAIN, (b"content-length", b"%d" % len(body))]
-            if not clear:
+            if not terse:
                 fields.append((b"l5d-err", encode_l5d_err(message)))
                 if exc.retryable:
                     fields.append(_RETRYABLE)
