@@ -41,6 +41,7 @@ from typing import Any, Final
 from aiohttp import web
 
 import dtab
+from config import admin_token_problem, read_token_file
 
 from ..telemetry.metrics import Telemetry
 from . import delegator
@@ -126,8 +127,6 @@ class WriteGuard:
                 st = os.stat(path)
                 stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
                 if stamp != self._file_stamp:
-                    from config import admin_token_problem, read_token_file
-
                     token = read_token_file(path)
                     problem = admin_token_problem(token)
                     self._file_stamp = stamp
@@ -178,7 +177,9 @@ class WriteGuard:
             return self._refuse(request, 401, "admin writes need Authorization: Bearer <the admin.auth token>",
                                 {"WWW-Authenticate": CHALLENGE})  # fmt: skip
         # Constant time: how much of a guess matched must not show in the answer's timing.
-        if not hmac.compare_digest(credentials.strip().encode("utf-8", "surrogateescape"), token):
+        # Digests first, so the comparison's time does not depend on the lengths either.
+        given_digest = hashlib.sha256(credentials.strip().encode("utf-8", "surrogateescape")).digest()
+        if not hmac.compare_digest(given_digest, hashlib.sha256(token).digest()):
             return self._refuse(request, 401, "the bearer token is not the admin.auth token",
                                 {"WWW-Authenticate": CHALLENGE + ', error="invalid_token"'})  # fmt: skip
         return None
