@@ -4,10 +4,19 @@
 May import `dtab`; must not import `proxy`.
 """
 
-from .load import ConfigError, default_config, load_file, load_text, to_json
+from .load import (
+    ConfigError,
+    admin_token_problem,
+    default_config,
+    load_file,
+    load_text,
+    read_token_file,
+    to_json,
+)
 from .schema import (
     DEFAULT_TRUSTED_CIDRS,
     Admin,
+    AdminAuth,
     ClientConfig,
     ClientTls,
     Config,
@@ -24,6 +33,7 @@ from .schema import (
 __all__ = [
     "DEFAULT_TRUSTED_CIDRS",
     "Admin",
+    "AdminAuth",
     "ClientConfig",
     "ClientTls",
     "Config",
@@ -36,8 +46,10 @@ __all__ = [
     "RouterConfig",
     "ServerConfig",
     "ServerTls",
+    "admin_token_problem",
     "default_config",
     "load_file",
     "load_text",
+    "read_token_file",
     "to_json",
 ]

@@ -33,6 +33,7 @@ from dtab import Dtab, DtabSyntaxError, Path, read_dtab, read_path, read_prefix
 from .schema import (
     IDENTIFIER_KINDS,
     Admin,
+    AdminAuth,
     ClientConfig,
     ClientTls,
     Config,
@@ -77,6 +78,27 @@ REDACTED = "<redacted>"
 # An HMAC key shorter than this is guessable; 16 bytes is the floor NIST SP 800-107
 # puts on HMAC key strength for 128-bit security.
 MIN_HMAC_KEY_BYTES = 16
+# The admin bearer token: RFC 6750 §2.1's b64token (what an Authorization header can
+# carry), at least as long as an HMAC key for the same reason.
+MIN_ADMIN_TOKEN_BYTES = 16
+_B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def admin_token_problem(token: bytes) -> str | None:
+    """Why `token` cannot be the admin's bearer token, or None when it can."""
+    if len(token) < MIN_ADMIN_TOKEN_BYTES:
+        return f"the token is {len(token)} bytes; use at least {MIN_ADMIN_TOKEN_BYTES}"
+    if not _B64TOKEN.fullmatch(token):
+        return "the token must be a bearer token: letters, digits and - . _ ~ + / (then = padding)"
+    return None
+
+
+def read_token_file(path: str) -> bytes:
+    """A token file's content without the line break(s) secret files usually end in.
+    Raises OSError."""
+    with open(path, "rb") as f:
+        return f.read().strip(b"\r\n")
 
 # Keys Linkerd accepts that have no effect here. They are accepted, so a Linkerd config
 # loads, and each occurrence is logged once and kept in `Config.notes`.
@@ -180,11 +202,15 @@ def default_config() -> Config:
 
 def to_json(config: Config) -> dict[str, Any]:
     """The effective config (defaults filled in) in the YAML's own key names, for
-    `/config.json`. Secrets (the HMAC key) are replaced by `<redacted>`."""
+    `/config.json`. Secrets (the HMAC key, the admin token) are replaced by `<redacted>`."""
     out: dict[str, Any] = {}
     if config.admin is not None:
         a = config.admin
         out["admin"] = {"ip": a.ip, "port": a.port, "shutdownGraceMs": a.shutdown_grace_ms}
+        if a.auth is not None:  # a token file's name is no secret; its content is
+            tf = a.auth.token_file
+            out["admin"]["auth"] = {"tokenFile": tf} if tf is not None else {"token": REDACTED}
+        out["admin"]["hosts"] = list(a.hosts)
     out["namers"] = [
         {
             "kind": n.kind,
@@ -208,6 +234,8 @@ def _router_json(r: RouterConfig) -> dict[str, Any]:
     overrides: dict[str, Any] = {"trust": trust, "maxBytes": o.max_bytes, "maxEntries": o.max_entries}
     if o.allow_prefixes is not None:
         overrides["allowPrefixes"] = [p.show() for p in o.allow_prefixes]
+    if o.allow_destinations is not None:
+        overrides["allowDestinations"] = [p.show() for p in o.allow_destinations]
     lim = r.limits
     c = r.client
     client: dict[str, Any] = {
@@ -646,14 +674,45 @@ class _Loader:
         node = root.get("admin")
         if node is None:
             return None if "admin" not in root.items else Admin()
-        m = self.mapping(node, "admin", ("ip", "port", "shutdownGraceMs", "tls"), _IGNORED_ADMIN)
+        m = self.mapping(node, "admin", ("ip", "port", "shutdownGraceMs", "tls", "auth", "hosts"), _IGNORED_ADMIN)
         if m.has("tls"):
             self.fail(m.get("tls"), m.key("tls"), "TLS on the admin server is not supported yet")
+        auth = None
+        if m.get("auth") is not None:
+            auth = self.admin_auth(self.mapping(m.get("auth"), m.key("auth"), ("token", "tokenFile")))
+        hosts = []
+        for i, n in enumerate(self.seq(m, "hosts")):
+            text = self.scalar(n)
+            name = text.lower().rstrip(".") if isinstance(text, str) else ""
+            if not _HOSTNAME.fullmatch(name):
+                self.fail(n, f"{m.key('hosts')}[{i}]", f"expected a host name without a port, got {_describe(n)}")
+            hosts.append(name)
         return Admin(
             ip=self.ip(m, "ip", "127.0.0.1"),
             port=self.port(m, "port", 9990),
             shutdown_grace_ms=self.ms(m, "shutdownGraceMs", 10_000),
+            auth=auth,
+            hosts=tuple(hosts),
         )
+
+    def admin_auth(self, m: _Map) -> AdminAuth:
+        if m.has("token") == m.has("tokenFile"):
+            self.fail(m.node, m.path, "set exactly one of 'token' and 'tokenFile'")
+        path = None
+        if m.has("token"):
+            token = self.str_(m, "token").encode("utf-8")
+            key = "token"
+        else:
+            key = "tokenFile"
+            path = self.file(m, "tokenFile") or ""
+            try:
+                token = read_token_file(path)
+            except OSError as exc:
+                self.fail(m.get(key), m.key(key), f"cannot read '{path}': {exc.strerror}")
+        problem = admin_token_problem(token)
+        if problem is not None:
+            self.fail(m.get(key), m.key(key), problem)
+        return AdminAuth(token=token, token_file=path)
 
     def ip(self, m: _Map, name: str, default: str) -> str:
         text = self.str_(m, name, default)
@@ -1185,7 +1244,9 @@ class _Loader:
         node = router.get("overrides")
         if node is None:
             return OverrideConfig()
-        m = self.mapping(node, router.key("overrides"), ("trust", "maxBytes", "maxEntries", "allowPrefixes"))
+        m = self.mapping(
+            node, router.key("overrides"), ("trust", "maxBytes", "maxEntries", "allowPrefixes", "allowDestinations")
+        )
         cidrs: tuple[IPNetwork, ...] | None = None
         hmac = None
         trust_node = m.get("trust")
@@ -1198,20 +1259,24 @@ class _Loader:
             hmac_node = t.get("hmac")
             if hmac_node is not None:
                 hmac = self.hmac(self.mapping(hmac_node, t.key("hmac"), ("header", "key", "keyFile")))
-        allow = None
-        if "allowPrefixes" in m.items:
-            allow_list = []
-            for i, n in enumerate(self.seq(m, "allowPrefixes")):
-                holder = _Map(m.node, m.path, {f"allowPrefixes[{i}]": (n, n)})
-                allow_list.append(self.parsed(holder, f"allowPrefixes[{i}]", read_prefix, "prefix"))
-            allow = tuple(allow_list)
         return OverrideConfig(
             cidrs=cidrs,
             hmac=hmac,
             max_bytes=self.int_(m, "maxBytes", 4096, 1, 1 << 20, "a size 1-1048576 (bytes)"),
             max_entries=self.int_(m, "maxEntries", 32, 1, 10_000, "an entry count 1-10000"),
-            allow_prefixes=allow,
+            allow_prefixes=self.prefix_list(m, "allowPrefixes"),
+            allow_destinations=self.prefix_list(m, "allowDestinations"),
         )
+
+    def prefix_list(self, m: _Map, name: str) -> tuple[Any, ...] | None:
+        """A list of dtab prefixes (`[/svc/web, /#/io.l5d.k8s]`); None when absent."""
+        if name not in m.items:
+            return None
+        out = []
+        for i, n in enumerate(self.seq(m, name)):
+            holder = _Map(m.node, m.path, {f"{name}[{i}]": (n, n)})
+            out.append(self.parsed(holder, f"{name}[{i}]", read_prefix, "prefix"))
+        return tuple(out)
 
     def cidr(self, node: yaml.Node, key: str) -> IPNetwork:
         text = self.scalar(node)

@@ -37,13 +37,29 @@ IDENTIFIER_KINDS: dict[str, frozenset[str]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class AdminAuth:
+    """The bearer token every mutating admin request must carry (`admin.auth`). With
+    `token_file`, `token` is the file's content at load; the admin server re-reads the
+    file when it changes (a rotated Kubernetes Secret)."""
+
+    token: bytes = field(repr=False)  # a secret: kept out of repr, logs and /config.json
+    token_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Admin:
     """The admin server (ping, readiness, metrics, delegator). Loopback by default: it
-    shows every dtab and lets anyone run the delegator, so it is not for the outside."""
+    shows every dtab and lets anyone run the delegator, so it is not for the outside.
+
+    Writes (`PUT /admin/dtabs/...`, `PUT /admin/sampling`) need `auth`'s bearer token
+    when one is set, and a `Host` that is an IP literal, `localhost` or one of `hosts`
+    (DNS rebinding); on a non-loopback `ip` without `auth` the admin is read-only."""
 
     ip: str = "127.0.0.1"
     port: int = 9990
     shutdown_grace_ms: int = 10_000  # Linkerd's `shutdownGraceMs`: how long a drain may take
+    auth: AdminAuth | None = None
+    hosts: tuple[str, ...] = ()  # lower case, no port: names a write's Host may carry
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +158,7 @@ class OverrideConfig:
     max_bytes: int = 4096  # an override is parsed per request; a dtab of a few rules fits
     max_entries: int = 32
     allow_prefixes: tuple[Prefix, ...] | None = None  # None: any prefix
+    allow_destinations: tuple[Prefix, ...] | None = None  # None: any destination
 
     def trusted_cidrs(self, clear_context: bool) -> tuple[IPNetwork, ...]:
         """The networks an override is honoured from on a server. Configured CIDRs

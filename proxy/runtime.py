@@ -4,13 +4,16 @@
 server; a reload (SIGHUP, or a change of the config file or its resource files, polled
 every 500 ms) builds new routers and swaps each listener's reference, so requests in
 flight finish on the snapshot they started with. Listeners, namers and warm client
-pools are kept where their configuration did not change. SIGTERM drains: stop accepting, let
+pools are kept where their configuration did not change. A reload is all or nothing:
+everything that can fail (namers, TLS contexts, binding new ports) happens before
+anything is swapped, and is undone if a step fails. SIGTERM drains: stop accepting, let
 in-flight requests finish within the grace period, close, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 #: second keeps an edit-to-effect delay well under the 1 s the namers aim for, and a
 #: stat of a few files costs microseconds.
 CONFIG_POLL_S: Final = 0.5
+#: The listen backlog: connections the kernel completes before the proxy accepts them.
+BACKLOG: Final = 1024
 
 
 def install_uvloop() -> bool:
@@ -78,6 +83,7 @@ def build_policy(rc: RouterConfig, sc: ServerConfig) -> OverridePolicy:
         max_entries=ov.max_entries,
         allow_prefixes=list(ov.allow_prefixes) if ov.allow_prefixes is not None else None,
         clear_context=sc.clear_context,
+        allow_destinations=list(ov.allow_destinations) if ov.allow_destinations is not None else None,
     )
 
 
@@ -87,7 +93,7 @@ class Listener:
 
     __slots__ = (
         "settings", "loop", "connections", "server", "config", "address", "_idle_timeout",
-        "_header_timeout", "_sweeper", "closed_event", "protocol", "in_flight",
+        "_header_timeout", "_sweeper", "closed_event", "protocol", "in_flight", "_bound",
     )  # fmt: skip
 
     def __init__(self, router: Router, rc: RouterConfig, sc: ServerConfig, loop: asyncio.AbstractEventLoop) -> None:
@@ -96,6 +102,7 @@ class Listener:
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._bound: tuple[socket.socket, Any] | None = None  # bind(): (socket, TLS context)
         self.closed_event = asyncio.Event()
         self.protocol = rc.protocol
         self.in_flight = 0
@@ -138,16 +145,45 @@ class Listener:
         if not self.connections and self.server is None:
             self.closed_event.set()
 
-    async def start(self) -> None:
+    def bind(self) -> None:
+        """Everything about starting that can fail, without accepting anything yet: the
+        TLS context, and a socket bound and listening (the port is taken; connections
+        wait in the backlog until `start`). A reload binds every new listener before it
+        changes anything; `close_unstarted` gives the port back if it is undone."""
         sc = self.config
         ctx = server_context(sc.tls, alpn_for(self.protocol)) if sc.tls is not None else None
-        self.server = await self.loop.create_server(
-            protocol_factory(self, self.protocol, ctx is not None), sc.ip, sc.port,
-            reuse_address=True, backlog=1024, ssl=ctx,
-        )
-        sock = self.server.sockets[0]
-        self.address = sock.getsockname()[:2]
-        self._schedule_sweep()
+        self._bound = (bind_socket(sc.ip, sc.port, BACKLOG), ctx)
+        self.address = self._bound[0].getsockname()[:2]
+
+    def close_unstarted(self) -> None:
+        bound, self._bound = self._bound, None
+        if bound is not None:
+            bound[0].close()
+
+    async def start(self) -> None:
+        """Accept connections (binding first unless `bind` did)."""
+        if self._bound is None:
+            self.bind()
+        assert self._bound is not None
+        sock, ctx = self._bound
+        self._bound = None
+        try:
+            self.server = await self.loop.create_server(
+                protocol_factory(self, self.protocol, ctx is not None), sock=sock, backlog=BACKLOG, ssl=ctx,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        self.closed_event.clear()
+        if self._sweeper is None or self._sweeper.cancelled():
+            self._schedule_sweep()
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; connections already accepted go on (a reload
+        that moves this address to a new listener, or a drain)."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
     def _schedule_sweep(self) -> None:
         self._sweeper = self.loop.call_later(1.0, self._sweep)
@@ -230,12 +266,20 @@ class Runtime:
             self._watcher = self.loop.create_task(self._watch(), name="config watcher")
         self.ready = True
 
-    def _build_router(self, rc: RouterConfig, clients: Any = None, base: Dtab | None = None) -> Router:
+    def _build_router(
+        self, rc: RouterConfig, clients: Any = None, base: Dtab | None = None, *,
+        namers: list[tuple[Any, Any]] | None = None, pending: dict[str, list[Any]] | None = None,
+    ) -> Router:
+        """A router snapshot, subscribed to its namers' name changes. With `pending`
+        (a reload being prepared) its unsubscribers are put there and the replaced
+        snapshot stays subscribed until `_commit_subscriptions`; otherwise the swap of
+        subscriptions happens now."""
+        namers = self.namers if namers is None else namers
         router = Router(
             rc.label,
             rc.dtab if base is None else base,
             identifier=build_identifier(rc),
-            namers=self.namers,
+            namers=namers,
             dst_prefix=rc.dst_prefix,
             config=rc,
             clients=clients,
@@ -243,18 +287,25 @@ class Runtime:
             hash_on=rc.hash_on,
             stats=self.telemetry.router(rc.label) if self.telemetry is not None else None,
         )
-        unsubs = getattr(self, "_unsubscribe", None)
-        old = unsubs.pop(rc.label, ()) if unsubs is not None else ()
-        for unsubscribe in old:  # the replaced snapshot no longer needs to hear about names
-            unsubscribe()
         fresh = []
-        for _, namer in self.namers:
+        for _, namer in namers:
             sub = getattr(namer, "subscribe_names", None)
             if sub is not None:
                 fresh.append(sub(lambda *_: router.clear_routes()))
-        if unsubs is not None:
-            unsubs[rc.label] = [u for u in fresh if callable(u)]
+        fresh = [u for u in fresh if callable(u)]
+        if pending is not None:
+            pending[rc.label] = fresh
+        else:
+            self._commit_subscriptions(rc.label, fresh)
         return router
+
+    def _commit_subscriptions(self, label: str, fresh: list[Any]) -> None:
+        unsubs = getattr(self, "_unsubscribe", None)
+        if unsubs is None:
+            return
+        for unsubscribe in unsubs.pop(label, ()):  # the replaced snapshot no longer needs to hear about names
+            unsubscribe()
+        unsubs[label] = fresh
 
     def _swap(self, old: Router, new: Router) -> None:
         self.routers[new.label] = new
@@ -291,8 +342,9 @@ class Runtime:
         self.loop.create_task(self.reload_now(), name="config reload")
 
     async def reload_now(self) -> bool:
-        """Load the config file and apply it. A config that does not load changes
-        nothing (the running one stays, the error is logged). True when applied."""
+        """Load the config file and apply it, all or nothing: a config that does not
+        load, or does not apply (a new server's port is busy), changes nothing; the
+        running one stays whole and the log says why. True when applied."""
         if self.config_path is None:
             return False
         from config import ConfigError, load_file
@@ -306,8 +358,13 @@ class Runtime:
                 return False
             try:
                 await self.apply_config(cfg)
-            except OSError as exc:  # a new listener could not bind: keep what runs
-                log.warning("reload incomplete: %s", exc)
+            except (OSError, ValueError) as exc:  # a listener, namer or TLS context failed
+                log.warning("reload refused, keeping the running config: %s", exc)
+                self._fingerprint = cfg.inputs  # tried again when a file changes, not on every poll
+                return False
+            except Exception:  # our bug; the running config is still whole
+                log.error("reload failed, keeping the running config", exc_info=True)
+                self._fingerprint = cfg.inputs
                 return False
             self._fingerprint = cfg.inputs
             self.reloads += 1
@@ -322,68 +379,140 @@ class Runtime:
             await self._reloaded.wait_for(lambda: self.reloads >= count)
 
     async def apply_config(self, cfg: Config) -> None:
-        """Make the running process match `cfg`. Every router is rebuilt (rules and
-        dtab compile once per snapshot) and swapped by one reference per listener;
-        namers, listeners and client pools whose configuration is unchanged are kept."""
+        """Make the running process match `cfg`, all or nothing.
+
+        Prepare (`_prepare`): start new namers, build every router snapshot, check each
+        kept listener's new settings, bind every new listener, and only when all of
+        them are bound start accepting on them. A failure there undoes what was
+        prepared and raises: the running config is untouched. Commit (`_commit`, no
+        await, so nothing can split it): swap each router by one reference and apply
+        kept listeners' settings. Then listeners no longer wanted drain and replaced
+        namers stop. Namers, listeners and client pools whose configuration is
+        unchanged are kept."""
+        plan = _Plan()
+        try:
+            await self._prepare(cfg, plan)
+        except BaseException:
+            await self._undo(plan)
+            raise
+        self._commit(cfg, plan)
+        # Past the swap: what is left only lets go of old resources.
+        grace = (cfg.admin.shutdown_grace_ms if cfg.admin else 10_000) / 1000
+        await asyncio.gather(*(lst.drain(grace) for lst in plan.retire))
+        for _, namer in plan.old_namers:
+            stop = getattr(namer, "stop", None)
+            if stop is not None:
+                await stop()
+
+    async def _prepare(self, cfg: Config, plan: _Plan) -> None:
+        now, then = self.config.admin, cfg.admin
+        if now is not None and then is not None and (now.ip, now.port) != (then.ip, then.port):
+            log.warning("reload: a new admin.ip or admin.port takes effect at the next start "
+                        "(admin.auth and admin.hosts apply now)")  # fmt: skip
         namers_changed = cfg.namers != self.config.namers
-        old_namers = self.namers
+        plan.namers = self.namers
         if namers_changed:
-            fresh: list[tuple[Any, Any]] = []
+            plan.namers = []
             for nc in cfg.namers:
                 if nc.kind == "io.l5d.fs":
                     namer = FsNamer.from_config(nc)
                     await namer.start()
-                    fresh.append((namer.bind_prefix, namer))
-            self.namers = fresh
+                    plan.new_namers.append(namer)
+                    plan.namers.append((namer.bind_prefix, namer))
+            plan.old_namers = self.namers
         old_configs = {rc.label: rc for rc in self.config.routers}
-        live = {rc.label for rc in cfg.routers}
         for rc in cfg.routers:
             old = self.routers.get(rc.label)
             prev = old_configs.get(rc.label)
             keep_clients = old is not None and prev is not None and prev.client == rc.client and not namers_changed
-            new = self._build_router(rc, clients=old.clients if keep_clients and old is not None else None)
+            new = self._build_router(
+                rc, clients=old.clients if keep_clients and old is not None else None,
+                namers=plan.namers, pending=plan.subscriptions,
+            )
+            plan.routers.append((rc, old, new, keep_clients))
+            wanted = list(rc.servers)  # a list: several servers may ask for port 0
+            for lst in [x for x in self.listeners if old is not None and x.router is old]:
+                at = next((i for i, sc in enumerate(wanted) if (sc.ip, sc.port) == (lst.config.ip, lst.config.port)), None)
+                if at is not None and wanted[at].tls == lst.config.tls and lst.protocol == rc.protocol:
+                    sc = wanted.pop(at)
+                    Listener(new, rc, sc, self.loop)  # settings that do not build fail here, not at commit
+                    plan.keep.append((lst, rc, sc))
+                else:  # gone, or the same address with new TLS or protocol: rebind
+                    plan.retire.append(lst)
+            plan.bind.extend((new, rc, sc) for sc in wanted)
+        live = {rc.label for rc in cfg.routers}
+        for label in [lb for lb in self.routers if lb not in live]:
+            gone = self.routers[label]
+            plan.retire.extend(x for x in self.listeners if x.router is gone)
+        # Bind every new listener before any accepts. One whose address a retiring
+        # listener holds binds last, once that one stopped accepting (a port cannot be
+        # listened on twice); an undo makes the retiring one accept again.
+        later = []
+        for router, rc, sc in plan.bind:
+            lst = Listener(router, rc, sc, self.loop)
+            if sc.port and any(sc.port == x.config.port and _overlaps(sc.ip, x.config.ip) for x in plan.retire):
+                later.append(lst)
+                continue
+            lst.bind()
+            plan.bound.append(lst)
+        for lst in later:
+            sc = lst.config
+            for x in plan.retire:
+                if x.server is not None and sc.port == x.config.port and _overlaps(sc.ip, x.config.ip):
+                    x.stop_accepting()
+                    plan.paused.append(x)
+            lst.bind()
+            plan.bound.append(lst)
+        for lst in plan.bound:
+            await lst.start()  # listening already: this starts accepting
+
+    async def _undo(self, plan: _Plan) -> None:
+        """Give back what `_prepare` took; the running config was never touched."""
+        for lst in plan.bound:
+            if lst.server is not None:
+                await lst.drain(0)  # accepted in the moment before the undo: closed
+            else:
+                lst.close_unstarted()
+        for lst in plan.paused:  # accept again where it stopped to make room
+            try:
+                await lst.start()
+            except OSError as exc:
+                log.error("reload undo: router %s could not listen on %s:%d again: %s",
+                          lst.router.label, lst.config.ip, lst.config.port, exc)  # fmt: skip
+        for fresh in plan.subscriptions.values():
+            for unsubscribe in fresh:
+                unsubscribe()
+        for _, _, new, keep_clients in plan.routers:
+            if not keep_clients:
+                new.clients.close_idle()
+        for namer in plan.new_namers:
+            await namer.stop()
+
+    def _commit(self, cfg: Config, plan: _Plan) -> None:
+        self.namers = plan.namers
+        for rc, old, new, keep_clients in plan.routers:
             if old is not None:
                 self._swap(old, new)
                 if not keep_clients:
                     old.clients.close_idle()
             else:
                 self.routers[rc.label] = new
-            await self._reconcile_listeners(rc, new)
+            self._commit_subscriptions(rc.label, plan.subscriptions.get(rc.label, []))
+        for lst, rc, sc in plan.keep:
+            lst.apply(rc, sc)
+        live = {rc.label for rc in cfg.routers}
         for label in [lb for lb in self.routers if lb not in live]:
             gone = self.routers.pop(label)
             for unsubscribe in self._unsubscribe.pop(label, ()):
                 unsubscribe()
-            for lst in [x for x in self.listeners if x.router is gone]:
-                await self._retire(lst)
             gone.clients.close_idle()
-        self.config = cfg
-        if namers_changed:
-            for _, namer in old_namers:
-                stop = getattr(namer, "stop", None)
-                if stop is not None:
-                    await stop()
-
-    async def _reconcile_listeners(self, rc: RouterConfig, router: Router) -> None:
-        mine = [lst for lst in self.listeners if lst.router is router]
-        wanted = list(rc.servers)  # a list: several servers may ask for port 0
-        for lst in mine:
-            at = next((i for i, sc in enumerate(wanted) if (sc.ip, sc.port) == (lst.config.ip, lst.config.port)), None)
-            sc = wanted[at] if at is not None else None
-            if sc is not None and sc.tls == lst.config.tls and lst.protocol == rc.protocol:
-                del wanted[at]  # type: ignore[arg-type]
-                lst.apply(rc, sc)
-                continue
-            await self._retire(lst)  # gone, or the same address with new TLS or protocol: rebind
-        for sc in wanted:
-            lst = Listener(router, rc, sc, self.loop)
-            await lst.start()
+        for lst in plan.retire:
+            self.listeners.remove(lst)
+            lst.stop_accepting()
+        for lst in plan.bound:
             self.listeners.append(lst)
-            log.info("router %s listening on %s:%d", rc.label, *lst.address)  # type: ignore[str-format]
-
-    async def _retire(self, lst: Listener) -> None:
-        self.listeners.remove(lst)
-        grace = (self.config.admin.shutdown_grace_ms if self.config.admin else 10_000) / 1000
-        await lst.drain(grace)
+            log.info("router %s listening on %s:%d", lst.router.label, *lst.address)  # type: ignore[str-format]
+        self.config = cfg
 
     async def _watch(self) -> None:
         """Poll the config file and its resource files; reload when one changed."""
@@ -420,6 +549,31 @@ class Runtime:
         log.info("drained")
 
 
+class _Plan:
+    """What a reload prepared, so it can be committed whole or undone whole."""
+
+    def __init__(self) -> None:
+        self.namers: list[tuple[Any, Any]] = []  # the namers the new routers use
+        self.new_namers: list[Any] = []  # started for this reload (stopped on undo)
+        self.old_namers: list[tuple[Any, Any]] = []  # replaced (stopped after commit)
+        self.routers: list[tuple[RouterConfig, Router | None, Router, bool]] = []  # rc, old, new, clients kept
+        self.subscriptions: dict[str, list[Any]] = {}  # new routers' namer unsubscribers
+        self.keep: list[tuple[Listener, RouterConfig, ServerConfig]] = []
+        self.retire: list[Listener] = []
+        self.bind: list[tuple[Router, RouterConfig, ServerConfig]] = []
+        self.bound: list[Listener] = []  # bound and listening, not accepting yet
+        self.paused: list[Listener] = []  # retiring listeners that stopped accepting early
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether two listen addresses on one port collide: the same address, or a
+    wildcard and an address of its family (`::` covers IPv4 too, dual-stack)."""
+    if a == b:
+        return True
+    ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    return any(x.is_unspecified and (x.version == y.version or x.version == 6) for x, y in ((ia, ib), (ib, ia)))
+
+
 def _fingerprint(config_path: str, cfg: Config) -> tuple[tuple[str, int, int], ...]:
     """(path, mtime_ns, size) of the config file and of every resource file its
     routers read now (a file added to a resources directory counts as a change)."""
@@ -436,6 +590,24 @@ def _fingerprint(config_path: str, cfg: Config) -> tuple[tuple[str, int, int], .
             continue
         out.append((p, st.st_mtime_ns, st.st_size))
     return tuple(out)
+
+
+def bind_socket(ip: str, port: int, backlog: int) -> socket.socket:
+    """A TCP socket bound to `ip:port` and listening, as `loop.create_server` makes one
+    (SO_REUSEADDR; IPv6 sockets IPv6-only). Raises OSError (a busy port, say)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((ip, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def free_port(host: str = "127.0.0.1") -> int:

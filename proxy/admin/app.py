@@ -16,19 +16,32 @@ Endpoints:
 
 It reads runtime snapshots and swaps dtabs through ``Runtime.set_dtab``; the data plane
 never imports this package.
+
+Writes (every method but GET, HEAD and OPTIONS, except the POSTs that only compute an
+answer: ``/delegator.json`` and ``/admin/whatif.json``) pass ``WriteGuard`` first: a
+``Host`` that is an IP literal, ``localhost`` or a name in ``admin.hosts`` (a page on
+another name that resolves here, DNS rebinding, gets 403), then the bearer token of
+``admin.auth`` (401 with ``WWW-Authenticate: Bearer``). Without a token, an admin bound
+to loopback accepts writes from its host and any other admin is read-only (403).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 import json
 import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Final
 
 from aiohttp import web
 
 import dtab
+from config import admin_token_problem, read_token_file
 
 from ..telemetry.metrics import Telemetry
 from . import delegator
@@ -37,6 +50,146 @@ log = logging.getLogger(__name__)
 
 PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 MAX_DECISIONS: Final = 1000  # a bound on one answer, whatever `limit` asks for
+#: Methods that never change anything (RFC 9110 §9.2.1 "safe").
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+#: POST endpoints that compute an answer from their body and change nothing.
+READ_POSTS: Final = frozenset({"/delegator.json", "/admin/whatif.json"})
+CHALLENGE: Final = 'Bearer realm="dtabproxy admin"'
+#: Refused writes are logged at most this often: a client retrying in a loop, or
+#: someone guessing tokens, must not flood the log.
+REFUSAL_LOG_INTERVAL_S: Final = 10.0
+
+
+def _host_name(host: str) -> str:
+    """The host part of a `Host` value, lower case, without the port or IPv6 brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class WriteGuard:
+    """Who may change the running proxy through the admin server.
+
+    Reads `admin.auth` and `admin.hosts` from the runtime's current config on each
+    write, so a reload applies them; a `tokenFile` is stat'ed on each write and re-read
+    when it changed (a rotated Kubernetes Secret swaps the file). Whether the admin is
+    loopback-only is fixed at start: the socket does not move on reload."""
+
+    def __init__(self, rt: Any, ip: str) -> None:
+        self.rt = rt
+        self.ip = ip
+        self.loopback = is_loopback(ip)
+        self._auth: Any = None  # the AdminAuth the token below came from
+        self._token: bytes | None = None
+        self._file_stamp: tuple[int, int, int] | None = None
+        self._file_problem: str | None = None
+        self._logged_at = -REFUSAL_LOG_INTERVAL_S
+
+    def warn_if_read_only(self) -> None:
+        admin = self.rt.config.admin
+        if not self.loopback and (admin is None or admin.auth is None):
+            log.warning(
+                "admin on %s has no admin.auth token and is not loopback: it is read-only "
+                "(writes answer 403); set admin.auth.token or admin.auth.tokenFile to allow them",
+                self.ip,
+            )
+
+    def _current_token(self, auth: Any) -> tuple[bytes | None, str | None]:
+        """(the token, None), or (None, why no token can be checked now)."""
+        if auth is not self._auth:  # first use, or a reload replaced it
+            self._auth, self._token = auth, auth.token
+            self._file_stamp, self._file_problem = None, None
+        path = auth.token_file
+        if path is not None:
+            try:
+                st = os.stat(path)
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+                if stamp != self._file_stamp:
+                    token = read_token_file(path)
+                    problem = admin_token_problem(token)
+                    self._file_stamp = stamp
+                    if problem is None:
+                        if self._token != token:
+                            log.info("admin: the token in %s changed; using the new one", path)
+                        self._token, self._file_problem = token, None
+                    else:
+                        self._file_problem = f"admin.auth.tokenFile {path}: {problem}"
+            except OSError as exc:
+                self._file_stamp = None
+                self._file_problem = f"admin.auth.tokenFile {path} cannot be read: {exc.strerror}"
+            if self._file_problem is not None:
+                return None, self._file_problem
+        return self._token, None
+
+    def _refuse(self, request: web.Request, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+        now = time.monotonic()
+        if now - self._logged_at >= REFUSAL_LOG_INTERVAL_S:
+            self._logged_at = now
+            log.warning("admin: %s %s from %s refused (%d): %s", request.method, request.path, request.remote, status, message)
+        return web.json_response({"error": message}, status=status, headers=headers)
+
+    def check(self, request: web.Request) -> web.Response | None:
+        """None when `request` may proceed; else the refusal to send."""
+        if request.method in SAFE_METHODS or (request.method == "POST" and request.path in READ_POSTS):
+            return None
+        admin = self.rt.config.admin
+        hosts = admin.hosts if admin is not None else ()
+        auth = admin.auth if admin is not None else None
+        host = request.headers.get("Host")
+        name = _host_name(host) if host is not None else ""
+        if not (_is_ip(name) or name == "localhost" or name in hosts):
+            shown = "no Host" if host is None else f"Host {host!r}"
+            return self._refuse(request, 403, f"admin writes need a Host that is an IP address, localhost or "
+                                              f"a name in admin.hosts; got {shown}")  # fmt: skip
+        if auth is None:
+            if self.loopback:
+                return None
+            return self._refuse(request, 403, f"the admin server on {self.ip} is read-only: it is not loopback "
+                                              "and admin.auth sets no token")  # fmt: skip
+        token, problem = self._current_token(auth)
+        if token is None:
+            return self._refuse(request, 503, f"admin writes are refused until the token can be read: {problem}")
+        given = request.headers.get("Authorization", "")
+        scheme, _, credentials = given.strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            return self._refuse(request, 401, "admin writes need Authorization: Bearer <the admin.auth token>",
+                                {"WWW-Authenticate": CHALLENGE})  # fmt: skip
+        # Constant time: how much of a guess matched must not show in the answer's timing.
+        # Digests first, so the comparison's time does not depend on the lengths either.
+        given_digest = hashlib.sha256(credentials.strip().encode("utf-8", "surrogateescape")).digest()
+        if not hmac.compare_digest(given_digest, hashlib.sha256(token).digest()):
+            return self._refuse(request, 401, "the bearer token is not the admin.auth token",
+                                {"WWW-Authenticate": CHALLENGE + ', error="invalid_token"'})  # fmt: skip
+        return None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        refusal = self.check(request)
+        if refusal is not None:
+            return refusal
+        return await handler(request)
 
 
 class Admin:
@@ -294,9 +447,10 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def make_app(rt: Any, h: Handlers | None = None) -> web.Application:
+def make_app(rt: Any, h: Handlers | None = None, guard: WriteGuard | None = None) -> web.Application:
     h = h or Handlers(rt)
-    app = web.Application()
+    guard = guard or WriteGuard(rt, rt.config.admin.ip if rt.config.admin is not None else "127.0.0.1")
+    app = web.Application(middlewares=[guard.middleware])
     r = app.router
     r.add_get("/", h.index)
     r.add_get("/admin/ping", h.ping)
@@ -317,7 +471,9 @@ def make_app(rt: Any, h: Handlers | None = None) -> web.Application:
 
 async def start_admin(rt: Any, ip: str, port: int) -> Admin:
     handlers = Handlers(rt)
-    runner = web.AppRunner(make_app(rt, handlers), access_log=None)
+    guard = WriteGuard(rt, ip)
+    guard.warn_if_read_only()
+    runner = web.AppRunner(make_app(rt, handlers, guard), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, ip, port, reuse_address=True)
     await site.start()

@@ -117,13 +117,15 @@ def status_bytes(code: int) -> bytes:
 
 
 def error_trailers(
-    exc: ProxyError, l5d_err: bytes | None, *, status_header: bool = True
+    exc: ProxyError, l5d_err: bytes | None, *, status_header: bool = True, message: str | None = None
 ) -> list[tuple[bytes, bytes]]:
     """The header list of a trailers-only response (HEADERS with END_STREAM) for a call
     the proxy failed itself: `:status 200`, the gRPC content-type, `grpc-status` from
-    the error class, `grpc-message`, and `l5d-err` unless the caller must not see it
-    (`clearContext`: pass None)."""
-    message = str(exc) or type(exc).__name__
+    the error class, `grpc-message` (the error's own message, or `message` when the
+    caller may not see it: an edge's untrusted caller gets a generic one), and `l5d-err`
+    unless the caller must not see it (pass None)."""
+    if message is None:
+        message = str(exc) or type(exc).__name__
     out = [(b":status", b"200")] if status_header else []
     out.append((b"content-type", CONTENT_TYPE))
     out.append((STATUS, status_bytes(exc.grpc_status)))

@@ -185,7 +185,9 @@ class RoutedRequest:
                 if listed:
                     out[:] = [h for h in out if h[0] not in listed]
             if (ctx_vals or user_vals) and sig is None and settings.policy.hmac_header and sig_header[:4] != b"l5d-":
-                sig = view.headers(sig_header)  # a signature field the codec did not set apart
+                sig = view.headers(sig_header)  # a signature field not named l5d-*: read, never forwarded
+                if sig is not None:
+                    out[:] = [h for h in out if h[0] != sig_header]
 
         # Local dtab (spec §10): trusted override sources only, within limits.
         if ctx_vals or user_vals:

@@ -3,8 +3,16 @@
 An `l5d-dtab` / `l5d-ctx-dtab` override can send a request anywhere a dtab can name,
 including `/$/inet/<any host>/<any port>`, so a server honours one only from a trusted
 source (a configured CIDR, or a valid HMAC signature over the header values), within
-size and entry limits, and optionally only for allowed prefixes. Every refusal is a 4xx
+size and entry limits, optionally only for allowed prefixes (what an override may
+rewrite) and allowed destinations (where it may send a request). Every refusal is a 4xx
 whose message names the config key of the rule that refused it.
+
+At a `clearContext` server (an edge) nothing a caller sends as context counts: the wire
+passes only `l5d-dtab` values and the signature here, never `l5d-ctx-*`, and `check`
+ignores context values even if given. An override there is honoured from a source
+trusted by `overrides.trust.cidrs` or with a valid signature, dropped silently from
+anyone else, and refused (403) when its signature is wrong. `terse_for` says whether a
+caller gets only a generic error (an edge's untrusted callers) or the details.
 
 `OverridePolicy` is built once per server from config; `check` runs per request but only
 when an override header is present (the caller tests for presence first: most requests
@@ -30,6 +38,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from dtab import Dtab, DtabSyntaxError, Path, Prefix, read_prefix
+from dtab.tree import leaves
 from proxy.errors import OverrideRefused, RequestTooLarge
 from proxy.route.l5d import read_local
 
@@ -109,7 +118,7 @@ def _decode_signature(value: bytes) -> bytes | None:
     return raw if len(raw) == _SHA256_LEN else None
 
 
-def _as_prefix(p: Prefix | Path | str) -> Prefix:
+def _as_prefix(p: Prefix | Path | str, key: str = "overrides.allowPrefixes") -> Prefix:
     if isinstance(p, Prefix):
         return p
     if isinstance(p, Path):
@@ -117,7 +126,7 @@ def _as_prefix(p: Prefix | Path | str) -> Prefix:
     try:
         return read_prefix(p)
     except DtabSyntaxError as exc:
-        raise ValueError(f"overrides.allowPrefixes: {exc}") from None
+        raise ValueError(f"{key}: {exc}") from None
 
 
 def _allowed_by(elems: tuple[bytes | None, ...], allowed: tuple[bytes | None, ...]) -> bool:
@@ -145,13 +154,17 @@ class OverridePolicy:
     From an untrusted source, a `clear_context` server ignores the override (it strips
     outside context by definition, spec §13.5) unless the request carries a signature,
     which then must verify; any other server refuses it (403), so a misplaced override
-    is an error the caller sees rather than a silent drop."""
+    is an error the caller sees rather than a silent drop. A trusted or signed override
+    is honoured on either kind of server, within the limits and allowed prefixes and
+    destinations."""
 
     __slots__ = (
         "_allow",
+        "_dests",
         "_nets4",
         "_nets6",
         "_trust_cache",
+        "allow_destinations",
         "allow_prefixes",
         "clear_context",
         "hmac_header",
@@ -170,6 +183,7 @@ class OverridePolicy:
         max_entries: int = 32,
         allow_prefixes: Sequence[Prefix | Path | str] | None = None,
         clear_context: bool = False,
+        allow_destinations: Sequence[Prefix | Path | str] | None = None,
     ) -> None:
         if (hmac_header is None) != (hmac_key is None):
             raise ValueError("overrides.trust.hmac needs both a header and a key")
@@ -192,6 +206,12 @@ class OverridePolicy:
             None if allow_prefixes is None else tuple(_as_prefix(p) for p in allow_prefixes)
         )
         self._allow = None if self.allow_prefixes is None else tuple(p.elems for p in self.allow_prefixes)
+        self.allow_destinations = (
+            None
+            if allow_destinations is None
+            else tuple(_as_prefix(p, "overrides.allowDestinations") for p in allow_destinations)
+        )
+        self._dests = None if self.allow_destinations is None else tuple(p.elems for p in self.allow_destinations)
         self._trust_cache: dict[str, bool] = {}
 
     def trusts(self, peer_ip: str) -> bool:
@@ -211,6 +231,13 @@ class OverridePolicy:
             cache[peer_ip] = trusted
         return trusted
 
+    def terse_for(self, peer_ip: str) -> bool:
+        """Whether a failure answered to `peer_ip` must be terse: the status and a generic
+        message, no `l5d-err`, no dtab, no address. Only at a `clearContext` server, and
+        only for callers outside `overrides.trust.cidrs` (the error path calls this, so
+        the trust cache's lookup costs nothing on a request that succeeds)."""
+        return self.clear_context and not self.trusts(peer_ip)
+
     def _verify(self, sig_value: bytes, ctx_values: Sequence[bytes], user_values: Sequence[bytes]) -> bool:
         provided = _decode_signature(sig_value)
         if provided is None or self.hmac_key is None:
@@ -228,11 +255,15 @@ class OverridePolicy:
     ) -> Dtab:
         """The local dtab (`ctx ++ user`, spec §10) this request may use.
 
-        Raises OverrideRefused (403) for an untrusted source or a disallowed prefix,
-        RequestTooLarge (431) past `max_bytes` or `max_entries`, BadRequest (400) when a
-        value does not parse. Returns the empty dtab when there is nothing to honour
-        (no values, or an unsigned override from outside on a `clear_context` server).
+        Raises OverrideRefused (403) for an untrusted source, a bad signature, a disallowed
+        prefix or destination, RequestTooLarge (431) past `max_bytes` or `max_entries`,
+        BadRequest (400) when a value does not parse. Returns the empty dtab when there
+        is nothing to honour (no values, or an unsigned override from outside on a
+        `clear_context` server). On a `clear_context` server `ctx_values` are ignored:
+        an edge takes no context from its callers (spec §13.5), only an override.
         """
+        if ctx_values and self.clear_context:
+            ctx_values = ()
         if not ctx_values and not user_values:
             return Dtab.EMPTY
         if not self.trusts(peer_ip):
@@ -278,4 +309,16 @@ class OverridePolicy:
                         f"{_subject(ctx_values, user_values)} refused: prefix {d.prefix.show()} "
                         "is not allowed by overrides.allowPrefixes"
                     )
+        dests = self._dests
+        if dests is not None:
+            for d in local.dentries:
+                # Every leaf as written, inside alternations and unions too: the trusted
+                # base dtab decides where an allowed name goes, the override does not.
+                for leaf in leaves(d.dst):
+                    elems = leaf.elems if isinstance(leaf, Path) else leaf.id.elems
+                    if not any(_allowed_by(elems, a) for a in dests):
+                        raise OverrideRefused(
+                            f"{_subject(ctx_values, user_values)} refused: destination {leaf.show()} "
+                            f"(of {d.prefix.show()}) is not allowed by overrides.allowDestinations"
+                        )
         return local

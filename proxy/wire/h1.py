@@ -496,7 +496,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
             return
         head = self._head
         is_head = head is not None and head.method == b"HEAD" and self._busy
-        t.write(error_response(exc, close=close, clear_context=self._settings.clear_context, head=is_head))
+        t.write(error_response(exc, close=close, terse=self._settings.policy.terse_for(self._peer_ip), head=is_head))
         if close:
             t.close()
 

@@ -40,6 +40,7 @@ from ..route.l5d import (
 from ..route.request import REQUEST_FIELDS, RoutedRequest
 from ..route.settings import Listener
 from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER
+from .render import public_message
 from .upstream_h1 import set_nodelay
 
 log = logging.getLogger(__name__)
@@ -351,17 +352,18 @@ class _Stream(RoutedRequest):
         if up is not None:
             up.cancel()
         codec = conn._codec
-        clear = self.settings.clear_context
-        message = str(exc) or type(exc).__name__
+        terse = self.settings.policy.terse_for(conn._peer_ip)  # an edge's untrusted caller: no details
+        message = public_message(exc) if terse else str(exc) or type(exc).__name__
         self.resp_started = True
         self.resp_done = True
         self._status, self._fclass = exc.status, exc.stage
         if self.is_grpc:
-            codec.send_headers(self.sid, grpc.error_trailers(exc, None if clear else encode_l5d_err(message)), end_stream=True)
+            l5d_err = None if terse else encode_l5d_err(message)
+            codec.send_headers(self.sid, grpc.error_trailers(exc, l5d_err, message=message), end_stream=True)
         else:
-            body = b"" if clear else err_body(message)
+            body = err_body(message)
             fields = [_STATUS.get(exc.status) or (b":status", b"502"), _TEXT_PLAIN, (b"content-length", b"%d" % len(body))]
-            if not clear:
+            if not terse:
                 fields.append((b"l5d-err", encode_l5d_err(message)))
                 if exc.retryable:
                     fields.append(_RETRYABLE)

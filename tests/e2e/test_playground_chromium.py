@@ -27,9 +27,9 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not in
 TREE_JS = """Array.from(document.querySelectorAll('#tree .node')).map(e => [e.dataset.type, e.dataset.path, e.dataset.status])"""
 
 
-def proxy_yaml(dtab: str) -> str:
+def proxy_yaml(dtab: str, admin_extra: str = "") -> str:
     return (
-        "admin:\n  ip: 127.0.0.1\n  port: 0\n"
+        f"admin:\n  ip: 127.0.0.1\n  port: 0\n{admin_extra}"
         f"routers:\n- protocol: http\n  label: web\n  dtab: {json.dumps(dtab)}\n"
         "  servers:\n  - ip: 127.0.0.1\n    port: 0\n"
         "- protocol: http\n  label: big\n  dtab: ''\n  servers:\n  - ip: 127.0.0.1\n    port: 0\n"
@@ -37,11 +37,11 @@ def proxy_yaml(dtab: str) -> str:
 
 
 @asynccontextmanager
-async def playground() -> AsyncIterator[tuple[Any, Browser, Backend, Backend, str]]:
+async def playground(admin_extra: str = "") -> AsyncIterator[tuple[Any, Browser, Backend, Backend, str]]:
     v1, v2 = await Backend("v1").start(), await Backend("v2").start()
     dtab = (f"/srv/v1 => /$/inet/127.0.0.1/{v1.port}; /srv/v2 => /$/inet/127.0.0.1/{v2.port};"
             "/svc/web => 3 * /srv/v1 & 1 * /srv/v2")  # fmt: skip
-    rt = await start_proxy(proxy_yaml(dtab))
+    rt = await start_proxy(proxy_yaml(dtab, admin_extra))
     browser = Browser()
     try:
         assert CHROMIUM is not None
@@ -163,6 +163,44 @@ def test_click_a_recent_decision_draws_its_path(run) -> None:
             assert await b.eval("document.querySelectorAll('#decisions tbody tr.wi-moved').length") == moved
             assert await b.eval("document.querySelectorAll('#decisions tbody tr.wi-same').length") == 4 - moved
             await b.screenshot(os.path.join(ARTIFACTS, "playground-decision.png"))
+
+    run(go())
+
+
+@needs_chromium
+def test_save_to_router_sends_the_token_the_user_gave(run) -> None:
+    token = "playground-token-0123456789"
+
+    async def go() -> None:
+        async with playground(f"  auth: {{token: {token}}}\n") as (rt, b, _v1, v2, admin):
+            await b.goto(admin + "/delegator?router=web")
+            await b.wait("window.__delegator.ready === true")
+            new_dtab = f"/srv/v2 => /$/inet/127.0.0.1/{v2.port}; /svc/web => /srv/v2"
+            await b.type_into("#base", new_dtab)
+            # No token yet: the write is refused and the page says why.
+            await b.click("#save-base")
+            await b.wait("document.querySelector('#save-state').dataset.status === '401'")
+            assert "enter the admin token" in await b.eval("document.querySelector('#save-state').textContent")
+            assert rt.routers["web"].base.dtab.show() != f"/srv/v2=>/$/inet/127.0.0.1/{v2.port};/svc/web=>/srv/v2"
+            await b.type_into("#token", token)
+            assert await b.eval("sessionStorage.getItem('dtabproxy.adminToken')") == token
+            assert token not in await b.eval("location.href")
+            await b.click("#save-base")
+            await b.wait("document.querySelector('#save-state').dataset.status === '200'")
+            assert rt.routers["web"].base.dtab.show() == f"/srv/v2=>/$/inet/127.0.0.1/{v2.port};/svc/web=>/srv/v2"
+            assert await b.eval("document.querySelector('#base-state').textContent") == "as running"
+            # The token outlives a reload of the page (same tab), never the URL.
+            await b.goto(admin + "/delegator?router=web")
+            await b.wait("window.__delegator.ready === true")
+            assert await b.eval("document.querySelector('#token').value") == token
+            assert token not in await b.eval("location.href")
+            # A wrong token is refused like a missing one.
+            await b.type_into("#token", "wrong-token-0123456789")
+            await b.type_into("#base", "/svc/web => /srv/v1")
+            await b.click("#save-base")
+            await b.wait("document.querySelector('#save-state').dataset.status === '401'")
+            assert rt.routers["web"].base.dtab.show() == f"/srv/v2=>/$/inet/127.0.0.1/{v2.port};/svc/web=>/srv/v2"
+            await b.screenshot(os.path.join(ARTIFACTS, "playground-save.png"))
 
     run(go())
 

@@ -73,6 +73,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
             responses = await asyncio.gather(*pending)
             assert [r.status for r in responses] == [200] * n
             assert all(r.body == b"done" for r in responses)
+            # It was sent SIGTERM above and exits by itself; p.stop() would send another,
+            # which kills it (-15) if it lands after the loop restored the default handler.
+            await loop.run_in_executor(None, p.proc.wait, 20)
             code = await loop.run_in_executor(None, p.stop)
             assert code == 0, p.output.decode(errors="replace")
         backend.close()

@@ -660,10 +660,13 @@ def test_dockerfile_installs_the_package_and_runs_dtabproxy() -> None:
     assert re.search(r'^ENTRYPOINT \["dtabproxy"\]', text, re.M)
 
 
-def test_the_works_today_config_loads() -> None:
+def test_the_works_today_config_loads(tmp_path) -> None:
     from config.load import load_text
 
     (cm,) = [d for _, d in deploy_docs() if d["kind"] == "ConfigMap"]
-    config = load_text(cm["data"]["config-inet.yaml"], source="config-inet.yaml")
+    token = tmp_path / "token"  # the mounted Secret (deploy/secret/admin-token.yaml)
+    token.write_text("a-token-of-32-characters-0123456\n")
+    text = cm["data"]["config-inet.yaml"].replace("/secrets/admin/token", str(token))
+    config = load_text(text, source="config-inet.yaml")
     assert [r.label for r in config.routers] == ["http", "h2"]
     assert config.admin is not None and config.admin.ip == "0.0.0.0"  # the kubelet probes the pod IP

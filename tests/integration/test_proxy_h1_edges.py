@@ -65,7 +65,7 @@ def test_clear_context_strips_l5d_headers_both_ways(run: Any) -> None:
         assert seen.header("l5d-ctx-dtab") is None
         assert seen.header("l5d-dst-service") == "/svc/web"  # the proxy's own headers still go
         r = await c.request("GET", "/", {"Host": "nowhere"})
-        assert r.status == 502 and r.body == b"" and r.header("l5d-err") is None
+        assert r.status == 502 and r.body == b"no route to the requested service" and r.header("l5d-err") is None
         await c.close()
         await rt.drain()
         await web.close()

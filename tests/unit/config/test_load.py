@@ -390,7 +390,7 @@ def test_to_json_is_the_effective_config_with_secrets_redacted():
         """
     )
     out = to_json(cfg)
-    assert out["admin"] == {"ip": "127.0.0.1", "port": 9991, "shutdownGraceMs": 10000}
+    assert out["admin"] == {"ip": "127.0.0.1", "port": 9991, "shutdownGraceMs": 10000, "hosts": []}
     (r,) = out["routers"]
     assert r["label"] == "out" and r["dtab"] == "/svc=>/$/inet/127.0.0.1/1"
     assert r["identifier"] == [{"kind": "io.l5d.header.token", "header": "host"}]
