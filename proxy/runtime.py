@@ -22,6 +22,7 @@ from config import Config, RouterConfig, ServerConfig
 from dtab import Dtab
 
 from .discovery.fs import FsNamer
+from .discovery.k8s_router import RouterK8s
 from .route.identify import IdentifierChain, make_identifier
 from .route.router import Router
 from .route.trust import OverridePolicy
@@ -221,13 +222,17 @@ class Runtime:
         self._fingerprint: tuple[tuple[str, int, int], ...] = config.inputs
         self.reloads = 0  # completed reloads (tests and the admin server read it)
         self._reloaded = asyncio.Condition()
+        self.k8s: dict[str, RouterK8s] = {}  # router label -> its transformers, API routes, stored dtab
+        if self.telemetry is not None:
+            from .discovery.k8s_router import metric_lines
+
+            self.telemetry.collectors.append(lambda: metric_lines([n for _, n in self.namers], self.k8s))
 
     async def start(self) -> None:
         for nc in self.config.namers:
-            if nc.kind == "io.l5d.fs":
-                namer = FsNamer.from_config(nc)
-                await namer.start()
-                self.namers.append((namer.bind_prefix, namer))
+            namer = await _start_namer(nc)
+            self.namers.append((namer.bind_prefix, namer))
+        await self._sync_k8s(self.config)
         for rc in self.config.routers:
             self.routers[rc.label] = self._build_router(rc)
             for sc in rc.servers:
@@ -244,6 +249,12 @@ class Runtime:
         self.ready = True
 
     def _build_router(self, rc: RouterConfig, clients: Any = None, base: Dtab | None = None) -> Router:
+        k8s = getattr(self, "k8s", {}).get(rc.label)
+        rules = rc.rules
+        if k8s is not None:
+            rules = rc.rules + k8s.rules()  # the routing resources watched from the API
+            if base is None:
+                base = k8s.stored_dtab()  # with a dtabStore, a reload never reverts the stored dtab
         router = Router(
             rc.label,
             rc.dtab if base is None else base,
@@ -252,9 +263,10 @@ class Runtime:
             dst_prefix=rc.dst_prefix,
             config=rc,
             clients=clients,
-            rules=rc.rules,
+            rules=rules,
             hash_on=rc.hash_on,
             stats=self.telemetry.router(rc.label) if self.telemetry is not None else None,
+            transform=k8s.transform if k8s is not None else None,
         )
         unsubs = getattr(self, "_unsubscribe", None)
         old = unsubs.pop(rc.label, ()) if unsubs is not None else ()
@@ -274,6 +286,41 @@ class Runtime:
         for lst in self.listeners:
             if lst.router is old:
                 lst.router = new  # one reference: new requests see the new snapshot
+
+    # -- Kubernetes: transformers, routing resources and stored dtabs (proxy/discovery/k8s_router.py)
+
+    async def _sync_k8s(self, cfg: Config) -> None:
+        """Start what `cfg`'s routers take from the API, and stop what they no longer do
+        (a router gone, or its transformers/resources/dtabStore changed)."""
+        from .discovery.k8s_router import RouterK8s, config_key, wanted
+
+        keep = {rc.label: rc for rc in cfg.routers if wanted(rc)}
+        for label, k in list(self.k8s.items()):
+            rc = keep.get(label)
+            if rc is None or config_key(rc) != k.key:
+                del self.k8s[label]
+                await k.stop()
+        for label, rc in keep.items():
+            if label not in self.k8s:
+                k = RouterK8s(rc, self._k8s_changed)
+                await k.start()
+                self.k8s[label] = k
+
+    def _k8s_changed(self, label: str) -> None:
+        """The API changed a router's rules or stored dtab: a new snapshot, same clients.
+        Without a store the base dtab in use stays (an admin PUT survives a route change)."""
+        old = self.routers.get(label)
+        k = self.k8s.get(label)
+        if old is None or k is None:
+            return
+        base = k.stored_dtab()
+        self._swap(old, self._build_router(old.config, clients=old.clients, base=base if base is not None else old.base.dtab))
+
+    def dtab_store(self, label: str) -> Any:
+        """The router's `DtabStore` (proxy/discovery/k8s_dtab.py), or None: the admin
+        server writes a PUT through it."""
+        k = self.k8s.get(label)
+        return k.store if k is not None else None
 
     def set_dtab(self, label: str, table: Dtab) -> None:
         """Swap a router's base dtab: a new snapshot, same clients (pools stay warm)
@@ -343,11 +390,10 @@ class Runtime:
         if namers_changed:
             fresh: list[tuple[Any, Any]] = []
             for nc in cfg.namers:
-                if nc.kind == "io.l5d.fs":
-                    namer = FsNamer.from_config(nc)
-                    await namer.start()
-                    fresh.append((namer.bind_prefix, namer))
+                namer = await _start_namer(nc)
+                fresh.append((namer.bind_prefix, namer))
             self.namers = fresh
+        await self._sync_k8s(cfg)
         old_configs = {rc.label: rc for rc in self.config.routers}
         live = {rc.label for rc in cfg.routers}
         for rc in cfg.routers:
@@ -428,9 +474,30 @@ class Runtime:
             stop = getattr(namer, "stop", None)
             if stop is not None:
                 await stop()
+        for k in self.k8s.values():
+            await k.stop()
         if self.admin is not None:
             await self.admin.cleanup()
         log.info("drained")
+
+
+async def _start_namer(nc: Any) -> Any:
+    """A started namer for a namer config (`io.l5d.fs` or `io.l5d.k8s`)."""
+    if nc.kind == "io.l5d.k8s":
+        from config import ConfigError
+
+        from .discovery.k8s import K8sNamer
+        from .discovery.k8s_api import ApiConfigError
+
+        try:
+            k8s = K8sNamer.from_config(nc)
+        except ApiConfigError as exc:
+            raise ConfigError(str(exc), key=f"namer {nc.prefix.show()}") from None
+        await k8s.start()
+        return k8s
+    namer = FsNamer.from_config(nc)
+    await namer.start()
+    return namer
 
 
 def _fingerprint(config_path: str, cfg: Config) -> tuple[tuple[str, int, int], ...]:

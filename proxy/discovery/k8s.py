@@ -30,14 +30,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import aiohttp
 
 from dtab import NEG, Bound, Leaf, NameTree, Path, Prefix
 
 from .endpoints import BOUND, Addr, EndpointSet
-from .k8s_api import ApiError, ApiTarget, Backoff, K8sApi, NotFound, Reflector, collection_path
+from .k8s_api import ApiError, ApiTarget, Backoff, K8sApi, NotFound, Reflector, api_target, collection_path
+
+if TYPE_CHECKING:
+    from config import NamerConfig
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,14 @@ class K8sNamer:
         # meanwhile, by anyone's Host header, cost nothing to keep.
         self._pending = EndpointSet()
         self.start_wait_s = START_WAIT_S
+
+    @classmethod
+    def from_config(cls, config: NamerConfig, environ: Mapping[str, str] | None = None) -> K8sNamer:
+        """Raises `ApiConfigError` when the API is in-cluster and the pod's environment
+        is missing."""
+        api = config.api
+        target = api_target(api.host if api else None, api.port if api else None, environ=environ)
+        return cls(target, config.prefix, label_selector=config.label_selector)
 
     def __repr__(self) -> str:
         scope = f" {self.namespace}/{self.service}" if self.service else ""
