@@ -400,7 +400,7 @@ class Reflector:
     __slots__ = (
         "api", "path", "params", "what", "on_list", "on_event", "on_missing", "synced", "lists", "watches",
         "relists", "errors", "events", "bookmarks", "resource_version", "last_error", "_task", "_backoff",
-        "watch_timeout_s", "missing_retry_s",
+        "watch_timeout_s", "missing_retry_s", "_moved",
     )  # fmt: skip
 
     def __init__(self, api: K8sApi, path: str, *, what: str, on_list: Callable[[list[dict[str, Any]]], None],
@@ -426,6 +426,7 @@ class Reflector:
         self._backoff = Backoff()
         self.watch_timeout_s: int | None = None  # tests shorten it; None: 5-10 minutes
         self.missing_retry_s = MISSING_RETRY_S
+        self._moved = asyncio.Event()  # set whenever resource_version changes
 
     def __repr__(self) -> str:
         return f"<Reflector {self.what} rv={self.resource_version!r}>"
@@ -512,9 +513,16 @@ class Reflector:
                 rv = resource_version(obj)
                 if rv:
                     self.resource_version = rv
+                    self._moved.set()
         if not delivered and loop.time() - started < 1.0:
             # A server that ends every watch at once must not make us spin.
             await asyncio.sleep(self._backoff.next_s())
+
+    async def wait_version(self, rv: str) -> None:
+        """Until the reflector has seen version `rv` (an event or a bookmark)."""
+        while self.resource_version != rv:
+            self._moved.clear()
+            await self._moved.wait()
 
     def _deliver_list(self, items: list[dict[str, Any]]) -> None:
         self._call(self.on_list, items)

@@ -20,7 +20,7 @@ client (proxy/discovery/k8s_api.py) and `kubectl` would see on the wire:
 * bearer tokens (401 for any other), so token rotation can be tested.
 
 Test controls (in-process): `put`/`delete` objects directly, `bookmark()`, `compact()`,
-`expire_watches()` (ERROR 410 to every watch), `drop_watches()` (connections cut),
+`expire_watches()` (ERROR 410 to every watch), `end_watches()`, `drop_watches()` (cut),
 `fail_next(n, status)`, and counters of lists and watches per collection.
 
 Run standalone for the e2e tests: `python -m tests.k8s.apiserver --port 0` prints
@@ -285,6 +285,11 @@ class ApiServer:
         Status to every open watch, which then ends."""
         for w in self.watches:
             w.queue.put_nowait(("ERROR", status(410, "Expired", "too old resource version: 1 (2)")))
+            w.queue.put_nowait(None)
+
+    def end_watches(self) -> None:
+        """End every watch cleanly after what is queued (what timeoutSeconds does)."""
+        for w in self.watches:
             w.queue.put_nowait(None)
 
     def drop_watches(self) -> None:
