@@ -315,6 +315,7 @@ class Runtime:
             return
         base = k.stored_dtab()
         self._swap(old, self._build_router(old.config, clients=old.clients, base=base if base is not None else old.base.dtab))
+        k.mark_applied()
 
     def dtab_store(self, label: str) -> Any:
         """The router's `DtabStore` (proxy/discovery/k8s_dtab.py), or None: the admin

@@ -10,6 +10,7 @@ Owns: starting and stopping those watchers. Must not: build or swap routers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -66,6 +67,8 @@ class RouterK8s:
         self.routes: RouteWatcher | None = None
         self.store: DtabStore | None = None
         self.started = False
+        self.applied = 0  # snapshots swapped in for a change from the API
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     async def start(self) -> None:
         rc = self._rc
@@ -118,6 +121,22 @@ class RouterK8s:
             await self.routes.stop()
         if self.store is not None:
             await self.store.stop()
+
+    def mark_applied(self) -> None:
+        """The runtime swapped in a snapshot for a change from the API."""
+        self.applied += 1
+        for n, fut in self._waiters:
+            if self.applied >= n and not fut.done():
+                fut.set_result(None)
+        self._waiters = [(n, f) for n, f in self._waiters if not f.done()]
+
+    async def wait_applied(self, count: int) -> None:
+        """Until `count` changes from the API have been swapped in (tests, tooling)."""
+        if self.applied >= count:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((count, fut))
+        await fut
 
     # -- what a snapshot is built from ------------------------------------------------------------
 
