@@ -200,16 +200,15 @@ class DtabStore:
         base = self._obj
         path = collection_path(GROUP_VERSION, PLURAL, self.namespace)
         try:
-            if base is None and (if_match is None or if_match.strip() == "*"):
-                if if_match is not None:  # `*` needs an existing object (RFC 9110 §13.1.1)
+            if base is None:  # no object known: create it (409 AlreadyExists if our copy is behind)
+                if if_match is not None and if_match.strip() == "*":  # `*` needs one (RFC 9110 §13.1.1)
                     raise StoreConflict(None)
                 body: dict[str, Any] = {"apiVersion": GROUP_VERSION, "kind": KIND,
                                         "metadata": {"name": self.name, "namespace": self.namespace},
                                         "dentries": dentries_of(table)}  # fmt: skip
                 obj = await self.api.request("POST", path, body=body)
             else:
-                body = copy.deepcopy(base) if base is not None else {
-                    "apiVersion": GROUP_VERSION, "kind": KIND, "metadata": {"name": self.name, "namespace": self.namespace}}
+                body = copy.deepcopy(base)
                 body["apiVersion"], body["kind"] = GROUP_VERSION, KIND
                 body["dentries"] = dentries_of(table)
                 body["metadata"]["resourceVersion"] = rv  # the compare-and-swap, done by the API

@@ -200,8 +200,11 @@ def test_the_stored_dtab_is_watched_written_through_with_cas_and_survives_a_relo
             server.delete("dtabs", "dtabproxy", "outgoing")
             await asyncio.wait_for(k.wait_applied(4), GUARD_S)
             assert (await c.request("GET", "/", {"Host": "x"})).header("x-backend") == "a"
-            async with session.put(f"{admin}/admin/dtabs/outgoing", data=f"/svc => {inet['c']};") as resp:
-                assert resp.status == 200
+            async with session.get(f"{admin}/admin/dtabs/outgoing") as resp:
+                absent = resp.headers["ETag"]  # no object: the digest of the config's dtab
+            async with session.put(f"{admin}/admin/dtabs/outgoing", data=f"/svc => {inet['c']};",
+                                   headers={"If-Match": absent}) as resp:
+                assert resp.status == 200, await resp.text()  # created
             assert server.get("dtabs", "dtabproxy", "outgoing")["dentries"] == [{"prefix": "/svc", "dst": inet["c"]}]
             assert (await c.request("GET", "/", {"Host": "x"})).header("x-backend") == "c"
             async with session.put(f"{admin}/admin/dtabs/outgoing", data="/svc => [", headers={"If-Match": "*"}) as resp:
