@@ -37,11 +37,14 @@ from .schema import (
     ClientConfig,
     ClientTls,
     Config,
+    DtabStoreConfig,
     HashOn,
     HeaderEdits,
     HmacConfig,
     IdentifierConfig,
     IPNetwork,
+    K8sApiConfig,
+    K8sResourcesConfig,
     Limits,
     MatchBlock,
     NamedMatch,
@@ -52,6 +55,7 @@ from .schema import (
     ServerConfig,
     ServerTls,
     StringMatch,
+    TransformerConfig,
     UriRewrite,
 )
 
@@ -60,12 +64,25 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("http", "h2")
 # Linkerd's default listener ports when a router lists no servers.
 DEFAULT_PORTS = {"http": 4140, "h2": 4142}
-NAMER_KINDS = ("io.l5d.fs",)
+NAMER_KINDS = ("io.l5d.fs", "io.l5d.k8s")
+TRANSFORMER_KINDS = ("io.l5d.k8s.daemonset", "io.l5d.k8s.localnode")
+# Linkerd 1's other transformers: refused by name.
+LINKERD_TRANSFORMERS = frozenset(
+    {"io.l5d.localhost", "io.l5d.specificHost", "io.l5d.port", "io.l5d.replace", "io.l5d.const",
+     "io.l5d.subnet.local", "io.l5d.subnet.gateway"}
+)  # fmt: skip
+# Kubernetes names (API conventions): DNS-1123 labels (namespaces) and subdomains
+# (object names), and label keys (an optional DNS-subdomain prefix and a name).
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\Z")
+_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*\Z")
+_LABEL_KEY = re.compile(
+    r"(?:[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z"
+)
 # Linkerd 1 plugin kinds we know by name but do not implement yet: refused with a clear
 # "not supported yet" rather than a "did you mean".
 LINKERD_NAMERS = frozenset(
     {
-        "io.l5d.k8s", "io.l5d.k8s.external", "io.l5d.k8s.ns", "io.l5d.consul", "io.l5d.marathon",
+        "io.l5d.k8s.external", "io.l5d.k8s.ns", "io.l5d.consul", "io.l5d.marathon",
         "io.l5d.zk", "io.l5d.serversets", "io.l5d.dnssrv", "io.l5d.curator", "io.l5d.rancher",
         "io.l5d.istio",
     }
@@ -211,16 +228,31 @@ def to_json(config: Config) -> dict[str, Any]:
             tf = a.auth.token_file
             out["admin"]["auth"] = {"tokenFile": tf} if tf is not None else {"token": REDACTED}
         out["admin"]["hosts"] = list(a.hosts)
-    out["namers"] = [
-        {
-            "kind": n.kind,
-            "prefix": n.prefix.show(),
-            "rootDir": n.root_dir,
-            "pollIntervalMs": n.poll_interval_ms,
-        }
-        for n in config.namers
-    ]
+    out["namers"] = [_namer_json(n) for n in config.namers]
     out["routers"] = [_router_json(r) for r in config.routers]
+    return out
+
+
+def _namer_json(n: NamerConfig) -> dict[str, Any]:
+    if n.kind == "io.l5d.k8s":
+        out: dict[str, Any] = {"kind": n.kind, "prefix": n.prefix.show(), **_api_json(n.api)}
+        if n.label_selector is not None:
+            out["labelSelector"] = n.label_selector
+        return out
+    return {"kind": n.kind, "prefix": n.prefix.show(), "rootDir": n.root_dir, "pollIntervalMs": n.poll_interval_ms}
+
+
+def _api_json(api: K8sApiConfig | None, host: str = "host", port: str = "port") -> dict[str, Any]:
+    if api is None or api.host is None:
+        return {host: None}  # in-cluster
+    return {host: api.host, port: api.port}
+
+
+def _transformer_json(t: TransformerConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": t.kind, "prefix": t.prefix.show(), "hostNetwork": t.host_network}
+    if t.kind == "io.l5d.k8s.daemonset":
+        out.update(namespace=t.namespace, port=t.port, service=t.service)
+        out.update(_api_json(t.api, "k8sHost", "k8sPort"))
     return out
 
 
@@ -275,7 +307,15 @@ def _router_json(r: RouterConfig) -> dict[str, Any]:
         "addVia": r.add_via,
         "rules": [rule_json(x) for x in r.rules],
         "hashOn": _hash_json(r.hash_on),
-        "resources": list(r.resources),
+        "resources": [*r.resources, *(
+            [{"kind": "io.l5d.k8s", "namespaces": list(r.k8s_resources.namespaces), **_api_json(r.k8s_resources.api)}]
+            if r.k8s_resources is not None else []
+        )],
+        "interpreter": {"kind": "default", "transformers": [_transformer_json(t) for t in r.transformers]},
+        "dtabStore": None if r.dtab_store is None else {
+            "kind": "io.l5d.k8s", "namespace": r.dtab_store.namespace, "name": r.dtab_store.name,
+            **_api_json(r.dtab_store.api),
+        },
     }
 
 
@@ -430,7 +470,7 @@ class _Map:
 
 
 class _Loader:
-    __slots__ = ("_constructor", "_imported", "_top_resources", "base_dir", "inputs", "notes", "source", "text")
+    __slots__ = ("_constructor", "_imported", "_k8s_api", "_top_resources", "base_dir", "inputs", "notes", "source", "text")
 
     def __init__(self, text: str, source: str, base_dir: str) -> None:
         self.text = text
@@ -441,6 +481,7 @@ class _Loader:
         self.inputs: dict[str, tuple[int, int]] = {}  # resource files read: path -> (mtime_ns, size)
         self._imported: dict[str, tuple[RuleConfig, ...]] = {}  # resource path -> its rules, read once
         self._top_resources: list[tuple[str, yaml.Node, str]] = []
+        self._k8s_api: K8sApiConfig | None = None  # the first io.l5d.k8s namer's
 
     # -- errors and scalars -------------------------------------------------------------
 
@@ -655,7 +696,7 @@ class _Loader:
         if root is None:
             raise ConfigError("empty config: expected a mapping with 'routers'", source=self.source)
         m = self.mapping(root, "", ("admin", "namers", "routers", "resources"), _IGNORED_ROOT)
-        self._top_resources = self.resource_paths(m)
+        self._top_resources = self.resource_paths(m, top=True)
         admin = self.admin(m)
         namers = tuple(self.namer(n, f"namers[{i}]") for i, n in enumerate(self.seq(m, "namers")))
         self.check_namer_prefixes(namers, self.seq(m, "namers"))
@@ -728,12 +769,12 @@ class _Loader:
     def namer(self, node: yaml.Node, path: str) -> NamerConfig:
         kind_m = self.mapping(node, path, ("kind",), check=False)
         kind = self.choice(kind_m, "kind", NAMER_KINDS, unsupported=LINKERD_NAMERS, what="namer kind")
-        m = self.mapping(
-            node, path, ("kind", "rootDir", "prefix", "pollIntervalMs", "transformers"), _IGNORED_NAMER
-        )
+        own = ("rootDir", "pollIntervalMs") if kind == "io.l5d.fs" else ("host", "port", "labelSelector")
+        m = self.mapping(node, path, ("kind", "prefix", "transformers", *own), _IGNORED_NAMER)
         if m.has("transformers"):
             self.fail(
-                m.get("transformers"), m.key("transformers"), "namer transformers are not supported yet"
+                m.get("transformers"), m.key("transformers"),
+                "namer transformers are not supported yet; a router's interpreter.transformers are",
             )
         prefix = self.parsed(m, "prefix", read_path, "path") or Path.of(kind)
         if not prefix.elems:
@@ -744,6 +785,16 @@ class _Loader:
                 m.key("prefix"),
                 f"write the prefix without '/#' (it is added): {prefix.drop(1).show()}",
             )
+        if kind == "io.l5d.k8s":
+            selector = self.str_(m, "labelSelector")
+            if selector is not None and not _LABEL_KEY.match(selector):
+                self.fail(m.get("labelSelector"), m.key("labelSelector"),
+                          f"expected a label key like 'version' or 'example.com/track' (Linkerd's labelSelector "
+                          f"names a label; the path then ends in its value), got {selector!r}")  # fmt: skip
+            api = self.k8s_api(m) or K8sApiConfig()
+            if self._k8s_api is None:
+                self._k8s_api = api  # what transformers, resources and stores use unless they say
+            return NamerConfig(kind=kind, prefix=prefix, api=api, label_selector=selector)
         root_text = self.str_(m, "rootDir", required=True)
         root_dir = os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(root_text)))
         if not os.path.isdir(root_dir):
@@ -763,13 +814,13 @@ class _Loader:
         known = (
             "protocol", "label", "dstPrefix", "identifier", "dtab", "baseDtab", "servers", "client",
             "timeoutMs", "bindingTimeoutMs", "overrides", "limits", "addForwarded", "addVia",
-            "addForwardedHeader", "maxHeadersKB", "interpreter", "rules", "hashOn", "resources",
+            "addForwardedHeader", "maxHeadersKB", "interpreter", "rules", "hashOn", "resources", "dtabStore",
         )  # fmt: skip
         m = self.mapping(node, path, known, _IGNORED_ROUTER)
         protocol = self.choice(m, "protocol", PROTOCOLS, unsupported=LINKERD_PROTOCOLS, what="protocol")
         label = self.str_(m, "label", protocol)
         dst_prefix = self.parsed(m, "dstPrefix", read_path, "path") or Path.of("svc")
-        self.interpreter(m)
+        transformers = self.interpreter(m)
         identifier_nodes = self.seq(m, "identifier", single_ok=True)
         if m.has("identifier") and not identifier_nodes:
             self.fail(m.get("identifier"), m.key("identifier"), "an empty identifier list identifies nothing")
@@ -797,6 +848,9 @@ class _Loader:
             limits=self.router_limits(m),
             add_forwarded=self.forwarded(m),
             add_via=self.bool_(m, "addVia", False),
+            transformers=transformers,
+            k8s_resources=self.k8s_resources(m),
+            dtab_store=self.dtab_store(m, label),
             **self.router_rules(m, protocol),
         )
 
@@ -1009,8 +1063,9 @@ class _Loader:
             return HashOn(header=self.header(m, "header", "host"))
         return HashOn(cookie=self.str_(m, "cookie"))
 
-    def resource_paths(self, m: _Map) -> list[tuple[str, yaml.Node, str]]:
-        """`resources`: a directory (or file) of Kubernetes routing resources, or a list."""
+    def resource_paths(self, m: _Map, *, top: bool = False) -> list[tuple[str, yaml.Node, str]]:
+        """`resources`: a directory (or file) of Kubernetes routing resources, or a list
+        (which may also hold one `{kind: io.l5d.k8s, ...}`: see `k8s_resources`)."""
         node = m.get("resources")
         if node is None:
             return []
@@ -1018,6 +1073,11 @@ class _Loader:
         out = []
         for i, n in enumerate(items):
             key = m.key("resources") + (f"[{i}]" if isinstance(node, yaml.SequenceNode) else "")
+            if isinstance(n, yaml.MappingNode):
+                if top:
+                    self.fail(n, key, "resources watched from the Kubernetes API are set per router "
+                                      "(routers[N].resources: {kind: io.l5d.k8s, namespaces: [...]})")  # fmt: skip
+                continue
             text = self.scalar(n)
             if not isinstance(text, str) or not text:
                 self.fail(n, key, f"expected a directory of SMI/Istio/Gateway API resources, got {_describe(n)}")
@@ -1107,20 +1167,124 @@ class _Loader:
             )
         return dataclasses.replace(limits, max_header_bytes=kb * 1024)
 
-    def interpreter(self, router: _Map) -> None:
-        """Only Linkerd's default interpreter (the router's own dtab and namers)."""
+    def interpreter(self, router: _Map) -> tuple[TransformerConfig, ...]:
+        """Linkerd's default interpreter (the router's own dtab and namers), and its
+        `transformers`, applied in order to every bound name."""
         node = router.get("interpreter")
         if node is None:
-            return
+            return ()
         path = router.key("interpreter")
         kind_m = self.mapping(node, path, ("kind",), check=False)
         self.choice(kind_m, "kind", ("default",), unsupported=("io.l5d.namerd", "io.l5d.namerd.http", "io.l5d.mesh"),
                     what="interpreter")  # fmt: skip
         m = self.mapping(node, path, ("kind", "transformers"))
-        if m.has("transformers"):
-            self.fail(
-                m.get("transformers"), m.key("transformers"), "interpreter transformers are not supported yet"
-            )
+        return tuple(
+            self.transformer(n, f"{m.key('transformers')}[{i}]") for i, n in enumerate(self.seq(m, "transformers"))
+        )
+
+    def transformer(self, node: yaml.Node, path: str) -> TransformerConfig:
+        kind_m = self.mapping(node, path, ("kind",), check=False)
+        kind = self.choice(kind_m, "kind", TRANSFORMER_KINDS, unsupported=LINKERD_TRANSFORMERS, what="transformer kind")
+        where = f"{self.source}:{node.start_mark.line + 1}: {path}"
+        if kind == "io.l5d.k8s.localnode":
+            m = self.mapping(node, path, ("kind", "hostNetwork", "prefix"))
+            return TransformerConfig(kind=kind, prefix=self.transformer_prefix(m, Path.of(kind)), where=where,
+                                     host_network=self.bool_(m, "hostNetwork", False))  # fmt: skip
+        m = self.mapping(node, path, ("kind", "namespace", "service", "port", "hostNetwork", "k8sHost", "k8sPort", "prefix"))
+        namespace = self.k8s_name(m, "namespace", _DNS_LABEL, "a namespace name", required=True)
+        service = self.k8s_name(m, "service", _DNS_LABEL, "a Service name", required=True)
+        port_node = m.get("port")
+        if port_node is None:
+            self.fail(node, path, "missing required key 'port' (the daemonset Service's port name or number)")
+        port = self.scalar(port_node)
+        if isinstance(port, bool) or not isinstance(port, str | int) or str(port) == "" or (
+            isinstance(port, int) and not 1 <= port <= 65535
+        ):
+            self.fail(port_node, m.key("port"), f"expected a port name or number, got {_describe(port_node)}")
+        port_text = str(port).lower()
+        api = self.k8s_api(m, "k8sHost", "k8sPort") or self._default_api()
+        default = Path.of(kind, namespace, port_text, service)
+        return TransformerConfig(
+            kind=kind, prefix=self.transformer_prefix(m, default), where=where, namespace=namespace, service=service,
+            port=port_text, host_network=self.bool_(m, "hostNetwork", False), api=api,
+        )  # fmt: skip
+
+    def transformer_prefix(self, m: _Map, default: Path) -> Path:
+        prefix: Path = self.parsed(m, "prefix", read_path, "path") or default
+        if not prefix.elems or prefix.elems[0] == b"%":
+            self.fail(m.get("prefix"), m.key("prefix"), "write the prefix without '/%' (it is added), and not empty")
+        return Path((b"%", *prefix.elems))
+
+    def k8s_name(self, m: _Map, name: str, pattern: re.Pattern[str], what: str, *,
+                 required: bool = False, default: str | None = None) -> str:  # fmt: skip
+        value = self.str_(m, name, default, required=required)
+        if not isinstance(value, str) or not pattern.match(value):
+            self.fail(m.get(name) or m.node, m.key(name),
+                      f"expected {what} (lower-case letters, digits and '-', as Kubernetes names are), got {value!r}")  # fmt: skip
+        return value
+
+    def _default_api(self) -> K8sApiConfig:
+        return self._k8s_api or K8sApiConfig()  # the first io.l5d.k8s namer's; else in-cluster
+
+    def k8s_api(self, m: _Map, host: str = "host", port: str = "port") -> K8sApiConfig | None:
+        """`host`/`port` of the Kubernetes API (plain HTTP, `kubectl proxy`); None when
+        neither is set (in-cluster, or the namer's)."""
+        if not m.has(host):
+            if m.has(port):
+                self.fail(m.get(port), m.key(port), f"'{port}' needs '{host}' too (without '{host}' the API is "
+                                                    "reached in-cluster, on KUBERNETES_SERVICE_HOST/PORT)")  # fmt: skip
+            return None
+        text = self.str_(m, host)
+        if not re.fullmatch(r"[A-Za-z0-9.:_\-\[\]]+", text):
+            self.fail(m.get(host), m.key(host), f"expected a host name or IP address (no scheme or path), got {text!r}")
+        return K8sApiConfig(host=text.strip("[]"), port=self.int_(m, port, 8001, 1, 65535, "an integer 1-65535"))
+
+    def k8s_resources(self, router: _Map) -> K8sResourcesConfig | None:
+        """The `{kind: io.l5d.k8s, namespaces: [...], host, port}` item of `resources`."""
+        node = router.get("resources")
+        if node is None:
+            return None
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        found: K8sResourcesConfig | None = None
+        for i, n in enumerate(items):
+            if not isinstance(n, yaml.MappingNode):
+                continue
+            key = router.key("resources") + (f"[{i}]" if isinstance(node, yaml.SequenceNode) else "")
+            kind_m = self.mapping(n, key, ("kind",), check=False)
+            self.choice(kind_m, "kind", ("io.l5d.k8s",), what="resources kind")
+            if found is not None:
+                self.fail(n, key, "only one {kind: io.l5d.k8s} block per router (list every namespace in it)")
+            m = self.mapping(n, key, ("kind", "namespaces", "host", "port"))
+            ns_nodes = self.seq(m, "namespaces")
+            if not ns_nodes:
+                self.fail(m.get("namespaces") or n, m.key("namespaces"), "list the namespaces to watch (at least one)")
+            names: list[str] = []
+            for j, x in enumerate(ns_nodes):
+                holder = _Map(m.node, m.path, {f"namespaces[{j}]": (x, x)})
+                value = self.k8s_name(holder, f"namespaces[{j}]", _DNS_LABEL, "a namespace name")
+                if value in names:
+                    self.fail(x, m.key(f"namespaces[{j}]"), f"namespace '{value}' is listed twice")
+                names.append(value)
+            found = K8sResourcesConfig(namespaces=tuple(names), api=self.k8s_api(m) or self._default_api())
+        return found
+
+    def dtab_store(self, router: _Map, label: str) -> DtabStoreConfig | None:
+        node = router.get("dtabStore")
+        if node is None:
+            return None
+        key = router.key("dtabStore")
+        kind_m = self.mapping(node, key, ("kind",), check=False)
+        self.choice(kind_m, "kind", ("io.l5d.k8s",), unsupported=("io.l5d.inMemory", "io.l5d.zk", "io.l5d.etcd", "io.l5d.consul"),
+                    what="dtabStore kind")  # fmt: skip
+        m = self.mapping(node, key, ("kind", "namespace", "name", "host", "port"))
+        default_name = label.lower() if _DNS_SUBDOMAIN.match(label.lower()) else None
+        if default_name is None and not m.has("name"):
+            self.fail(node, key, f"the router label '{label}' is not a Kubernetes object name: set 'name'")
+        return DtabStoreConfig(
+            namespace=self.k8s_name(m, "namespace", _DNS_LABEL, "a namespace name", default="default"),
+            name=self.k8s_name(m, "name", _DNS_SUBDOMAIN, "an object name", default=default_name),
+            api=self.k8s_api(m) or self._default_api(),
+        )
 
     def identifier(self, node: yaml.Node, path: str, protocol: str) -> IdentifierConfig:
         kind_m = self.mapping(node, path, ("kind",), check=False)
@@ -1369,6 +1533,25 @@ class _Loader:
 
 
 _LIMIT_KEYS = ("maxHeaderBytes", "maxHeaders", "headerReadTimeoutMs", "idleTimeoutMs", "maxRequestBodyBytes")
+
+
+def load_rules(rule_docs: Iterable[Mapping[str, Any]], base_dir: str | None = None) -> tuple[list[RuleConfig], list[str]]:
+    """Rules given as data (the importers' output for resources watched from the API),
+    validated as if written in a config. A rule that does not validate is reported
+    (`source: message`), not raised, so the others still apply."""
+    rules: list[RuleConfig] = []
+    problems: list[str] = []
+    for i, rd in enumerate(rule_docs):
+        source = str(rd.get("source") or rd.get("name") or f"rule {i}")
+        text = yaml.safe_dump(dict(rd), sort_keys=False)
+        sub = _Loader(text, f"{source} (imported)", os.path.abspath(base_dir or os.getcwd()))
+        doc = yaml.compose(text, Loader=yaml.SafeLoader)
+        assert doc is not None  # safe_dump of a mapping
+        try:
+            rules.append(sub.rule(doc, f"rules[{i}]"))
+        except ConfigError as exc:
+            problems.append(f"{source}: {exc.message}")
+    return rules, problems
 
 
 def _token_header(protocol: str) -> str:

@@ -63,13 +63,29 @@ class Admin:
 
 
 @dataclass(frozen=True, slots=True)
+class K8sApiConfig:
+    """Where the Kubernetes API is: `host`/`port` over plain HTTP (what `kubectl proxy`
+    serves), or, with `host` None, in-cluster (KUBERNETES_SERVICE_HOST/PORT, the service
+    account's token and CA)."""
+
+    host: str | None = None
+    port: int = 8001
+
+    def show(self) -> str:
+        return "in-cluster" if self.host is None else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class NamerConfig:
-    """A configured namer (`/#/<prefix>/...`). Only `io.l5d.fs` is supported so far."""
+    """A configured namer (`/#/<prefix>/...`): `io.l5d.fs` (a directory) or
+    `io.l5d.k8s` (the Kubernetes API)."""
 
     kind: str
     prefix: Path  # as configured, without `/#`: `/io.l5d.fs`
-    root_dir: str  # absolute: a relative `rootDir` is taken from the config file's directory
+    root_dir: str = ""  # io.l5d.fs: absolute (a relative `rootDir` is taken from the config file's directory)
     poll_interval_ms: int = 250  # our extension: fast enough for the 1 s change budget
+    api: K8sApiConfig | None = None  # io.l5d.k8s
+    label_selector: str | None = None  # io.l5d.k8s: a label key; names then end in its value
 
     @property
     def bind_prefix(self) -> Prefix:
@@ -266,6 +282,43 @@ class RuleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TransformerConfig:
+    """One of a router's interpreter transformers (Linkerd's shape), applied in order to
+    every bound name. `io.l5d.k8s.daemonset` replaces each address by the daemonset
+    pod on the same node (`namespace`, `port`, `service` name the daemonset's Service);
+    `io.l5d.k8s.localnode` keeps only the addresses on this node. `prefix` heads the
+    bound ids they produce (`/%/<prefix>/...`)."""
+
+    kind: str
+    prefix: Path
+    where: str  # `source:line: key`, for errors found at start (a missing POD_IP)
+    namespace: str = ""
+    service: str = ""
+    port: str = ""
+    host_network: bool = False
+    api: K8sApiConfig | None = None  # daemonset: `k8sHost`/`k8sPort`, else the namer's
+
+
+@dataclass(frozen=True, slots=True)
+class K8sResourcesConfig:
+    """`resources: {kind: io.l5d.k8s, namespaces: [...]}`: the routing resources (SMI,
+    Istio, Gateway API) of these namespaces, watched from the API."""
+
+    namespaces: tuple[str, ...]
+    api: K8sApiConfig
+
+
+@dataclass(frozen=True, slots=True)
+class DtabStoreConfig:
+    """`dtabStore: {kind: io.l5d.k8s, namespace, name}`: the router's base dtab is the
+    `DTab` custom resource (l5d.io/v1alpha1, namerd's shape) `namespace/name`."""
+
+    namespace: str
+    name: str
+    api: K8sApiConfig
+
+
+@dataclass(frozen=True, slots=True)
 class RouterConfig:
     label: str
     protocol: str  # "http" | "h2"
@@ -284,6 +337,9 @@ class RouterConfig:
     rules: tuple[RuleConfig, ...] = ()  # own rules first, then those from `resources`
     hash_on: HashOn | None = None
     resources: tuple[str, ...] = ()  # the resource directories read into `rules`
+    transformers: tuple[TransformerConfig, ...] = ()  # `interpreter.transformers`
+    k8s_resources: K8sResourcesConfig | None = None  # routing resources watched from the API
+    dtab_store: DtabStoreConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(serve(cfg, config_path=args.config, ready_cb=ready))
+    except ConfigError as exc:  # found at start: the environment (in-cluster API, POD_IP)
+        print(f"dtabproxy: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"dtabproxy: cannot listen: {exc}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from config import Config, RouterConfig, ServerConfig
 from dtab import Dtab
 
 from .discovery.fs import FsNamer
+from .discovery.k8s_router import RouterK8s
 from .route.identify import IdentifierChain, make_identifier
 from .route.router import Router
 from .route.settings import ListenerSettings
@@ -244,13 +245,17 @@ class Runtime:
         self._fingerprint: tuple[tuple[str, int, int], ...] = config.inputs
         self.reloads = 0  # completed reloads (tests and the admin server read it)
         self._reloaded = asyncio.Condition()
+        self.k8s: dict[str, RouterK8s] = {}  # router label -> its transformers, API routes, stored dtab
+        if self.telemetry is not None:
+            from .discovery.k8s_router import metric_lines
+
+            self.telemetry.collectors.append(lambda: metric_lines([n for _, n in self.namers], self.k8s))
 
     async def start(self) -> None:
         for nc in self.config.namers:
-            if nc.kind == "io.l5d.fs":
-                namer = FsNamer.from_config(nc)
-                await namer.start()
-                self.namers.append((namer.bind_prefix, namer))
+            namer = await _start_namer(nc)
+            self.namers.append((namer.bind_prefix, namer))
+        await self._prepare_k8s(self.config)
         for rc in self.config.routers:
             self.routers[rc.label] = self._build_router(rc)
             for sc in rc.servers:
@@ -269,12 +274,20 @@ class Runtime:
     def _build_router(
         self, rc: RouterConfig, clients: Any = None, base: Dtab | None = None, *,
         namers: list[tuple[Any, Any]] | None = None, pending: dict[str, list[Any]] | None = None,
+        k8s: dict[str, RouterK8s] | None = None,
     ) -> Router:
         """A router snapshot, subscribed to its namers' name changes. With `pending`
         (a reload being prepared) its unsubscribers are put there and the replaced
         snapshot stays subscribed until `_commit_subscriptions`; otherwise the swap of
-        subscriptions happens now."""
+        subscriptions happens now. `k8s`: the API watchers the new config's routers
+        use (a reload being prepared), else the running ones."""
         namers = self.namers if namers is None else namers
+        rk = (self.k8s if k8s is None else k8s).get(rc.label)
+        rules = rc.rules
+        if rk is not None:
+            rules = rc.rules + rk.rules()  # the routing resources watched from the API
+            if base is None:
+                base = rk.stored_dtab()  # with a dtabStore, a reload never reverts the stored dtab
         router = Router(
             rc.label,
             rc.dtab if base is None else base,
@@ -283,9 +296,10 @@ class Runtime:
             dst_prefix=rc.dst_prefix,
             config=rc,
             clients=clients,
-            rules=rc.rules,
+            rules=rules,
             hash_on=rc.hash_on,
             stats=self.telemetry.router(rc.label) if self.telemetry is not None else None,
+            transform=rk.transform if rk is not None else None,
         )
         fresh = []
         for _, namer in namers:
@@ -312,6 +326,53 @@ class Runtime:
         for lst in self.listeners:
             if lst.router is old:
                 lst.router = new  # one reference: new requests see the new snapshot
+
+    # -- Kubernetes: transformers, routing resources and stored dtabs (proxy/discovery/k8s_router.py)
+
+    async def _prepare_k8s(self, cfg: Config, plan: _Plan | None = None) -> dict[str, RouterK8s]:
+        """What `cfg`'s routers take from the API: the running watchers where a router's
+        transformers/resources/dtabStore are unchanged, new ones (started) elsewhere.
+        With a plan (a reload), new and replaced watchers are noted there for the
+        commit or the undo; without one (start), the result is in force at once."""
+        from .discovery.k8s_router import RouterK8s, config_key, wanted
+
+        running = dict(self.k8s)
+        out: dict[str, RouterK8s] = {}
+        for rc in cfg.routers:
+            if not wanted(rc):
+                continue
+            k = running.get(rc.label)
+            if k is not None and config_key(rc) == k.key:
+                out[rc.label] = running.pop(rc.label)
+                continue
+            k = RouterK8s(rc, self._k8s_changed)
+            if plan is not None:
+                plan.k8s_new.append(k)  # stopped on undo
+            await k.start()
+            out[rc.label] = k
+        if plan is not None:
+            plan.k8s = out
+            plan.k8s_old = list(running.values())  # stopped after the commit
+        else:
+            self.k8s = out
+        return out
+
+    def _k8s_changed(self, label: str) -> None:
+        """The API changed a router's rules or stored dtab: a new snapshot, same clients.
+        Without a store the base dtab in use stays (an admin PUT survives a route change)."""
+        old = self.routers.get(label)
+        k = self.k8s.get(label)
+        if old is None or k is None:
+            return
+        base = k.stored_dtab()
+        self._swap(old, self._build_router(old.config, clients=old.clients, base=base if base is not None else old.base.dtab))
+        k.mark_applied()
+
+    def dtab_store(self, label: str) -> Any:
+        """The router's `DtabStore` (proxy/discovery/k8s_dtab.py), or None: the admin
+        server writes a PUT through it."""
+        k = self.k8s.get(label)
+        return k.store if k is not None else None
 
     def set_dtab(self, label: str, table: Dtab) -> None:
         """Swap a router's base dtab: a new snapshot, same clients (pools stay warm)
@@ -403,6 +464,8 @@ class Runtime:
             stop = getattr(namer, "stop", None)
             if stop is not None:
                 await stop()
+        for k in plan.k8s_old:
+            await k.stop()
 
     async def _prepare(self, cfg: Config, plan: _Plan) -> None:
         now, then = self.config.admin, cfg.admin
@@ -414,12 +477,11 @@ class Runtime:
         if namers_changed:
             plan.namers = []
             for nc in cfg.namers:
-                if nc.kind == "io.l5d.fs":
-                    namer = FsNamer.from_config(nc)
-                    await namer.start()
-                    plan.new_namers.append(namer)
-                    plan.namers.append((namer.bind_prefix, namer))
+                namer = await _start_namer(nc)
+                plan.new_namers.append(namer)
+                plan.namers.append((namer.bind_prefix, namer))
             plan.old_namers = self.namers
+        await self._prepare_k8s(cfg, plan)
         old_configs = {rc.label: rc for rc in self.config.routers}
         for rc in cfg.routers:
             old = self.routers.get(rc.label)
@@ -427,7 +489,7 @@ class Runtime:
             keep_clients = old is not None and prev is not None and prev.client == rc.client and not namers_changed
             new = self._build_router(
                 rc, clients=old.clients if keep_clients and old is not None else None,
-                namers=plan.namers, pending=plan.subscriptions,
+                namers=plan.namers, pending=plan.subscriptions, k8s=plan.k8s,
             )
             plan.routers.append((rc, old, new, keep_clients))
             wanted = list(rc.servers)  # a list: several servers may ask for port 0
@@ -487,9 +549,13 @@ class Runtime:
                 new.clients.close_idle()
         for namer in plan.new_namers:
             await namer.stop()
+        for k in plan.k8s_new:
+            await k.stop()
 
     def _commit(self, cfg: Config, plan: _Plan) -> None:
         self.namers = plan.namers
+        if plan.k8s is not None:
+            self.k8s = plan.k8s
         for rc, old, new, keep_clients in plan.routers:
             if old is not None:
                 self._swap(old, new)
@@ -544,6 +610,8 @@ class Runtime:
             stop = getattr(namer, "stop", None)
             if stop is not None:
                 await stop()
+        for k in self.k8s.values():
+            await k.stop()
         if self.admin is not None:
             await self.admin.cleanup()
         log.info("drained")
@@ -563,6 +631,9 @@ class _Plan:
         self.bind: list[tuple[Router, RouterConfig, ServerConfig]] = []
         self.bound: list[Listener] = []  # bound and listening, not accepting yet
         self.paused: list[Listener] = []  # retiring listeners that stopped accepting early
+        self.k8s: dict[str, Any] | None = None  # router label -> its API watchers (None: unchanged)
+        self.k8s_new: list[Any] = []  # started for this reload (stopped on undo)
+        self.k8s_old: list[Any] = []  # replaced (stopped after commit)
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -572,6 +643,25 @@ def _overlaps(a: str, b: str) -> bool:
         return True
     ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
     return any(x.is_unspecified and (x.version == y.version or x.version == 6) for x, y in ((ia, ib), (ib, ia)))
+
+
+async def _start_namer(nc: Any) -> Any:
+    """A started namer for a namer config (`io.l5d.fs` or `io.l5d.k8s`)."""
+    if nc.kind == "io.l5d.k8s":
+        from config import ConfigError
+
+        from .discovery.k8s import K8sNamer
+        from .discovery.k8s_api import ApiConfigError
+
+        try:
+            k8s = K8sNamer.from_config(nc)
+        except ApiConfigError as exc:
+            raise ConfigError(str(exc), key=f"namer {nc.prefix.show()}") from None
+        await k8s.start()
+        return k8s
+    namer = FsNamer.from_config(nc)
+    await namer.start()
+    return namer
 
 
 def _fingerprint(config_path: str, cfg: Config) -> tuple[tuple[str, int, int], ...]:

@@ -266,18 +266,35 @@ class Handlers:
         from config import to_json
 
         out = to_json(self.rt.config)
+        k8s = getattr(self.rt, "k8s", {})
         for r in out.get("routers", ()):
             live = self.rt.routers.get(r.get("label"))
             if live is not None:  # a PUT or a reload may have changed it since start
                 r["dtab"] = live.base.dtab.show()
+            if r.get("label") in k8s:  # what the API gave: resources applied and not, the store
+                r["k8s"] = k8s[r["label"]].status_json()
         return web.json_response(out, dumps=_dumps)
 
     # -- dtabs ---------------------------------------------------------------------------
 
+    def _store(self, label: str) -> Any:
+        get = getattr(self.rt, "dtab_store", None)
+        return get(label) if get is not None else None
+
+    def _etag(self, label: str, table: dtab.Dtab) -> str:
+        """With a dtabStore the ETag is the DTab object's resourceVersion; else a digest."""
+        store = self._store(label)
+        tag = store.etag() if store is not None else None
+        return tag or dtab_version(table)
+
     def _router_json(self, label: str, router: Any) -> dict[str, Any]:
         table = router.base.dtab
         namers = [p.show() for p, _ in router.namers]
-        return {"dtab": table.show(), "version": dtab_version(table), "namers": namers}
+        out = {"dtab": table.show(), "version": self._etag(label, table), "namers": namers}
+        store = self._store(label)
+        if store is not None:
+            out["store"] = store.status_json()
+        return out
 
     async def dtabs(self, _: web.Request) -> web.Response:
         out = {label: self._router_json(label, r) for label, r in self.rt.routers.items()}
@@ -289,7 +306,7 @@ class Handlers:
         if router is None:
             return web.json_response({"error": f"no router {label!r}"}, status=404)
         table = router.base.dtab
-        return web.Response(text=table.show(), headers={"ETag": dtab_version(table)})
+        return web.Response(text=table.show(), headers={"ETag": self._etag(label, table)})
 
     async def dtab_put(self, request: web.Request) -> web.Response:
         label = request.match_info["router"]
@@ -308,6 +325,9 @@ class Handlers:
         router = self.rt.routers.get(label)
         if router is None:
             return web.json_response({"error": f"no router {label!r}"}, status=404)
+        store = self._store(label)
+        if store is not None:  # written through to the cluster (proxy/discovery/k8s_dtab.py)
+            return await self._put_stored(label, store, text, request.headers.get("If-Match"))
         current = dtab_version(router.base.dtab)
         if_match = request.headers.get("If-Match")
         if if_match is not None and not _if_match(if_match, current):
@@ -323,6 +343,26 @@ class Handlers:
         self.rt.set_dtab(label, table)
         version = dtab_version(table)
         log.info("router %s: dtab replaced through the admin API (%d dentries, version %s)", label, len(table), version)
+        return web.json_response({"dtab": table.show(), "version": version}, headers={"ETag": version})
+
+    async def _put_stored(self, label: str, store: Any, text: str, if_match: str | None) -> web.Response:
+        """A PUT on a router with a dtabStore: the DTab object's resourceVersion is the
+        compare-and-swap, checked by the API (its 409 is our 412)."""
+        from ..discovery.k8s_dtab import StoreConflict, StoreError
+
+        try:
+            table = dtab.read_dtab(text)
+        except dtab.DtabSyntaxError as exc:
+            return web.json_response(syntax_error_json("Invalid dtab", exc), status=400)
+        try:
+            version = await store.write(table, if_match)
+        except StoreConflict as exc:
+            headers = {"ETag": exc.current} if exc.current else {}
+            return web.json_response({"error": f"{store.ref}: {exc}", "version": exc.current}, status=412, headers=headers)
+        except StoreError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        log.info("router %s: dtab stored in %s through the admin API (%d dentries, version %s)",
+                 label, store.ref, len(table), version)  # fmt: skip
         return web.json_response({"dtab": table.show(), "version": version}, headers={"ETag": version})
 
     # -- the delegator (spec §12) ----------------------------------------------------------

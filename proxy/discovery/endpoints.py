@@ -6,17 +6,22 @@ addresses: endpoint churn never invalidates a binding. An update replaces one tu
 reference, so a reader on the event loop sees either the old set or the new one,
 never half of each. No I/O and no asyncio here; callbacks run synchronously in
 `update`, on whatever thread the namer calls it from (namers call it on the loop).
+
+An address may carry metadata (`meta`, e.g. `{"nodeName": "node-a"}` from the
+Kubernetes namer), which the transformers read to place an endpoint on a node. It is
+swapped with `addrs` in the same update; the data path never reads it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
+AddrMeta = Mapping[Addr, Mapping[str, str]]
 Callback = Callable[["EndpointSet"], None]
 
 # The states of an address set (spec §12.5's addr types).
@@ -29,13 +34,16 @@ FAILED: Final = "failed"  # the namer cannot tell; `cause` says why
 class EndpointSet:
     """A changing set of `(host, port)` endpoints with a state and a version.
 
-    `addrs` is an immutable tuple, replaced whole on change; `version` increases by
-    one for every change a subscriber is told about."""
+    `addrs` is an immutable tuple, replaced whole on change; `meta` maps an address to
+    its metadata (only addresses that have any); `version` increases by one for every
+    change a subscriber is told about."""
 
-    __slots__ = ("addrs", "cause", "state", "version", "_subscribers")
+    __slots__ = ("addrs", "cause", "meta", "state", "version", "_subscribers")
 
-    def __init__(self, addrs: Iterable[Addr] | None = None, state: str | None = None) -> None:
+    def __init__(self, addrs: Iterable[Addr] | None = None, state: str | None = None,
+                 meta: AddrMeta | None = None) -> None:  # fmt: skip
         self.addrs: tuple[Addr, ...] = _dedupe(addrs) if addrs is not None else ()
+        self.meta: AddrMeta = _EMPTY_META if meta is None else meta
         self.state: str = state or (BOUND if addrs is not None else PENDING)
         self.cause: str | None = None
         self.version = 0
@@ -56,12 +64,14 @@ class EndpointSet:
 
         return unsubscribe
 
-    def update(self, addrs: Iterable[Addr]) -> bool:
-        """Bound to `addrs` (order kept, duplicates dropped). Returns whether anything
-        changed; an identical update notifies no one."""
+    def update(self, addrs: Iterable[Addr], meta: AddrMeta | None = None) -> bool:
+        """Bound to `addrs` (order kept, duplicates dropped), with `meta` per address.
+        Returns whether anything changed; an identical update notifies no one."""
         new = _dedupe(addrs)
-        if self.state == BOUND and new == self.addrs:
+        new_meta = meta if meta else _EMPTY_META
+        if self.state == BOUND and new == self.addrs and new_meta == self.meta:
             return False
+        self.meta = new_meta  # read only by subscribers (transformers), after the swap below
         self.addrs = new  # the one reference swap readers see
         self.state = BOUND
         self.cause = None
@@ -84,6 +94,7 @@ class EndpointSet:
         if self.state == state and self.cause == cause:
             return False
         self.addrs = ()
+        self.meta = _EMPTY_META
         self.state = state
         self.cause = cause
         self._changed()
@@ -100,14 +111,22 @@ class EndpointSet:
     def to_json(self) -> dict[str, Any]:
         """The delegator's addr shape (spec §12.5)."""
         if self.state == BOUND:
+            meta = self.meta
             return {
                 "type": "bound",
-                "addrs": [{"ip": host, "port": port, "meta": {}} for host, port in self.addrs],
+                "addrs": [
+                    {"ip": host, "port": port, "meta": dict(meta.get((host, port), _EMPTY))}
+                    for host, port in self.addrs
+                ],
                 "meta": {},
             }
         if self.state == FAILED:
             return {"type": "failed", "cause": self.cause or ""}
         return {"type": self.state}
+
+
+_EMPTY: Mapping[str, str] = {}
+_EMPTY_META: AddrMeta = {}
 
 
 def _dedupe(addrs: Iterable[Addr]) -> tuple[Addr, ...]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import dtab
@@ -148,7 +148,7 @@ class Router:
 
     __slots__ = (
         "label", "base", "namers", "identifier", "policy", "clients", "_routes", "dst_prefix",
-        "config", "rules", "stats",
+        "config", "rules", "stats", "transform",
     )
 
     def __init__(
@@ -165,6 +165,7 @@ class Router:
         rules: Sequence[RuleConfig] = (),
         hash_on: HashOn | None = None,
         stats: Any = None,
+        transform: Callable[[NameTree], NameTree] | None = None,
     ) -> None:
         self.label = label
         self.stats = stats  # telemetry.RouterStats, kept across snapshots; None: telemetry off
@@ -176,6 +177,9 @@ class Router:
         self.clients = clients or ClientRegistry()
         self._routes: dict[tuple[Any, ...], Route] = {}
         self.config = config
+        # The interpreter's transformers (proxy/discovery/k8s_transform.py), applied to
+        # each bound tree when a route is bound; None: none configured.
+        self.transform = transform
         # None when there is nothing to match: the wire layer tests this one attribute
         # and keeps the plain path (no per-request rule work at all).
         self.rules: RuleSet | None = RuleSet(rules, self.base, hash_on) if rules or hash_on is not None else None
@@ -194,6 +198,8 @@ class Router:
         table = self.base if not local.dentries else dtab.OverlayTable(self.base, local)
         try:
             tree = dtab.bind(table, service, namers=self.namers)
+            if self.transform is not None:
+                tree = self.transform(tree)
             r = Route(service, tree, local, self.clients, stats=self.stats)
         except BindError as exc:
             r = Route(service, None, local, self.clients, error=str(exc), stats=self.stats)
@@ -240,6 +246,8 @@ class Router:
         table = overlay.table if not local.dentries else dtab.OverlayTable(overlay.table, local)
         try:
             tree = dtab.bind(table, service, namers=self.namers)
+            if self.transform is not None:
+                tree = self.transform(tree)
             r = Route(service, tree, local, self.clients, overlay=overlay, stats=self.stats)
         except BindError as exc:
             r = Route(service, None, local, self.clients, error=str(exc), overlay=overlay, stats=self.stats)

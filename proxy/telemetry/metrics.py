@@ -45,7 +45,7 @@ import math
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 log = logging.getLogger(__name__)
@@ -446,6 +446,9 @@ class Telemetry:
         self.routers: dict[str, RouterStats] = {}
         self.started = time.time()
         self._caps = (max_services, max_clients, max_endpoints)
+        # Extra exposition lines (HELP/TYPE/samples) from parts that keep their own
+        # counters, e.g. the Kubernetes watches; called at scrape only.
+        self.collectors: list[Callable[[], Iterable[str]]] = []
         self._decisions = (decisions_size, sample_rate)
 
     def router(self, label: str) -> RouterStats:
@@ -603,6 +606,8 @@ def render(tel: Telemetry) -> bytes:
     service.write(out)
     client.write(out)
     endpoint.write(out)
+    for collect in tel.collectors:
+        out.extend(collect())
     out.append(f"# HELP {_PREFIX}_start_time_seconds When the process started (Unix time).")
     out.append(f"# TYPE {_PREFIX}_start_time_seconds gauge")
     out.append(f"{_PREFIX}_start_time_seconds {_num(tel.started)}")

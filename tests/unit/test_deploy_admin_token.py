@@ -49,6 +49,6 @@ def test_the_secret_manifest_is_kept_out_of_apply_and_its_placeholder_is_refused
     assert admin_token_problem(placeholder.encode()) is not None
     (tmp_path / "token").write_text(placeholder)
     (cm,) = _docs(DEPLOY / "20-config.yaml")
-    text = cm["data"]["config-inet.yaml"].replace("/secrets/admin/token", str(tmp_path / "token"))
+    text = cm["data"]["config.yaml"].replace("/secrets/admin/token", str(tmp_path / "token"))
     with pytest.raises(ConfigError, match=r"admin\.auth\.tokenFile: the token must be a bearer token"):
-        load_text(text, source="config-inet.yaml")
+        load_text(text, source="config.yaml")

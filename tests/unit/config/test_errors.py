@@ -146,10 +146,10 @@ def test_the_message_format():
         ),
         # namers
         (
-            "namers:\n- kind: io.l5d.k8s\n  experimental: true\nrouters: [{protocol: http}]\n",
+            "namers:\n- kind: io.l5d.consul\n  experimental: true\nrouters: [{protocol: http}]\n",
             2,
             "namers[0].kind",
-            "namer kind 'io.l5d.k8s' is not supported yet (supported: io.l5d.fs)",
+            "namer kind 'io.l5d.consul' is not supported yet (supported: io.l5d.fs, io.l5d.k8s)",
         ),
         (
             "namers:\n- kind: io.l5d.fss\nrouters: [{protocol: http}]\n",
