@@ -127,6 +127,22 @@ class _Base(Generic[E]):
         chosen.health.usable(now)  # True (it is ready): claims the probe when DEAD
         return chosen
 
+    def _p2c_slow(self, a: E, b: E) -> E:
+        """The first pair had an endpoint that is not AVAILABLE: settle it, then the
+        rest of the maxEffort tries, then the fallback."""
+        chosen = self._settle(a, b)
+        if chosen is not None:
+            return chosen
+        eps = self._eps
+        n = len(eps)
+        r = self._rand
+        for _ in range(self.max_effort - 1):
+            i, j = _two(r, n)
+            chosen = self._settle(eps[i], eps[j])
+            if chosen is not None:
+                return chosen
+        return self._fallback()
+
     def _fallback(self) -> E:
         """No luck after maxEffort tries: the least loaded usable endpoint, or (panic)
         the less loaded of two random ones."""
@@ -152,9 +168,12 @@ class _Base(Generic[E]):
 
 
 def _two(r: Rand, n: int) -> tuple[int, int]:
-    """Two distinct indices below n (n >= 2), uniformly (Finagle's P2CPick)."""
-    i = int(r() * n)
-    j = int(r() * (n - 1))
+    """Two distinct indices below n (n >= 2), uniformly (Finagle's P2CPick): the second
+    skips the first. One draw serves both: the fraction left of `u * n` after taking
+    the first index is itself uniform (a double has 53 bits; n is far below 2^20)."""
+    u = r() * n
+    i = int(u)
+    j = int((u - i) * (n - 1))
     return i, (j + 1 if j >= i else j)
 
 
@@ -171,20 +190,14 @@ class P2CLeastLoaded(_Base[E]):
                 return None
             ep = eps[0]
             return ep if ep.health.state is AVAILABLE else self._fallback()
-        r = self._rand
-        for _ in range(self.max_effort):
-            i = int(r() * n)
-            j = int(r() * (n - 1))
-            if j >= i:
-                j += 1
-            a = eps[i]
-            b = eps[j]
-            if a.health.state is AVAILABLE and b.health.state is AVAILABLE:
-                return a if a.outstanding <= b.outstanding else b
-            chosen = self._settle(a, b)
-            if chosen is not None:
-                return chosen
-        return self._fallback()
+        u = self._rand() * n  # _two, inlined: this is the per-request path
+        i = int(u)
+        j = int((u - i) * (n - 1))
+        a = eps[i]
+        b = eps[j + 1 if j >= i else j]
+        if a.health.state is AVAILABLE and b.health.state is AVAILABLE:
+            return a if a.outstanding <= b.outstanding else b
+        return self._p2c_slow(a, b)
 
 
 class P2CPeakEwma(_Base[E]):
@@ -233,21 +246,34 @@ class P2CPeakEwma(_Base[E]):
                 return None
             ep = eps[0]
             return ep if ep.health.state is AVAILABLE else self._fallback()
-        r = self._rand
-        load = self._load
-        for _ in range(self.max_effort):
-            i = int(r() * n)
-            j = int(r() * (n - 1))
-            if j >= i:
-                j += 1
-            a = eps[i]
-            b = eps[j]
-            if a.health.state is AVAILABLE and b.health.state is AVAILABLE:
-                return a if load(a) <= load(b) else b
-            chosen = self._settle(a, b)
-            if chosen is not None:
-                return chosen
-        return self._fallback()
+        u = self._rand() * n
+        i = int(u)
+        j = int((u - i) * (n - 1))
+        a = eps[i]
+        b = eps[j + 1 if j >= i else j]
+        if a.health.state is not AVAILABLE or b.health.state is not AVAILABLE:
+            return self._p2c_slow(a, b)
+        # self._load(a) <= self._load(b), inlined (two method calls cost as much as the rest)
+        now = self._now
+        cost = a.cost
+        if cost:
+            if a.cost_stamp < now:
+                cost *= math.exp((a.cost_stamp - now) / self._tau)
+                a.cost = cost
+                a.cost_stamp = now
+            la = cost * (a.outstanding + 1)
+        else:
+            la = EWMA_PENALTY + a.outstanding if a.outstanding else 0.0
+        cost = b.cost
+        if cost:
+            if b.cost_stamp < now:
+                cost *= math.exp((b.cost_stamp - now) / self._tau)
+                b.cost = cost
+                b.cost_stamp = now
+            lb = cost * (b.outstanding + 1)
+        else:
+            lb = EWMA_PENALTY + b.outstanding if b.outstanding else 0.0
+        return a if la <= lb else b
 
 
 class RoundRobin(_Base[E]):
@@ -345,12 +371,13 @@ class HeapLeastLoaded(_Base[E]):
     on each pick until it is usable; when the top itself is down, every node is, and
     it is returned anyway (Finagle's heap has no panic mode either)."""
 
-    __slots__ = ("_heap", "_nodes", "_downq", "_cursor")
+    __slots__ = ("_heap", "_nodes", "_ring", "_downq", "_cursor")
 
     def __init__(self, clock: Clock, rand: Rand) -> None:
         super().__init__(1, clock, rand)
         self._heap: list[_HeapNode[E]] = []
         self._nodes: dict[int, _HeapNode[E]] = {}
+        self._ring: list[_HeapNode[E]] = []  # the nodes in a fixed order, for the refresh
         self._downq: list[_HeapNode[E]] = []
         self._cursor = 0
 
@@ -369,6 +396,8 @@ class HeapLeastLoaded(_Base[E]):
             if nodes.get(key) is not node:
                 node.index = -1
         self._nodes = nodes
+        self._ring = list(nodes.values())
+        self._cursor = 0
         heap = self._heap = list(nodes.values())
         self._downq = []
         for i, node in enumerate(heap):
@@ -455,15 +484,18 @@ class HeapLeastLoaded(_Base[E]):
             top.down = True
             self._rekey(top, actual + _HEAP_DOWN)
             self._downq.append(top)
-        self._rekey(top, top.key + 1)  # the request about to start on it
+        top.key += 1  # the request about to start on it
+        self._sift_down(top.index)
         # Refresh one node in turn: loads that fell while nobody looked.
-        n = len(heap)
-        node = heap[self._cursor % n]
-        self._cursor += 1
+        ring = self._ring
+        c = self._cursor
+        node = ring[c]
+        self._cursor = c + 1 if c + 1 < len(ring) else 0
         o = node.ep.outstanding
-        fresh = o + _HEAP_DOWN if node.down else o
-        if fresh != node.key and node is not top:
-            self._rekey(node, fresh)
+        if node.down:
+            o += _HEAP_DOWN
+        if o != node.key and node is not top:
+            self._rekey(node, o)
         return ep
 
 
@@ -575,12 +607,26 @@ class Aperture(_Base[E]):
         n = len(order)
         if not n:
             return None
-        self._countdown -= 1
-        if self._countdown <= 0:
+        c = self._countdown - 1
+        if c > 0:
+            self._countdown = c
+        else:
             self._sample()
         if self._busy and self._needs_rebuild():
             self._rebuild()  # back to the stable order once a busy endpoint is usable
             order = self._order
+        ap = self.aperture
+        if ap > 1:  # the first p2c try, inlined (see _two)
+            u = self._rand() * ap
+            i = int(u)
+            j = int((u - i) * (ap - 1))
+            a = order[i]
+            b = order[j + 1 if j >= i else j]
+            if a.health.state is AVAILABLE and b.health.state is AVAILABLE:
+                return a if a.outstanding <= b.outstanding else b
+        return self._pick_slow(order)
+
+    def _pick_slow(self, order: list[E]) -> E:
         for attempt in range(2):
             chosen = self._p2c(order)
             if chosen is not None:
@@ -601,10 +647,7 @@ class Aperture(_Base[E]):
                 if a.health.state is AVAILABLE or a.health.usable(self._clock()):
                     return a
                 return None  # the window is its first endpoint: no other choice in it
-            i = int(r() * ap)
-            j = int(r() * (ap - 1))
-            if j >= i:
-                j += 1
+            i, j = _two(r, ap)
             a = order[i]
             b = order[j]
             if a.health.state is AVAILABLE and b.health.state is AVAILABLE:
