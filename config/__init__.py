@@ -5,6 +5,7 @@ May import `dtab`; must not import `proxy`.
 """
 
 from .load import ConfigError, default_config, load_file, load_text, to_json
+from .policy import ClientPolicy, ServicePolicy, client_policy, service_policy
 from .schema import (
     DEFAULT_TRUSTED_CIDRS,
     Admin,
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_TRUSTED_CIDRS",
     "Admin",
     "ClientConfig",
+    "ClientPolicy",
     "ClientTls",
     "Config",
     "ConfigError",
@@ -36,8 +38,11 @@ __all__ = [
     "RouterConfig",
     "ServerConfig",
     "ServerTls",
+    "ServicePolicy",
+    "client_policy",
     "default_config",
     "load_file",
     "load_text",
+    "service_policy",
     "to_json",
 ]

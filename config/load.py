@@ -6,7 +6,7 @@ value keeps the line it was written on and an error can say
 A router section written for Linkerd 1 loads unchanged: its keys mean the same here,
 and the Linkerd keys we cannot honour yet are either refused with a clear error (when
 ignoring them would change where traffic goes or who may reach it) or accepted with a
-logged note (tuning knobs such as `loadBalancer`, and the `telemetry`/`usage` blocks).
+logged note (tuning knobs such as `clientSession`, and the `telemetry`/`usage` blocks).
 
 This module reads the files a config names (an HMAC `keyFile`) and checks that named
 paths exist, so a broken config fails at load with its line, not later at first use.
