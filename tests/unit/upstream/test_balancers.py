@@ -21,7 +21,7 @@ from proxy.upstream.balancers import (
     make_balancer,
 )
 
-from .conftest import Ep, FakeClock
+from .conftest import Ep, FakeClock, nm
 
 KINDS = ("ewma", "p2c", "roundRobin", "heap", "aperture")
 ONE_FAILURE_10S = FailureAccrualConfig(failures=1, backoff=BackoffConfig("constant", ms=10_000))
@@ -42,7 +42,7 @@ def kill(ep: Ep, now: float) -> None:
 
 
 def picks(b, n: int) -> collections.Counter[str]:
-    return collections.Counter(b.pick().name for _ in range(n))
+    return collections.Counter(nm(b.pick()) for _ in range(n))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -176,9 +176,9 @@ def test_round_robin_cycles_in_order_and_skips_dead():
     clock = FakeClock()
     es = eps(3)
     b = balancer("roundRobin", clock, random.Random(7), es)
-    assert [b.pick().name for _ in range(7)] == ["e0", "e1", "e2", "e0", "e1", "e2", "e0"]
+    assert [nm(b.pick()) for _ in range(7)] == ["e0", "e1", "e2", "e0", "e1", "e2", "e0"]
     kill(es[1], clock.t)
-    got = [b.pick().name for _ in range(6)]
+    got = [nm(b.pick()) for _ in range(6)]
     assert "e1" not in got and set(got) == {"e0", "e2"}
 
 
@@ -204,7 +204,7 @@ def test_heap_sees_a_finished_request_within_n_picks():
     got = []
     for _ in range(4 + 3):
         e = b.pick()
-        got.append(e.name)
+        got.append(nm(e))
         e.outstanding += 1
     assert got[-3:] == ["e2", "e2", "e2"]
 
@@ -223,7 +223,7 @@ def test_aperture_stays_small_under_light_load_and_grows_with_load():
         clock.advance(0.05)
         b.pick().outstanding += 1
     assert b.aperture == 10
-    used = {e.name for e in es if e.outstanding}
+    used = {nm(e) for e in es if e.outstanding}
     assert len(used) == 10
     # Everything finishes; over a few smoothing windows the aperture shrinks back.
     for e in es:
@@ -258,9 +258,9 @@ def test_aperture_respects_min_aperture_and_orders_by_a_stable_token():
     assert b.aperture == 3
     used = set(picks(b, 600))
     assert len(used) == 3
-    order = [e.name for e in b._order]
+    order = [nm(e) for e in b._order]
     b.update(list(reversed(es)))  # same endpoints, another order: same tokens, same order
-    assert [e.name for e in b._order] == order
+    assert [nm(e) for e in b._order] == order
     b.update(es[:2])  # fewer endpoints than minAperture: the aperture is all of them
     assert b.aperture == 2
 
@@ -273,7 +273,7 @@ def test_aperture_moves_dead_endpoints_out_of_the_window():
     for e in first_two:
         kill(e, clock.t)
     got = picks(b, 100)
-    assert not set(got) & {e.name for e in first_two}
+    assert not set(got) & {nm(e) for e in first_two}
     assert set(b._order[:2]).isdisjoint(first_two)
     clock.advance(10)  # backoffs over: the stable order comes back (probes first)
     b.pick()
