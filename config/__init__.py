@@ -13,6 +13,7 @@ from .load import (
     read_token_file,
     to_json,
 )
+from .policy import ClientPolicy, ServicePolicy, client_policy, service_policy
 from .schema import (
     DEFAULT_TRUSTED_CIDRS,
     Admin,
@@ -35,6 +36,7 @@ __all__ = [
     "Admin",
     "AdminAuth",
     "ClientConfig",
+    "ClientPolicy",
     "ClientTls",
     "Config",
     "ConfigError",
@@ -46,10 +48,13 @@ __all__ = [
     "RouterConfig",
     "ServerConfig",
     "ServerTls",
+    "ServicePolicy",
     "admin_token_problem",
+    "client_policy",
     "default_config",
     "load_file",
     "load_text",
     "read_token_file",
+    "service_policy",
     "to_json",
 ]

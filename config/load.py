@@ -6,7 +6,7 @@ value keeps the line it was written on and an error can say
 A router section written for Linkerd 1 loads unchanged: its keys mean the same here,
 and the Linkerd keys we cannot honour yet are either refused with a clear error (when
 ignoring them would change where traffic goes or who may reach it) or accepted with a
-logged note (tuning knobs such as `loadBalancer`, and the `telemetry`/`usage` blocks).
+logged note (tuning knobs such as `clientSession`, and the `telemetry`/`usage` blocks).
 
 This module reads the files a config names (an HMAC `keyFile`) and checks that named
 paths exist, so a broken config fails at load with its line, not later at first use.
@@ -30,6 +30,29 @@ from yaml.constructor import SafeConstructor
 
 from dtab import Dtab, DtabSyntaxError, Path, read_dtab, read_path, read_prefix
 
+from .policy import (
+    ACCRUAL_KINDS,
+    BACKOFF_KINDS,
+    BALANCER_KINDS,
+    CLASSIFIERS,
+    DEFAULT_ACCRUAL_BACKOFF,
+    H2_CLASSIFIERS,
+    HTTP_CLASSIFIERS,
+    MATCH_ALL,
+    BackoffConfig,
+    ClassifierConfig,
+    FailureAccrualConfig,
+    HostConnectionPool,
+    LoadBalancerConfig,
+    PathMatcher,
+    PrefixConfig,
+    PrefixError,
+    RetryBudgetConfig,
+    RetryBufferSize,
+    ServiceConfig,
+    client_policy_json,
+    service_json,
+)
 from .schema import (
     IDENTIFIER_KINDS,
     Admin,
@@ -135,8 +158,8 @@ _IGNORED_ROUTER = {
         "bindingCache", "announcers", "httpAccessLog", "httpAccessLogRollPolicy", "httpAccessLogAppend",
         "httpAccessLogRotateCount", "h2AccessLog", "h2AccessLogRollPolicy", "h2AccessLogAppend",
         "h2AccessLogRotateCount", "tracePropagator", "maxInitialLineKB", "maxRequestKB", "maxResponseKB",
-        "maxChunkKB", "maxErrResponseKB", "streamingEnabled", "compressionLevel", "service",
-        "originator", "loggers", "responseClassifier", "failFast", "socketOptions", "experimental",
+        "maxChunkKB", "maxErrResponseKB", "streamingEnabled", "compressionLevel",
+        "originator", "loggers", "failFast", "socketOptions", "experimental",
     )
 }  # fmt: skip
 _IGNORED_SERVER = {
@@ -147,12 +170,19 @@ _IGNORED_SERVER = {
 _IGNORED_CLIENT = {
     k: "not configurable; the built-in behaviour applies"
     for k in (
-        "loadBalancer", "failureAccrual", "hostConnectionPool", "retries", "requeueBudget",
-        "requestAttemptTimeoutMs", "clientSession", "engine", "socketOptions", "forwardClientCert",
+        "clientSession", "engine", "socketOptions", "forwardClientCert",
         "initialStreamWindowBytes", "headerTableBytes", "maxFrameBytes", "maxHeaderListBytes",
         "windowUpdateRatio", "maxConcurrentStreamsPerConnection",
     )
 }  # fmt: skip
+# The client block's keys (config/policy.py): those that hold for the whole router, and
+# those that may differ per client (per prefix of the bound id with io.l5d.static).
+_CLIENT_ROUTER_KEYS = ("kind", "protocol", "tls", "connectTimeoutMs", "idleTimeoutMs", "maxConnections")
+_CLIENT_POLICY_KEYS = ("loadBalancer", "failureAccrual", "requestAttemptTimeoutMs", "hostConnectionPool", "requeueBudget")
+_REFUSED_CLIENT = {
+    "retries": "retries are per service in Linkerd 1: set service.retries (and service.responseClassifier)",
+}
+_SERVICE_KEYS = ("totalTimeoutMs", "retries", "responseClassifier", "retryBufferSize", "classificationTimeoutMs")
 _IGNORED_CLIENT_TLS = {"trustCertsBundle": "use trustCerts", "protocols": "TLS versions are not configurable"}
 
 _TCHAR = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 token
@@ -275,6 +305,7 @@ def _router_json(r: RouterConfig) -> dict[str, Any]:
         "connectTimeoutMs": c.connect_timeout_ms,
         "idleTimeoutMs": c.idle_timeout_ms,
         "maxConnections": c.max_connections,
+        **client_policy_json(r),
     }
     if c.tls is not None:
         t = c.tls
@@ -302,6 +333,7 @@ def _router_json(r: RouterConfig) -> dict[str, Any]:
             "headerReadTimeoutMs": lim.header_read_timeout_ms,
             "idleTimeoutMs": lim.idle_timeout_ms,
             "maxRequestBodyBytes": lim.max_request_body_bytes,
+            "streamIdleTimeoutMs": lim.stream_idle_timeout_ms or 0,
         },
         "addForwarded": r.add_forwarded,
         "addVia": r.add_via,
@@ -316,6 +348,7 @@ def _router_json(r: RouterConfig) -> dict[str, Any]:
             "kind": "io.l5d.k8s", "namespace": r.dtab_store.namespace, "name": r.dtab_store.name,
             **_api_json(r.dtab_store.api),
         },
+        "service": service_json(r),
     }
 
 
@@ -815,9 +848,13 @@ class _Loader:
             "protocol", "label", "dstPrefix", "identifier", "dtab", "baseDtab", "servers", "client",
             "timeoutMs", "bindingTimeoutMs", "overrides", "limits", "addForwarded", "addVia",
             "addForwardedHeader", "maxHeadersKB", "interpreter", "rules", "hashOn", "resources", "dtabStore",
+            "service", "responseClassifier",
         )  # fmt: skip
         m = self.mapping(node, path, known, _IGNORED_ROUTER)
         protocol = self.choice(m, "protocol", PROTOCOLS, unsupported=LINKERD_PROTOCOLS, what="protocol")
+        if "responseClassifier" in m.items:  # Linkerd 0.x's place for it
+            self.fail(m.items["responseClassifier"][0], m.key("responseClassifier"),
+                      "the response classifier is per service in Linkerd 1: set service.responseClassifier")  # fmt: skip
         label = self.str_(m, "label", protocol)
         dst_prefix = self.parsed(m, "dstPrefix", read_path, "path") or Path.of("svc")
         transformers = self.interpreter(m)
@@ -852,6 +889,7 @@ class _Loader:
             k8s_resources=self.k8s_resources(m),
             dtab_store=self.dtab_store(m, label),
             **self.router_rules(m, protocol),
+            service=self.service(m, protocol),
         )
 
     # -- rules and resources (docs/rules.md) ---------------------------------------------
@@ -1365,15 +1403,18 @@ class _Loader:
         if node is None:
             return ClientConfig(protocol=protocol)
         path = router.key("client")
-        known = ("kind", "protocol", "tls", "connectTimeoutMs", "idleTimeoutMs", "maxConnections")
         kind_m = self.mapping(node, path, ("kind",), check=False)
-        if kind_m.has(
-            "kind"
-        ):  # Linkerd: io.l5d.global is the flat form; io.l5d.static has per-prefix configs
-            self.choice(
-                kind_m, "kind", ("io.l5d.global",), unsupported=("io.l5d.static",), what="client kind"
-            )
-        m = self.mapping(node, path, known, _IGNORED_CLIENT)
+        # Linkerd: io.l5d.global is the flat form; io.l5d.static has per-prefix configs.
+        kind = self.choice(kind_m, "kind", ("io.l5d.global", "io.l5d.static"), "io.l5d.global", what="client kind")
+        static = kind == "io.l5d.static"
+        m = self.mapping(node, path, (*_CLIENT_ROUTER_KEYS, *_CLIENT_POLICY_KEYS, *_REFUSED_CLIENT, "configs"),
+                         _IGNORED_CLIENT)  # fmt: skip
+        self.refused_client_keys(m)
+        for name in (_CLIENT_POLICY_KEYS if static else ("configs",)):
+            if name in m.items:
+                why = (f"with kind io.l5d.static, '{name}' goes in a configs[] entry (with its prefix)" if static
+                       else "'configs' needs kind: io.l5d.static")  # fmt: skip
+                self.fail(m.items[name][0], m.key(name), why)
         tls = None
         tls_node = m.get("tls")
         if tls_node is not None:
@@ -1396,13 +1437,262 @@ class _Loader:
                 cert_path=cert_path,
                 key_path=key_path,
             )
+        if static:
+            configs = self.prefix_configs(m, "bound ids like /#/io.l5d.fs/web", self.client_settings,
+                                          _CLIENT_POLICY_KEYS, client=True)  # fmt: skip
+        else:
+            settings = self.client_settings(m)
+            configs = (PrefixConfig(MATCH_ALL, settings),) if settings else ()
+            pool = m.get("hostConnectionPool")
+            if pool is not None and m.has("maxConnections"):
+                pm = self.mapping(pool, m.key("hostConnectionPool"), ("maxSize",), check=False)
+                if pm.has("maxSize"):
+                    self.fail(pm.get("maxSize"), pm.key("maxSize"),
+                              "set 'maxConnections' or 'hostConnectionPool.maxSize', not both")  # fmt: skip
         return ClientConfig(
             protocol=self.choice(m, "protocol", PROTOCOLS, protocol, what="protocol"),
             tls=tls,
             connect_timeout_ms=self.ms(m, "connectTimeoutMs", 1_000),
             idle_timeout_ms=self.ms(m, "idleTimeoutMs", 10_000),
             max_connections=self.int_(m, "maxConnections", None, 1, 1_000_000),
+            kind=kind,
+            configs=configs,
         )
+
+    # -- service and client policies (config/policy.py) ----------------------------------
+
+    def refused_client_keys(self, m: _Map) -> None:
+        for name, why in _REFUSED_CLIENT.items():
+            if name in m.items:
+                self.fail(m.items[name][0], m.key(name), why)
+
+    def refused_prefix_client_keys(self, m: _Map) -> None:
+        for name, (k, _) in m.items.items():
+            if name in _CLIENT_ROUTER_KEYS:
+                why = ("per-prefix TLS is not supported yet; set client.tls next to 'kind: io.l5d.static' "
+                       "(it applies to every client of the router)" if name == "tls" else
+                       f"'{name}' applies to the whole router: set client.{name} next to 'kind: io.l5d.static'")  # fmt: skip
+                self.fail(k, m.key(name), why)
+        self.refused_client_keys(m)
+
+    def prefix_configs(self, m: _Map, what: str, settings: Callable[[_Map], tuple[tuple[str, Any], ...]],
+                       keys: tuple[str, ...], *, client: bool = False) -> tuple[PrefixConfig, ...]:  # fmt: skip
+        """`configs` of an io.l5d.static block: a list of {prefix, ...keys}."""
+        node = m.get("configs")
+        if node is None:
+            self.fail(m.node, m.path, f"kind io.l5d.static needs 'configs': a list of {{prefix, ...}} for {what}")
+        if not isinstance(node, yaml.SequenceNode):
+            self.fail(node, m.key("configs"), f"expected a list of {{prefix, ...}}, got {_describe(node)}")
+        out = []
+        for i, item in enumerate(node.value):
+            key = f"{m.key('configs')}[{i}]"
+            if client:  # router-wide and refused keys are read only to say why they can't be here
+                c = self.mapping(item, key, ("prefix", *keys, *_CLIENT_ROUTER_KEYS, *_REFUSED_CLIENT), _IGNORED_CLIENT)
+                self.refused_prefix_client_keys(c)
+            else:
+                c = self.mapping(item, key, ("prefix", *keys))
+            if not c.has("prefix"):
+                self.fail(item, key, f"missing required key 'prefix' (which {what} this config applies to)")
+            pnode = c.items["prefix"][1]
+            text = self.scalar(pnode)
+            if not isinstance(text, str):
+                self.fail(pnode, c.key("prefix"), f"expected a prefix like '/svc/web', got {_describe(pnode)}")
+            try:
+                matcher = PathMatcher.read(text)
+            except PrefixError as exc:
+                self.fail(pnode, c.key("prefix"), f"invalid prefix: {exc}")
+            out.append(PrefixConfig(matcher, settings(c)))
+        return tuple(out)
+
+    def service(self, router: _Map, protocol: str) -> ServiceConfig:
+        node = router.get("service")
+        if node is None:
+            return ServiceConfig()
+        path = router.key("service")
+        kind_m = self.mapping(node, path, ("kind",), check=False)
+        kind = self.choice(kind_m, "kind", ("io.l5d.global", "io.l5d.static"), "io.l5d.global", what="service kind")
+
+        def settings(m: _Map) -> tuple[tuple[str, Any], ...]:
+            return self.service_settings(m, protocol)
+
+        if kind == "io.l5d.static":
+            m = self.mapping(node, path, ("kind", "configs"))
+            configs = self.prefix_configs(m, "logical names like /svc/web", settings, _SERVICE_KEYS)
+            return ServiceConfig(kind=kind, configs=configs)
+        m = self.mapping(node, path, ("kind", *_SERVICE_KEYS))
+        flat = settings(m)
+        return ServiceConfig(kind=kind, configs=(PrefixConfig(MATCH_ALL, flat),) if flat else ())
+
+    def service_settings(self, m: _Map, protocol: str) -> tuple[tuple[str, Any], ...]:
+        out: list[tuple[str, Any]] = []
+        if m.has("totalTimeoutMs"):
+            out.append(("total_timeout_ms", self.ms(m, "totalTimeoutMs", 0)))
+        retries = m.get("retries")
+        if retries is not None:
+            r = self.mapping(retries, m.key("retries"), ("budget", "backoff"))
+            if r.has("budget"):
+                out.append(("retry_budget", self.retry_budget(r.get("budget"), r.key("budget"))))  # type: ignore[arg-type]
+            if r.has("backoff"):
+                out.append(("retry_backoff", self.backoff(r.get("backoff"), r.key("backoff"))))  # type: ignore[arg-type]
+        if m.has("responseClassifier"):
+            out.append(("response_classifier", self.classifier(m.get("responseClassifier"), m.key("responseClassifier"), protocol)))  # type: ignore[arg-type]
+        buf = m.get("retryBufferSize")
+        if buf is not None:
+            b = self.mapping(buf, m.key("retryBufferSize"), ("requestBytes", "responseBytes"))
+            size = "a size in bytes (0 to 1073741824)"
+            out.append(("retry_buffer", RetryBufferSize(
+                request_bytes=self.int_(b, "requestBytes", 16_383, 0, _MAX_BYTES, size),
+                response_bytes=self.int_(b, "responseBytes", 16_383, 0, _MAX_BYTES, size),
+            )))  # fmt: skip
+        if m.has("classificationTimeoutMs"):
+            if protocol != "h2":
+                self.fail(m.items["classificationTimeoutMs"][0], m.key("classificationTimeoutMs"),
+                          "classificationTimeoutMs applies to h2 routers (an HTTP/1.1 response is classified by its head)")  # fmt: skip
+            out.append(("classification_timeout_ms", self.ms(m, "classificationTimeoutMs", 100)))
+        return tuple(out)
+
+    def client_settings(self, m: _Map) -> tuple[tuple[str, Any], ...]:
+        out: list[tuple[str, Any]] = []
+        if m.has("loadBalancer"):
+            out.append(("load_balancer", self.load_balancer(m.get("loadBalancer"), m.key("loadBalancer"))))  # type: ignore[arg-type]
+        if m.has("failureAccrual"):
+            out.append(("failure_accrual", self.failure_accrual(m.get("failureAccrual"), m.key("failureAccrual"))))  # type: ignore[arg-type]
+        if m.has("requestAttemptTimeoutMs"):
+            out.append(("request_attempt_timeout_ms", self.ms(m, "requestAttemptTimeoutMs", 0)))
+        pool = m.get("hostConnectionPool")
+        if pool is not None:
+            p = self.mapping(pool, m.key("hostConnectionPool"), ("minSize", "maxSize", "idleTimeMs", "maxWaiters"))
+            min_size: int = self.int_(p, "minSize", 0, 0, 1_000_000)
+            max_size: int | None = self.int_(p, "maxSize", None, 1, 1_000_000)
+            if max_size is not None and min_size > max_size:
+                self.fail(p.get("minSize"), p.key("minSize"), f"minSize {min_size} is above maxSize {max_size}")
+            out.append(("host_connection_pool", HostConnectionPool(
+                min_size=min_size,
+                max_size=max_size,
+                idle_time_ms=self.int_(p, "idleTimeMs", None, 1, _MAX_MS, "a duration in milliseconds (1-86400000)"),
+                max_waiters=self.int_(p, "maxWaiters", None, 0, 1_000_000),
+            )))  # fmt: skip
+        if m.has("requeueBudget"):
+            out.append(("requeue_budget", self.retry_budget(m.get("requeueBudget"), m.key("requeueBudget"))))  # type: ignore[arg-type]
+        return tuple(out)
+
+    def float_(self, m: _Map, name: str, default: float | None, lo: float, hi: float, what: str) -> Any:
+        node = m.get(name)
+        if node is None:
+            return default
+        value = self.scalar(node)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            self.fail(node, m.key(name), f"expected {what}, got {_describe(node)}")
+        return float(value)
+
+    def required(self, m: _Map, name: str, why: str) -> None:
+        if not m.has(name):
+            self.fail(m.node, m.path, f"missing required key '{name}' ({why})")
+
+    def retry_budget(self, node: yaml.Node, key: str) -> RetryBudgetConfig:
+        m = self.mapping(node, key, ("ttlSecs", "minRetriesPerSec", "percentCanRetry"))
+        # Finagle's bounds (RetryBudget.apply): ttl 1-60 s, a floor >= 0, a share 0-1000.
+        return RetryBudgetConfig(
+            ttl_secs=self.int_(m, "ttlSecs", 10, 1, 60, "a ttl of 1-60 seconds"),
+            min_retries_per_sec=self.int_(m, "minRetriesPerSec", 10, 0, 1_000_000, "a rate of 0-1000000 per second"),
+            percent_can_retry=self.float_(m, "percentCanRetry", 0.2, 0.0, 1000.0, "a share of requests, 0 to 1000 (0.2: one retry per five requests)"),
+        )  # fmt: skip
+
+    def backoff(self, node: yaml.Node, key: str) -> BackoffConfig:
+        kind_m = self.mapping(node, key, ("kind",), check=False)
+        kind = self.choice(kind_m, "kind", BACKOFF_KINDS, what="backoff kind")
+        if kind == "constant":
+            m = self.mapping(node, key, ("kind", "ms"))
+            return BackoffConfig(kind=kind, ms=self.int_(m, "ms", 0, 0, _MAX_MS, "a duration in milliseconds (0-86400000)"))
+        m = self.mapping(node, key, ("kind", "minMs", "maxMs"))
+        for name in ("minMs", "maxMs"):
+            self.required(m, name, f"a {kind} backoff runs from minMs to maxMs")
+        lo: int = self.ms(m, "minMs", 0)
+        hi: int = self.ms(m, "maxMs", 0)
+        if lo > hi:
+            self.fail(m.get("minMs"), m.key("minMs"), f"minMs {lo} is above maxMs {hi}")
+        return BackoffConfig(kind=kind, min_ms=lo, max_ms=hi)
+
+    def load_balancer(self, node: yaml.Node, key: str) -> LoadBalancerConfig:
+        kind_m = self.mapping(node, key, ("kind",), check=False)
+        kind = self.choice(kind_m, "kind", BALANCER_KINDS, "ewma", what="load balancer kind")
+        keys = {
+            "p2c": ("maxEffort",),
+            "ewma": ("maxEffort", "decayTimeMs"),
+            "roundRobin": ("maxEffort",),
+            "heap": (),
+            "aperture": ("maxEffort", "smoothWindowMs", "lowLoad", "highLoad", "minAperture"),
+        }[kind]
+        m = self.mapping(node, key, ("kind", "enableProbation", *keys))
+        if self.bool_(m, "enableProbation", False):
+            self.fail(m.get("enableProbation"), m.key("enableProbation"),
+                      "enableProbation: true is not supported yet (endpoints leave the balancer when discovery drops them)")  # fmt: skip
+        d = LoadBalancerConfig(kind=kind)
+        low = self.float_(m, "lowLoad", d.low_load, 0.0, 1e6, "a load per endpoint (0 or more)")
+        high = self.float_(m, "highLoad", d.high_load, 0.0, 1e6, "a load per endpoint (0 or more)")
+        if not low < high:
+            self.fail(m.get("highLoad") or m.get("lowLoad"), m.key("highLoad" if m.has("highLoad") else "lowLoad"),
+                      f"the load band needs lowLoad < highLoad, got {low} and {high}")  # fmt: skip
+        return LoadBalancerConfig(
+            kind=kind,
+            max_effort=self.int_(m, "maxEffort", d.max_effort, 1, 100, "a number of tries 1-100"),
+            decay_time_ms=self.ms(m, "decayTimeMs", d.decay_time_ms),
+            smooth_window_ms=self.ms(m, "smoothWindowMs", d.smooth_window_ms),
+            low_load=low,
+            high_load=high,
+            min_aperture=self.int_(m, "minAperture", d.min_aperture, 1, 1_000_000, "an endpoint count, 1 or more"),
+        )
+
+    def failure_accrual(self, node: yaml.Node, key: str) -> FailureAccrualConfig:
+        kind_m = self.mapping(node, key, ("kind",), check=False)
+        kind = self.choice(kind_m, "kind", ACCRUAL_KINDS, what="failure accrual kind")
+        keys = {
+            "io.l5d.consecutiveFailures": ("failures", "backoff"),
+            "io.l5d.successRate": ("successRate", "requests", "backoff"),
+            "io.l5d.successRateWindowed": ("successRate", "window", "backoff"),
+            "none": (),
+        }[kind]
+        m = self.mapping(node, key, ("kind", *keys))
+        if "successRate" in keys:
+            self.required(m, "successRate", "the success rate below which an endpoint is ejected, like 0.9")
+        if "requests" in keys:
+            self.required(m, "requests", "how many requests the success rate is computed over")
+        if "window" in keys:
+            self.required(m, "window", "how many seconds the success rate is computed over")
+        b = m.get("backoff")
+        return FailureAccrualConfig(
+            kind=kind,
+            failures=self.int_(m, "failures", 5, 1, 1_000_000, "a failure count, 1 or more"),
+            success_rate=self.float_(m, "successRate", 0.0, 0.0, 1.0, "a success rate from 0 to 1"),
+            requests=self.int_(m, "requests", 0, 1, 1_000_000_000, "a request count, 1 or more"),
+            window_s=self.int_(m, "window", 0, 1, 86_400, "a window in seconds (1-86400)"),
+            backoff=self.backoff(b, m.key("backoff")) if b is not None else DEFAULT_ACCRUAL_BACKOFF,
+        )
+
+    def classifier(self, node: yaml.Node, key: str, protocol: str) -> ClassifierConfig:
+        kind_m = self.mapping(node, key, ("kind",), check=False)
+        every = (*HTTP_CLASSIFIERS, *H2_CLASSIFIERS)
+        kind = self.choice(kind_m, "kind", every, what="response classifier")
+        if kind not in CLASSIFIERS[protocol]:
+            other = kind.replace("io.l5d.h2.", "io.l5d.http.") if protocol == "http" else kind.replace("io.l5d.http.", "io.l5d.h2.")
+            hint = f" (use {other})" if other in CLASSIFIERS[protocol] else ""
+            self.fail(kind_m.get("kind"), kind_m.key("kind"), f"response classifier {kind} does not apply to {protocol} routers{hint}")
+        grpc = kind.startswith("io.l5d.h2.grpc.")
+        listed = kind == "io.l5d.h2.grpc.retryableStatusCodes"
+        m = self.mapping(node, key, ("kind", *(("successStatusCodes",) if grpc else ()), *(("retryableStatusCodes",) if listed else ())))
+        if listed:
+            self.required(m, "retryableStatusCodes", "the gRPC status codes to retry, like [14]")
+        success = self.codes(m, "successStatusCodes") if m.has("successStatusCodes") else frozenset({0})
+        return ClassifierConfig(kind=kind, retryable_status_codes=self.codes(m, "retryableStatusCodes"), success_status_codes=success)
+
+    def codes(self, m: _Map, name: str) -> frozenset[int]:
+        out = set()
+        for i, n in enumerate(self.seq(m, name)):
+            v = self.scalar(n)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0x7FFFFFFF:
+                self.fail(n, f"{m.key(name)}[{i}]", f"expected a gRPC status code (an integer, like 14), got {_describe(n)}")
+            out.add(v)
+        return frozenset(out)
 
     def overrides(self, router: _Map) -> OverrideConfig:
         node = router.get("overrides")
@@ -1492,6 +1782,9 @@ class _Loader:
             max_request_body_bytes=self.int_(
                 m, "maxRequestBodyBytes", None, 0, _MAX_BYTES * 64, "a size in bytes, or null for no limit"
             ),  # fmt: skip
+            stream_idle_timeout_ms=self.int_(
+                m, "streamIdleTimeoutMs", 300_000, 0, _MAX_MS, "a duration in milliseconds (0-86400000; 0: never)"
+            ) or None,  # fmt: skip
         )
 
     # -- whole-config checks ------------------------------------------------------------
@@ -1532,7 +1825,10 @@ class _Loader:
                 taken.append((s.ip, s.port, key if configured else f"{key} (the default server)"))
 
 
-_LIMIT_KEYS = ("maxHeaderBytes", "maxHeaders", "headerReadTimeoutMs", "idleTimeoutMs", "maxRequestBodyBytes")
+_LIMIT_KEYS = (
+    "maxHeaderBytes", "maxHeaders", "headerReadTimeoutMs", "idleTimeoutMs", "maxRequestBodyBytes",
+    "streamIdleTimeoutMs",
+)  # fmt: skip
 
 
 def load_rules(rule_docs: Iterable[Mapping[str, Any]], base_dir: str | None = None) -> tuple[list[RuleConfig], list[str]]:

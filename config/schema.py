@@ -14,6 +14,8 @@ from typing import TypeAlias
 
 from dtab import Dtab, Path, Prefix
 
+from .policy import PrefixConfig, ServiceConfig
+
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Where a per-request override is trusted from when the router says nothing (and the
@@ -153,6 +155,12 @@ class ClientConfig:
     connect_timeout_ms: int = 1_000
     idle_timeout_ms: int = 10_000
     max_connections: int | None = None  # per endpoint; None: unbounded
+    #: Linkerd's client kinds: `io.l5d.global` (the policy keys written flat, kept as one
+    #: config with prefix `/`) or `io.l5d.static` (per-prefix configs on bound ids). The
+    #: keys above apply to the whole router either way; `config.policy.client_policy`
+    #: resolves the rest for one client.
+    kind: str = "io.l5d.global"
+    configs: tuple[PrefixConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +203,9 @@ class Limits:
     header_read_timeout_ms: int = 10_000
     idle_timeout_ms: int = 60_000
     max_request_body_bytes: int | None = None  # None: unbounded (bodies are streamed)
+    #: A stream that moves no byte either way this long ends as an error on both sides
+    #: (Envoy's stream idle timeout and its default, 5 minutes); None: never.
+    stream_idle_timeout_ms: int | None = 300_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +351,9 @@ class RouterConfig:
     transformers: tuple[TransformerConfig, ...] = ()  # `interpreter.transformers`
     k8s_resources: K8sResourcesConfig | None = None  # routing resources watched from the API
     dtab_store: DtabStoreConfig | None = None
+    #: Linkerd's `service` block: per-logical-name policies (timeouts, retries, the
+    #: response classifier); `config.policy.service_policy` resolves one name.
+    service: ServiceConfig = ServiceConfig()
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,10 +233,10 @@ def test_the_message_format():
             "interpreter 'io.l5d.namerd' is not supported yet",
         ),
         (
-            "routers:\n- protocol: http\n  client:\n    kind: io.l5d.static\n    configs: []\n",
-            4,
-            "routers[0].client.kind",
-            "client kind 'io.l5d.static' is not supported yet",
+            "routers:\n- protocol: http\n  client:\n    kind: io.l5d.static\n    configs:\n    - prefix: /#/x\n      tls: {commonName: x}\n",
+            7,
+            "routers[0].client.configs[0].tls",
+            "per-prefix TLS is not supported yet",
         ),
         (
             "admin:\n  port: 9990\n  tls: {certPath: a}\nrouters: [{protocol: http}]\n",

@@ -20,6 +20,13 @@ from config import (
     load_text,
     to_json,
 )
+from config.policy import (
+    ClassifierConfig,
+    FailureAccrualConfig,
+    LoadBalancerConfig,
+    client_policy,
+    service_policy,
+)
 from dtab import Bound, Inet, Leaf, Path, Prefix, bind, read_dtab
 
 
@@ -118,9 +125,15 @@ def test_linkerd_daemonset_hello_world_config(disco, caplog):
         "config.yaml:8: telemetry: ignored: Linkerd telemetry plugins are not used; "
         "metrics are served at /admin/metrics/prometheus",
         "config.yaml:12: usage: ignored: usage reporting is not implemented",
-        "config.yaml:27: routers[0].service: ignored: not implemented; the default behaviour applies",
     )
     assert [r.getMessage() for r in caplog.records] == list(cfg.notes)
+    # the service block is read, not ignored
+    assert service_policy(cfg.routers[0], Path.of("svc", "x")).response_classifier == ClassifierConfig(
+        "io.l5d.http.retryableRead5XX"
+    )
+    assert service_policy(cfg.routers[1], Path.of("svc", "x")).response_classifier == ClassifierConfig(
+        "io.l5d.http.nonRetryable5XX"
+    )
 
 
 def test_linkerd_method_and_host_router_with_client_tuning(disco):
@@ -145,6 +158,7 @@ def test_linkerd_method_and_host_router_with_client_tuning(disco):
             failureAccrual:
               kind: io.l5d.successRate
               successRate: 0.9
+              requests: 1000
         """
     )
     (router,) = cfg.routers
@@ -152,11 +166,10 @@ def test_linkerd_method_and_host_router_with_client_tuning(disco):
     assert router.identifiers == (IdentifierConfig("io.l5d.methodAndHost", http_uri_in_dst=True),)
     assert router.servers[0].max_concurrent_requests == 2000
     assert router.client.protocol == "http"
-    assert [n.split(": ")[1] for n in cfg.notes] == [
-        "routers[0].client.loadBalancer",
-        "routers[0].client.failureAccrual",
-    ]
-    assert cfg.notes[0].startswith("config.yaml:16: ")
+    assert cfg.notes == ()  # the client tuning is read, not ignored
+    policy = client_policy(router, Path.of("#", "io.l5d.fs", "jclocal"))
+    assert policy.load_balancer == LoadBalancerConfig(kind="ewma")
+    assert policy.failure_accrual == FailureAccrualConfig(kind="io.l5d.successRate", success_rate=0.9, requests=1000)
 
 
 def test_h2_grpc_router():
