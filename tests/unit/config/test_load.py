@@ -117,7 +117,7 @@ def test_linkerd_daemonset_hello_world_config(disco, caplog):
     assert cfg.notes == (
         "config.yaml:8: telemetry: ignored: Linkerd telemetry plugins are not used; "
         "metrics are served at /admin/metrics/prometheus",
-        "config.yaml:12: usage: ignored: usage reporting is not implemented",
+        "config.yaml:12: usage: ignored: usage reporting is not implemented (nothing is sent)",
         "config.yaml:27: routers[0].service: ignored: not implemented; the default behaviour applies",
     )
     assert [r.getMessage() for r in caplog.records] == list(cfg.notes)
