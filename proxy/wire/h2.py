@@ -34,7 +34,7 @@ from dtab import Dtab
 from ..codec import grpc
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
-from ..errors import BadRequest, PeerProtocolError, ProxyError, Timeout
+from ..errors import BadRequest, BodyTooLarge, PeerProtocolError, ProxyError, Timeout
 from ..route.l5d import (
     encode_l5d_err,
     err_body,
@@ -129,6 +129,9 @@ class _Stream(RoutedRequest):
         server = conn._server
         if req.method == b"CONNECT":
             raise BadRequest("CONNECT is not supported over HTTP/2")
+        limit = conn._body_limit
+        if limit is not None and req.content_length is not None and req.content_length > limit:
+            raise BodyTooLarge(limit)  # before anything goes upstream
         self.is_grpc = grpc.is_grpc(req.content_type)
         self.head_only = req.method == b"HEAD"
         clear = server.clear_context
@@ -229,8 +232,15 @@ class _Stream(RoutedRequest):
     def data(self, data: bytes, flow_len: int) -> None:
         up = self.up
         if up is not None and data:
-            self._bytes_in += len(data)
-            up.send_body(data)
+            n = self._bytes_in + len(data)
+            limit = self.conn._body_limit
+            if limit is not None and n > limit:  # never forward a byte past the limit
+                self.up = None
+                up.cancel()
+                self.upstream_failed(BodyTooLarge(limit))  # 413, or a reset once answering
+            else:
+                self._bytes_in = n
+                up.send_body(data)
         if self.acks_paused and self.up is not None:
             self.unacked += flow_len
         else:
@@ -450,7 +460,7 @@ class ServerH2(asyncio.Protocol):
 
     __slots__ = ("_server", "_loop", "_transport", "_codec", "_streams", "_peer_ip", "last_active",
                  "_flush_scheduled", "_deferred", "_write_paused", "_closing", "_close_soon", "_in_read",
-                 "_scheme")
+                 "_scheme", "_body_limit")
 
     def __init__(self, server: Any) -> None:
         self._server = server
@@ -467,6 +477,7 @@ class ServerH2(asyncio.Protocol):
         self._close_soon = False
         self._in_read = False
         self._scheme = b"http"
+        self._body_limit: int | None = server.limits.max_request_body_bytes
 
     # -- connection lifecycle ----------------------------------------------------------------
 
