@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import h2.events
 import pytest
 
 from .grpc_helpers import H2Client, h2_router_yaml
@@ -512,6 +513,19 @@ def test_max_initial_line_kb_bounds_the_request_target(run: Any) -> None:
     run(main())
 
 
+class _DataWatchingClient(H2Client):
+    """H2Client with an event set whenever DATA arrives (to wait for a response to start)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.data_seen = asyncio.Event()
+
+    def _event(self, ev: Any) -> None:
+        super()._event(ev)
+        if isinstance(ev, h2.events.DataReceived):
+            self.data_seen.set()
+
+
 def _h2_limited(port: int) -> str:
     return h2_router_yaml(f"/svc/web => /$/inet/127.0.0.1/{port}", upstream="http",
                           identifier="    kind: io.l5d.header.token\n", extra=LIMIT)  # fmt: skip
@@ -547,6 +561,33 @@ def test_h2_data_past_the_limit_is_413_and_never_forwarded_past_it(run: Any) -> 
         assert r.status == 413 and b"limits.maxRequestBodyBytes" in r.body
         await web.closed.wait()
         assert b"Z" not in web.received.partition(b"\r\n\r\n")[2]
+        await c.close()
+        await rt.drain()
+        await web.close()
+
+    run(main())
+
+
+def test_h2_data_past_the_limit_after_the_response_started_resets_the_stream(run: Any) -> None:
+    async def main() -> None:
+        web = await RawBackend(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n").start()
+        rt = await start_proxy(_h2_limited(web.port))
+        c = await _DataWatchingClient.connect(proxy_port(rt))
+        fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"web"), (b":path", b"/up")]
+        sid = c.start(fields, b"x" * 10, end=False)
+        r = c.responses[sid]
+        await web.wait_for(b"x" * 10)
+        while r.body != b"abc":  # the response has started: its head and first bytes arrived
+            c.data_seen.clear()
+            await c.data_seen.wait()
+        c.conn.send_data(sid, b"ZZZZZ")
+        c.flush()
+        await r.done.wait()
+        assert r.status == 200 and r.reset is not None  # cut short: the stream is reset
+        await web.closed.wait()
+        assert b"Z" not in web.received.partition(b"\r\n\r\n")[2]
+        r2 = await c.request(b"GET", b"/", b"web", [(b"content-length", b"11")], b"x" * 11)
+        assert r2.status == 413  # only that stream ended; the connection serves on
         await c.close()
         await rt.drain()
         await web.close()
