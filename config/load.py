@@ -144,45 +144,73 @@ def read_token_file(path: str) -> bytes:
 # loads, and each occurrence is logged once and kept in `Config.notes`.
 _IGNORED_ROOT = {
     "telemetry": "Linkerd telemetry plugins are not used; metrics are served at /admin/metrics/prometheus",
-    "usage": "usage reporting is not implemented",
     "tracers": "tracers are not implemented",
-}
-_IGNORED_ADMIN = {
-    "workerThreads": "the admin server runs on the proxy's event loop",
-    "socketOptions": "socket options are not configurable",
 }
 _IGNORED_NAMER = {"experimental": "no namer here is experimental"}
 _IGNORED_ROUTER = {
     k: "not implemented; the default behaviour applies"
     for k in (
-        "bindingCache", "announcers", "httpAccessLog", "httpAccessLogRollPolicy", "httpAccessLogAppend",
+        "httpAccessLog", "httpAccessLogRollPolicy", "httpAccessLogAppend",
         "httpAccessLogRotateCount", "h2AccessLog", "h2AccessLogRollPolicy", "h2AccessLogAppend",
-        "h2AccessLogRotateCount", "tracePropagator", "maxInitialLineKB", "maxRequestKB", "maxResponseKB",
-        "maxChunkKB", "maxErrResponseKB", "streamingEnabled", "compressionLevel",
-        "originator", "loggers", "failFast", "socketOptions", "experimental",
+        "h2AccessLogRotateCount", "tracePropagator", "loggers", "experimental",
     )
 }  # fmt: skip
-_IGNORED_SERVER = {
-    "announce": "announcers are not implemented",
-    "socketOptions": "socket options are not configurable",
-    "engine": "there is one engine",
-}
-_IGNORED_CLIENT = {
-    k: "not configurable; the built-in behaviour applies"
-    for k in (
-        "clientSession", "engine", "socketOptions", "forwardClientCert",
-        "initialStreamWindowBytes", "headerTableBytes", "maxFrameBytes", "maxHeaderListBytes",
-        "windowUpdateRatio", "maxConcurrentStreamsPerConnection",
-    )
-}  # fmt: skip
+_IGNORED_CLIENT: dict[str, str] = {}  # every client key is implemented or refused
 # The client block's keys (config/policy.py): those that hold for the whole router, and
 # those that may differ per client (per prefix of the bound id with io.l5d.static).
 _CLIENT_ROUTER_KEYS = ("kind", "protocol", "tls", "connectTimeoutMs", "idleTimeoutMs", "maxConnections")
 _CLIENT_POLICY_KEYS = ("loadBalancer", "failureAccrual", "requestAttemptTimeoutMs", "hostConnectionPool", "requeueBudget")
+_SERVICE_KEYS = ("totalTimeoutMs", "retries", "responseClassifier", "retryBufferSize", "classificationTimeoutMs")
+
+# Linkerd keys that would change routing, safety or resource use and that we do not
+# implement: refused with the file, line and key, and what to do instead (never a note).
+_SOCKET_OPTIONS = (
+    "socket options are fixed (TCP_NODELAY on; SO_REUSEPORT only between workers); "
+    "for read timeouts use limits.idleTimeoutMs and limits.headerReadTimeoutMs"
+)
+_ANNOUNCE = "announcing to service discovery is not supported; register the proxy's address with your discovery system"
+_ENGINE = "there is one engine (asyncio with uvloop); remove the key"
+_REFUSED_ADMIN = {
+    "workerThreads": "the admin server runs on the main process's event loop; remove the key",
+    "socketOptions": _SOCKET_OPTIONS,
+}
+_REFUSED_ROUTER = {
+    "maxResponseKB": "responses are streamed, never buffered whole, and their size is not limited; remove the key",
+    "maxChunkKB": "bodies are streamed as they arrive, so a chunk is never buffered whole; "
+                  "bound request bodies with limits.maxRequestBodyBytes (or maxRequestKB)",
+    "maxErrResponseKB": "the proxy's own error details are fixed (l5d-err is cut at 8 KiB); "
+                        "set clearContext: true on a server to send none",
+    "bindingCache": "the route cache is fixed at 10000 routes per router (the oldest is evicted); remove the key",
+    "announcers": _ANNOUNCE,
+    "socketOptions": _SOCKET_OPTIONS,
+}  # fmt: skip
+_REFUSED_SERVER = {"announce": _ANNOUNCE, "socketOptions": _SOCKET_OPTIONS, "engine": _ENGINE}
+_H2_CLIENT = "HTTP/2 upstream connections use fixed settings: "
 _REFUSED_CLIENT = {
     "retries": "retries are per service in Linkerd 1: set service.retries (and service.responseClassifier)",
+    "clientSession": "upstream connection lifetimes are not configurable (a connection stays pooled "
+                     "until it fails or the endpoint goes away); bound the pool with client.hostConnectionPool",
+    "engine": _ENGINE,
+    "socketOptions": _SOCKET_OPTIONS,
+    "initialStreamWindowBytes": _H2_CLIENT + "a 1 MiB stream window and a 4 MiB connection window; remove the key",
+    "windowUpdateRatio": _H2_CLIENT + "window credit goes back when half a window is consumed; remove the key",
+    "headerTableBytes": _H2_CLIENT + "requests are HPACK-encoded with the static table only; remove the key",
+    "maxFrameBytes": _H2_CLIENT + "frames of at most 16384 bytes (the RFC 9113 default); remove the key",
+    "maxHeaderListBytes": _H2_CLIENT + "response header lists of at most 65536 bytes; remove the key",
+    "maxConcurrentStreamsPerConnection": _H2_CLIENT + "streams per connection follow the upstream's "
+                                         "SETTINGS_MAX_CONCURRENT_STREAMS, at most 1000; remove the key",
+}  # fmt: skip
+# Linkerd flags accepted at the value that describes what the proxy does, refused otherwise.
+_ONLY_ROUTER = {
+    "streamingEnabled": (True, "requests and responses are always streamed; bound request bodies "
+                               "with limits.maxRequestBodyBytes (or maxRequestKB)"),
+    "compressionLevel": (0, "the proxy never compresses responses; set 0 or remove the key, and compress at the backend"),
+    "failFast": (False, "fail-fast is not implemented; endpoints that keep failing are ejected by failure accrual"),
+    "originator": (False, "originator mode is not supported; remove the key"),
+}  # fmt: skip
+_ONLY_CLIENT = {
+    "forwardClientCert": (False, "forwarding the client's certificate (x-forwarded-client-cert) is not supported"),
 }
-_SERVICE_KEYS = ("totalTimeoutMs", "retries", "responseClassifier", "retryBufferSize", "classificationTimeoutMs")
 _IGNORED_CLIENT_TLS = {"trustCertsBundle": "use trustCerts", "protocols": "TLS versions are not configurable"}
 
 _TCHAR = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 token
@@ -334,6 +362,7 @@ def _router_json(r: RouterConfig) -> dict[str, Any]:
             "idleTimeoutMs": lim.idle_timeout_ms,
             "maxRequestBodyBytes": lim.max_request_body_bytes,
             "streamIdleTimeoutMs": lim.stream_idle_timeout_ms or 0,
+            "maxRequestTargetBytes": lim.max_request_target_bytes,
         },
         "addForwarded": r.add_forwarded,
         "addVia": r.add_via,
@@ -528,6 +557,29 @@ class _Loader:
     def note(self, node: yaml.Node, key: str, message: str) -> None:
         """A key that is accepted but has no effect: kept in `Config.notes`, logged once."""
         self.notes.append(f"{self.source}:{node.start_mark.line + 1}: {key}: {message}")
+
+    def refuse(self, m: _Map, refused: Mapping[str, str]) -> None:
+        """Fail on the first key (in file order) that `m` sets from `refused`, with the
+        key's line and what to use instead."""
+        for name in m.items:
+            if name in refused and m.has(name):
+                self.fail(m.items[name][0], m.key(name), f"not supported: {refused[name]}")
+
+    def only(self, m: _Map, allowed: Mapping[str, tuple[bool | int, str]]) -> None:
+        """Keys accepted only at the value that describes what the proxy does."""
+        for name in m.items:
+            if name not in allowed:
+                continue
+            node = m.get(name)
+            if node is None:
+                continue
+            value, why = allowed[name]
+            got = self.scalar(node)
+            if type(got) is not type(value):
+                what = "true or false" if isinstance(value, bool) else "an integer"
+                self.fail(node, m.key(name), f"expected {what}, got {_describe(node)}")
+            if got != value:
+                self.fail(node, m.key(name), f"{_describe(node)} is not supported: {why}")
 
     def scalar(self, node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
@@ -728,7 +780,8 @@ class _Loader:
             raise ConfigError(f"YAML error: {exc}", source=self.source) from None
         if root is None:
             raise ConfigError("empty config: expected a mapping with 'routers'", source=self.source)
-        m = self.mapping(root, "", ("admin", "namers", "routers", "resources"), _IGNORED_ROOT)
+        m = self.mapping(root, "", ("admin", "namers", "routers", "resources", "usage"), _IGNORED_ROOT)
+        self.usage(m)
         self._top_resources = self.resource_paths(m, top=True)
         admin = self.admin(m)
         namers = tuple(self.namer(n, f"namers[{i}]") for i, n in enumerate(self.seq(m, "namers")))
@@ -744,11 +797,23 @@ class _Loader:
             inputs=tuple((p, mt, size) for p, (mt, size) in sorted(self.inputs.items())),
         )
 
+    def usage(self, root: _Map) -> None:
+        """Linkerd's usage reporting: never sent from here. `enabled: false` says just
+        that; otherwise one note (a telemetry key: nothing changes for the traffic)."""
+        node = root.get("usage")
+        if node is None:
+            return
+        m = self.mapping(node, "usage", ("enabled", "orgId"))
+        self.str_(m, "orgId")
+        if self.bool_(m, "enabled", True):
+            self.note(root.items["usage"][0], "usage", "ignored: usage reporting is not implemented (nothing is sent)")
+
     def admin(self, root: _Map) -> Admin | None:
         node = root.get("admin")
         if node is None:
             return None if "admin" not in root.items else Admin()
-        m = self.mapping(node, "admin", ("ip", "port", "shutdownGraceMs", "tls", "auth", "hosts"), _IGNORED_ADMIN)
+        m = self.mapping(node, "admin", ("ip", "port", "shutdownGraceMs", "tls", "auth", "hosts", *_REFUSED_ADMIN))
+        self.refuse(m, _REFUSED_ADMIN)
         if m.has("tls"):
             self.fail(m.get("tls"), m.key("tls"), "TLS on the admin server is not supported yet")
         auth = None
@@ -848,15 +913,19 @@ class _Loader:
             "protocol", "label", "dstPrefix", "identifier", "dtab", "baseDtab", "servers", "client",
             "timeoutMs", "bindingTimeoutMs", "overrides", "limits", "addForwarded", "addVia",
             "addForwardedHeader", "maxHeadersKB", "interpreter", "rules", "hashOn", "resources", "dtabStore",
-            "service", "responseClassifier",
+            "service", "responseClassifier", "maxRequestKB", "maxInitialLineKB", *_REFUSED_ROUTER, *_ONLY_ROUTER,
         )  # fmt: skip
         m = self.mapping(node, path, known, _IGNORED_ROUTER)
+        self.refuse(m, _REFUSED_ROUTER)
+        self.only(m, _ONLY_ROUTER)
         protocol = self.choice(m, "protocol", PROTOCOLS, unsupported=LINKERD_PROTOCOLS, what="protocol")
         if "responseClassifier" in m.items:  # Linkerd 0.x's place for it
             self.fail(m.items["responseClassifier"][0], m.key("responseClassifier"),
                       "the response classifier is per service in Linkerd 1: set service.responseClassifier")  # fmt: skip
         label = self.str_(m, "label", protocol)
-        dst_prefix = self.parsed(m, "dstPrefix", read_path, "path") or Path.of("svc")
+        dst_prefix = self.parsed(m, "dstPrefix", read_path, "path")
+        if dst_prefix is None:  # `dstPrefix: /` is the empty prefix (names like /web), not the default
+            dst_prefix = Path.of("svc")
         transformers = self.interpreter(m)
         identifier_nodes = self.seq(m, "identifier", single_ok=True)
         if m.has("identifier") and not identifier_nodes:
@@ -1193,17 +1262,36 @@ class _Loader:
 
     def router_limits(self, router: _Map) -> Limits:
         limits = self.limits(router)
+        own = router.get("limits")
+        own_m = self.mapping(own, "", _LIMIT_KEYS, check=False) if own is not None else None
         node = router.get("maxHeadersKB")
+        if node is not None:
+            # Linkerd's limit on the request head, in KiB.
+            kb: int = self.int_(router, "maxHeadersKB", None, 1, 1024, "an integer 1-1024 (KiB)")
+            if own_m is not None and own_m.has("maxHeaderBytes"):
+                self.fail(
+                    node, router.key("maxHeadersKB"), "set 'maxHeadersKB' or 'limits.maxHeaderBytes', not both"
+                )
+            limits = dataclasses.replace(limits, max_header_bytes=kb * 1024)
+        # Linkerd's other HTTP/1 limits in KiB: the request body (Linkerd bounds only
+        # bodies with a Content-Length; here a chunked one is bounded too) and the
+        # initial line (here its target, the part a client makes long).
+        limits = self.kb_limit(router, own_m, limits, "maxRequestKB", "maxRequestBodyBytes", 0, 64 << 20)
+        return self.kb_limit(router, own_m, limits, "maxInitialLineKB", "maxRequestTargetBytes", 1, 16 << 10)
+
+    def kb_limit(self, router: _Map, own: _Map | None, limits: Limits, kb_key: str, own_key: str,
+                 lo: int, hi: int) -> Limits:  # fmt: skip
+        """A Linkerd `...KB` router key as the `limits` key it means. Both may be set
+        when they agree."""
+        node = router.get(kb_key)
         if node is None:
             return limits
-        # Linkerd's limit on the request head, in KiB.
-        kb: int = self.int_(router, "maxHeadersKB", None, 1, 1024, "an integer 1-1024 (KiB)")
-        own = router.get("limits")
-        if own is not None and self.mapping(own, "", _LIMIT_KEYS, check=False).has("maxHeaderBytes"):
-            self.fail(
-                node, router.key("maxHeadersKB"), "set 'maxHeadersKB' or 'limits.maxHeaderBytes', not both"
-            )
-        return dataclasses.replace(limits, max_header_bytes=kb * 1024)
+        size = 1024 * self.int_(router, kb_key, None, lo, hi, f"a size {lo}-{hi} (KiB)")
+        field = _LIMIT_FIELDS[own_key]
+        if own is not None and own.has(own_key) and getattr(limits, field) != size:
+            self.fail(node, router.key(kb_key), f"{kb_key} ({size} bytes) disagrees with limits.{own_key} "
+                      f"({getattr(limits, field)} bytes); set one of them")  # fmt: skip
+        return dataclasses.replace(limits, **{field: size})
 
     def interpreter(self, router: _Map) -> tuple[TransformerConfig, ...]:
         """Linkerd's default interpreter (the router's own dtab and namers), and its
@@ -1368,9 +1456,8 @@ class _Loader:
         return lower
 
     def server(self, node: yaml.Node, path: str) -> ServerConfig:
-        m = self.mapping(
-            node, path, ("ip", "port", "clearContext", "tls", "maxConcurrentRequests"), _IGNORED_SERVER
-        )
+        m = self.mapping(node, path, ("ip", "port", "clearContext", "tls", "maxConcurrentRequests", *_REFUSED_SERVER))
+        self.refuse(m, _REFUSED_SERVER)
         tls = None
         tls_node = m.get("tls")
         if tls_node is not None:
@@ -1407,9 +1494,10 @@ class _Loader:
         # Linkerd: io.l5d.global is the flat form; io.l5d.static has per-prefix configs.
         kind = self.choice(kind_m, "kind", ("io.l5d.global", "io.l5d.static"), "io.l5d.global", what="client kind")
         static = kind == "io.l5d.static"
-        m = self.mapping(node, path, (*_CLIENT_ROUTER_KEYS, *_CLIENT_POLICY_KEYS, *_REFUSED_CLIENT, "configs"),
-                         _IGNORED_CLIENT)  # fmt: skip
+        m = self.mapping(node, path, (*_CLIENT_ROUTER_KEYS, *_CLIENT_POLICY_KEYS, *_REFUSED_CLIENT, *_ONLY_CLIENT,
+                                      "configs"), _IGNORED_CLIENT)  # fmt: skip
         self.refused_client_keys(m)
+        self.only(m, _ONLY_CLIENT)
         for name in (_CLIENT_POLICY_KEYS if static else ("configs",)):
             if name in m.items:
                 why = (f"with kind io.l5d.static, '{name}' goes in a configs[] entry (with its prefix)" if static
@@ -1462,9 +1550,7 @@ class _Loader:
     # -- service and client policies (config/policy.py) ----------------------------------
 
     def refused_client_keys(self, m: _Map) -> None:
-        for name, why in _REFUSED_CLIENT.items():
-            if name in m.items:
-                self.fail(m.items[name][0], m.key(name), why)
+        self.refuse(m, _REFUSED_CLIENT)
 
     def refused_prefix_client_keys(self, m: _Map) -> None:
         for name, (k, _) in m.items.items():
@@ -1785,6 +1871,10 @@ class _Loader:
             stream_idle_timeout_ms=self.int_(
                 m, "streamIdleTimeoutMs", 300_000, 0, _MAX_MS, "a duration in milliseconds (0-86400000; 0: never)"
             ) or None,  # fmt: skip
+            # 8 KiB: what most servers and CDNs take (RFC 9112 §3: at least 8000 octets).
+            max_request_target_bytes=self.int_(
+                m, "maxRequestTargetBytes", 8192, 1, 1 << 24, "a size 1-16777216 (bytes)"
+            ),
         )
 
     # -- whole-config checks ------------------------------------------------------------
@@ -1827,8 +1917,9 @@ class _Loader:
 
 _LIMIT_KEYS = (
     "maxHeaderBytes", "maxHeaders", "headerReadTimeoutMs", "idleTimeoutMs", "maxRequestBodyBytes",
-    "streamIdleTimeoutMs",
+    "streamIdleTimeoutMs", "maxRequestTargetBytes",
 )  # fmt: skip
+_LIMIT_FIELDS = {"maxRequestBodyBytes": "max_request_body_bytes", "maxRequestTargetBytes": "max_request_target_bytes"}
 
 
 def load_rules(rule_docs: Iterable[Mapping[str, Any]], base_dir: str | None = None) -> tuple[list[RuleConfig], list[str]]:

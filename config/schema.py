@@ -202,7 +202,8 @@ class Limits:
     max_headers: int = 100
     header_read_timeout_ms: int = 10_000
     idle_timeout_ms: int = 60_000
-    max_request_body_bytes: int | None = None  # None: unbounded (bodies are streamed)
+    max_request_body_bytes: int | None = None  # None: unbounded (bodies are streamed); 413 above it
+    max_request_target_bytes: int = 8192  # the HTTP/1.1 request-target; 414 above it
     #: A stream that moves no byte either way this long ends as an error on both sides
     #: (Envoy's stream idle timeout and its default, 5 minutes); None: never.
     stream_idle_timeout_ms: int | None = 300_000

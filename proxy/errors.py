@@ -39,6 +39,15 @@ class PeerProtocolError(ProtocolError):
     grpc_status = 13  # INTERNAL
 
 
+class BodyTooLarge(PeerProtocolError):
+    """A request body is larger than `limits.maxRequestBodyBytes` (RFC 9110 §15.5.14)."""
+
+    status, grpc_status, stage = 413, 8, "limits"  # 8: RESOURCE_EXHAUSTED
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body too large: more than {limit} bytes (limits.maxRequestBodyBytes)")
+
+
 class LocalProtocolError(ProtocolError):
     """We were asked to send something the protocol does not allow (our bug or a
     translation that cannot be expressed)."""

@@ -17,6 +17,14 @@ accepts but a proxy must not is checked in `on_headers_complete`: the HTTP versi
 Transfer-Encoding in HTTP/1.0, Host rules, target forms, status code range and
 reason-phrase characters. The unit tests pin each rule to a failing input.
 
+Rarer heads get a second pass, flagged by the same scan so a plain head pays nothing:
+a Connection header that nominates Content-Length or Host is refused (RFC 9110 §7.6.1),
+a response loses the fields its Connection header nominates, and `Upgrade: h2c` and
+HTTP2-Settings are removed (a request that offered only h2c is not an upgrade). An
+HTTP/1.0 request without Host gets an empty one, an HTTP/0.9 request line (which llhttp
+would hold, waiting for fields) is refused as soon as it ends, and a request body may be
+bounded (`max_body_bytes`: 413).
+
 Two httptools limits shape the code. It skips the body of a request that asks for an
 upgrade, so such a body (Content-Length only) is cut out of the tunnel bytes here.
 And it cannot be told that a response has no body, so responses to HEAD and 2xx
@@ -40,7 +48,7 @@ from http import HTTPStatus
 
 import httptools
 
-from proxy.errors import LocalProtocolError, PeerProtocolError
+from proxy.errors import BodyTooLarge, LocalProtocolError, PeerProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +89,7 @@ _RTSP_ONLY = frozenset(
 )
 # Fields that decide framing or connection handling; everything else passes through.
 # The small ints keep the per-field test to one dict probe and int comparisons.
-_CL, _TE, _HOST, _CONN, _EXPECT, _HOP = 1, 2, 3, 4, 5, 6
+_CL, _TE, _HOST, _CONN, _EXPECT, _HOP, _ODD = 1, 2, 3, 4, 5, 6, 7
 _FRAMING = {
     b"content-length": _CL,
     b"transfer-encoding": _TE,
@@ -93,8 +101,28 @@ _FRAMING = {
     b"proxy-connection": _HOP,
     b"te": _HOP,
     b"trailer": _HOP,
-    b"upgrade": _HOP,
+    # Hop-by-hop too, and the head needs a second look (`_hop_request`): an Upgrade may
+    # offer h2c and HTTP2-Settings goes with it (RFC 7540 §3.2, deprecated by RFC 9113
+    # §3.1); neither is ever forwarded.
+    b"upgrade": _ODD,
+    b"http2-settings": _ODD,
 }
+_H2C = b"h2c"
+_UPGRADE = b"upgrade"
+_HTTP2_SETTINGS = b"http2-settings"
+# Connection options whose fields the proxy already drops or re-frames itself (RFC 9110
+# §7.6.1, RFC 9112 §6.1): naming them in Connection changes nothing. Any other option
+# sends the head through `_hop_request` / `_hop_response`.
+_OWN_OPTIONS = frozenset(
+    (b"close", b"keep-alive", b"upgrade", b"te", b"trailer", b"proxy-connection",
+     b"transfer-encoding", b"http2-settings", b"connection")
+)  # fmt: skip
+# Fields a Connection header may not nominate: they are meant for every recipient
+# (RFC 9110 §7.6.1: "a sender MUST NOT send a connection option corresponding to a field
+# that is intended for all recipients of the content"). Dropping Content-Length would
+# leave the body unframed on the next hop; dropping Host would leave an HTTP/1.1
+# request without one. So such a message is refused, never forwarded half-stripped.
+_END_TO_END = frozenset((b"content-length", b"host"))
 _L = 0x6C  # b"l": the first byte of an l5d- field name
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ] -- unreserved, pct-encoded,
 # sub-delims, ":" and the IP-literal brackets. `translate(None, chars)` deletes them,
@@ -262,12 +290,14 @@ class _Detach(Exception):
 
 def _scan(
     headers: Headers, http10: bool, status: int
-) -> tuple[bool, int | None, bool, int, bytes | None, bytes | None, Headers | None]:
+) -> tuple[bool, int | None, bool, int, bytes | None, bytes | None, Headers | None, bool]:
     """Framing fields of a header section: (chunked, content_length, keep_alive,
-    number of Host fields, first Host, Expect, extras). `extras` lists the hop-by-hop
+    number of Host fields, first Host, Expect, extras, odd). `extras` lists the hop-by-hop
     and `l5d-` fields, None when there are none (the head is `plain`): this loop already
     looks at every name, so a proxy need not walk the fields again to find the few it
-    must drop or read. Raises PeerProtocolError(status)."""
+    must drop or read. `odd` says the head needs a second pass (an Upgrade or
+    HTTP2-Settings field, or a Connection option beyond the proxy's own): rare, so the
+    common head pays one flag for it. Raises PeerProtocolError(status)."""
     length: int | None = None
     te: bytes | None = None
     conn: bytes | None = None
@@ -275,6 +305,7 @@ def _scan(
     host: bytes | None = None
     expect: bytes | None = None
     extras: Headers | None = None  # the fields that make the head not plain, in order
+    odd = False
     framing = _FRAMING
     for item in headers:
         name, value = item
@@ -305,6 +336,8 @@ def _scan(
                     conn = value if conn is None else conn + b"," + value
                 elif kind == _TE:
                     te = value if te is None else te + b"," + value
+                elif kind == _ODD:
+                    odd = True
                 if extras is None:
                     extras = []
                 extras.append(item)
@@ -330,7 +363,9 @@ def _scan(
             keep_alive = False
         else:
             keep_alive = not http10 or _KEEP_ALIVE in tokens
-    return chunked, length, keep_alive, hosts, host, expect, extras
+        if not odd:
+            odd = not _OWN_OPTIONS.issuperset(tokens)
+    return chunked, length, keep_alive, hosts, host, expect, extras, odd
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -353,6 +388,43 @@ def _check_codings(te: bytes, status: int) -> None:
         raise PeerProtocolError(
             f"unsupported transfer coding: {te!r}", status=501 if status == 400 else status
         )
+
+
+def _nominated(headers: Headers) -> set[bytes]:
+    """The field names Connection headers list (RFC 9110 §7.6.1), beyond the options the
+    proxy handles itself (`_OWN_OPTIONS`)."""
+    names: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            names.update(_tokens(value))
+    names -= _OWN_OPTIONS
+    names.discard(b"")
+    return names
+
+
+def _show_names(names: Iterable[bytes]) -> str:
+    return ", ".join(sorted(n.decode("latin-1") for n in names))
+
+
+_EXTRA_KINDS = frozenset((_TE, _CONN, _HOP, _ODD))
+
+
+def _extras_of(headers: Headers) -> Headers | None:
+    """The hop-by-hop and l5d- fields of a head, as `_scan` lists them (for a head the
+    second pass changed)."""
+    framing = _FRAMING
+    out = [h for h in headers if framing.get(h[0]) in _EXTRA_KINDS or h[0].startswith(b"l5d-")]
+    return out or None
+
+
+def _without_h2c(value: bytes) -> bytes:
+    """An Upgrade value without the `h2c` offer (RFC 9110 §7.8: a list of
+    protocol-name["/"protocol-version]); b"" when nothing else was offered."""
+    kept = [
+        p for p in (item.strip(_OWS) for item in value.split(b","))
+        if p and p.partition(b"/")[0].lower() != _H2C
+    ]  # fmt: skip
+    return b", ".join(kept)
 
 
 def _head_size(headers: Headers) -> int:
@@ -483,12 +555,24 @@ class RequestReader(_Reader):
     is True and the bytes that followed collect in `upgrade_tail` (later feeds are
     appended there) for the caller to tunnel; `decline_upgrade` resumes HTTP/1.1 if
     the upstream refused. Input after a request without keep-alive is ignored.
+
+    `max_body_bytes` (None: no limit) bounds a request's content: a Content-Length
+    above it fails at the head, a chunked body when it grows past it (413 either way),
+    so no piece beyond the limit is ever returned. An `Upgrade: h2c` offer and
+    HTTP2-Settings are removed from the head; a request that offered nothing else is
+    not an upgrade (h2c smuggling: the proxy would tunnel HTTP/2 past its routing).
+    An HTTP/1.0 request without Host gets an empty one (see `on_headers_complete`).
     """
 
-    __slots__ = ("_target", "_max_target", "_upgrade_body")
+    __slots__ = ("_target", "_max_target", "_upgrade_body", "_declined", "_max_body", "_body_left", "_line")
 
     def __init__(
-        self, *, max_header_bytes: int = 65536, max_headers: int = 100, max_target: int = 8192
+        self,
+        *,
+        max_header_bytes: int = 65536,
+        max_headers: int = 100,
+        max_target: int = 8192,
+        max_body_bytes: int | None = None,
     ) -> None:
         # 64 KiB of fields and 100 fields: the common server defaults (nginx's
         # large_client_header_buffers allow 4x8k, Go's net/http 1 MB, Node 16 KiB);
@@ -498,6 +582,10 @@ class RequestReader(_Reader):
         self._target = b""
         self._max_target = max_target
         self._upgrade_body = 0  # Content-Length still to cut out of the tunnel bytes
+        self._declined = False  # llhttp saw an upgrade that offered only h2c: resume HTTP/1.1
+        self._max_body = max_body_bytes
+        self._body_left: int | None = None  # bytes a chunked body may still add (None: uncounted)
+        self._line = b""  # the end of a head still in its request line (_check_request_line)
         self._parser = httptools.HttpRequestParser(self)  # looks our callbacks up once
 
     def feed(self, data: bytes) -> list[RequestEvent]:
@@ -554,6 +642,8 @@ class RequestReader(_Reader):
             self._events.append(Body(data[:left]))
             self._events.append(_EOM)
             self._upgrade_body = 0
+            if not self._keep_alive:  # as _end_message: nothing after it is read
+                self._closed = True
             self._slow = self.upgraded or self._closed
             data = data[left:]
         if self.upgraded:
@@ -568,14 +658,56 @@ class RequestReader(_Reader):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self.upgraded = self._slow = True
             self._state = _IDLE
+            if self._declined:
+                # Not an upgrade after all (only h2c was offered): the request ended
+                # (once its Content-Length body is cut out below); HTTP/1.1 goes on.
+                self._declined = False
+                self._parser = httptools.HttpRequestParser(self)
+                self._slow = bool(self._upgrade_body) or self._closed
+            else:
+                self.upgraded = self._slow = True
             self._feed_slow(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
         else:
             if self._state == _IN_HEAD or self._headers:
                 self._check_partial()
+                if self._state == _IN_HEAD and not self._headers:
+                    self._check_request_line(data)
+
+    def _check_request_line(self, data: bytes) -> None:
+        """After a feed that left a head with no field yet: if the request line has
+        ended without a version (`GET /`, HTTP/0.9), llhttp would wait for fields the
+        client never sends, so answer now (RFC 9112 §3: an HTTP/1.x request line ends
+        with the version). The last bytes of the head are kept across feeds (never more
+        than the line we compare with), so a line split over reads is judged whole. A
+        header line never equals `method SP target`: llhttp refuses a field name with a
+        space in it."""
+        full = self._parser.get_method() + b" " + self._target
+        tail = self._line + data if self._span else data  # _span 0: the head began in this feed
+        self._line = tail[-(len(full) + 3) :]  # LF + line + CR: enough to see the line whole
+        if tail[-1:] != b"\n":
+            return
+        line = tail[:-2] if tail[-2:-1] == b"\r" else tail[:-1]
+        # Without an LF, `line` runs from the feed where the target began (or is longer
+        # than `full`, cut above): so a suffix of `full` is the request line itself.
+        if line and (line == full or line.endswith(b"\n" + full) or (b"\n" not in line and full.endswith(line))):
+            raise self._fail("HTTP/0.9 request (no HTTP version in the request line) is not supported")
+
+    def on_body(self, body: bytes) -> None:
+        left = self._body_left
+        if left is not None:  # a chunked body under a limit: count before handing it on
+            left -= len(body)
+            if left < 0:
+                raise self._body_too_large()
+            self._body_left = left
+        self._events.append(Body(body))
+
+    def _body_too_large(self) -> PeerProtocolError:
+        err = self._error = BodyTooLarge(self._max_body or 0)
+        self._slow = True
+        return err
 
     # httptools callbacks (request side). There is no on_message_begin: on_url is
     # always the first callback of a request, and one fewer Python call per request
@@ -607,21 +739,34 @@ class RequestReader(_Reader):
         # Cheap test first: the feeds that carried this head bound its size.
         if len(headers) > self._max_headers or self._start_len + self._span > self._max_header_bytes:
             self._check_head(headers, len(method) + len(target) + 12)
-        chunked, length, keep_alive, hosts, host, expect, extras = _scan(headers, version is _HTTP_10, 400)
+        chunked, length, keep_alive, hosts, host, expect, extras, odd = _scan(headers, version is _HTTP_10, 400)
         # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one ever, and valid.
         if hosts != 1:
             if hosts:
                 raise self._fail("more than one Host header")
             if version is _HTTP_11:
                 raise self._fail("missing Host header")
+            # HTTP/1.0 may omit Host. The request goes upstream as HTTP/1.1, which must
+            # carry one, empty when the target has no authority (RFC 9112 §3.2); an
+            # absolute-form target's authority replaces it (§3.2.2). Identifiers see
+            # an empty Host as none.
+            headers.insert(0, (b"host", b""))
         elif host and host.translate(None, _HOST_CHARS):
             raise self._fail(f"invalid Host header: {host!r}")
         if method in _RTSP_ONLY:
             raise self._fail(f"unsupported method {method!r}")
         if target[:1] != b"/" or method == _CONNECT:
             self._check_target(method, target)
+        max_body = self._max_body
+        if max_body is not None:
+            if length is not None and length > max_body:
+                # RFC 9110 §15.5.14: refused before a byte of it is read or forwarded.
+                raise self._body_too_large()
+            self._body_left = max_body if chunked else None
         upgrade: bool = parser.should_upgrade()
-        if upgrade:
+        if odd:
+            headers, extras, upgrade = self._hop_request(headers, upgrade, method)
+        if upgrade or (odd and self._declined):
             if method == _CONNECT:
                 if chunked or length:
                     # RFC 9110 §9.3.6: a CONNECT request has no content.
@@ -629,7 +774,7 @@ class RequestReader(_Reader):
             elif chunked:
                 # httptools skips an upgrade request's body, and we can only find
                 # the end of a Content-Length body in the bytes it leaves us.
-                raise self._fail("chunked body on an upgrade request is not supported", 501)
+                raise self._fail("chunked body on a request with Upgrade is not supported", 501)
             elif length:
                 self._upgrade_body = length
         self._keep_alive = keep_alive
@@ -648,6 +793,36 @@ class RequestReader(_Reader):
                 extras,
             )
         )
+
+    def _hop_request(self, headers: Headers, upgrade: bool, method: bytes) -> tuple[Headers, Headers | None, bool]:
+        """The second pass over a head `_scan` marked odd: refuse a Connection header
+        that nominates a field meant for every recipient, remove HTTP2-Settings and
+        the `h2c` offer from Upgrade. Returns (headers, extras, upgrade). (The other
+        nominated fields are dropped by the proxy with the rest of the hop-by-hop ones.)"""
+        bad = _nominated(headers) & _END_TO_END
+        if bad:
+            raise self._fail(
+                f"Connection header nominates {_show_names(bad)}, a field for every recipient (RFC 9110 §7.6.1)"
+            )
+        out: Headers = []
+        offered = False  # an Upgrade protocol other than h2c is left
+        for item in headers:
+            name = item[0]
+            if name == _UPGRADE:
+                value = _without_h2c(item[1])
+                if not value:
+                    continue
+                offered = True
+                if value != item[1]:
+                    item = (name, value)
+            elif name == _HTTP2_SETTINGS:
+                continue
+            out.append(item)
+        if upgrade and not offered and method != _CONNECT:
+            # llhttp already stopped for an upgrade: resume HTTP/1.1 after this request.
+            upgrade = False
+            self._declined = True
+        return out, _extras_of(out), upgrade
 
     def _check_target(self, method: bytes, target: bytes) -> None:
         # RFC 9112 §3.2: origin-form for everything, absolute-form (proxies), the
@@ -823,7 +998,9 @@ class ResponseReader(_Reader):
             raise self._fail(f"invalid reason phrase: {reason!r}")
         if len(headers) > self._max_headers or self._start_len + self._span > self._max_header_bytes:
             self._check_head(headers, len(reason) + 15)
-        chunked, length, keep_alive, _, _, _, extras = _scan(headers, version is _HTTP_10, 502)
+        chunked, length, keep_alive, _, _, _, extras, odd = _scan(headers, version is _HTTP_10, 502)
+        if odd:
+            headers = self._hop_response(headers)
         events = self._events
         if status < 200 and status != 101:
             # RFC 9110 §15.2: interim, no content; the request is still unanswered.
@@ -859,6 +1036,19 @@ class ResponseReader(_Reader):
             self._state = _UNTIL_EOF
         self._keep_alive = keep_alive
         events.append(ResponseHead(status, reason, version, headers, keep_alive, chunked, length, False, extras is None))
+
+    def _hop_response(self, headers: Headers) -> Headers:
+        """The second pass over a head `_scan` marked odd: remove the fields its
+        Connection header nominates (RFC 9110 §7.6.1: a proxy removes them before
+        forwarding, whatever the downstream protocol) and HTTP2-Settings. The
+        proxy's own hop-by-hop fields (Connection, Upgrade, ...) stay for the wire to
+        drop or rewrite. A nominated Content-Length is refused (502): the body it frames
+        must be framed again downstream, so it cannot be a hop's private field."""
+        nominated = _nominated(headers)
+        if b"content-length" in nominated:
+            raise self._fail("Connection header nominates Content-Length, a field for every recipient (RFC 9110 §7.6.1)")
+        nominated.add(_HTTP2_SETTINGS)
+        return [h for h in headers if h[0] not in nominated]
 
     def on_message_complete(self) -> None:
         if self._interim:

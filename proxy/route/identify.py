@@ -171,7 +171,7 @@ def _read_header_path(value: bytes) -> Path:
 
 
 def _first_segments(
-    memo: dict[bytes, Identified], prefix: Path, segs: list[bytes], n: int, where: str, value: bytes
+    memo: dict[bytes, Identified], prefix: tuple[bytes, ...], segs: list[bytes], n: int, where: str, value: bytes
 ) -> Identified | None:
     """The name of the first `n` segments (memoised per segments), None when there are
     fewer. An empty one (`/a//b`) is an error, not a decline: a path element is never
@@ -194,7 +194,7 @@ class HeaderTokenIdentifier:
     """`io.l5d.header.token`: the whole header value as one element, as sent (no case
     folding, port kept): `Host: Web.Example:8080` -> `/svc/Web.Example:8080`."""
 
-    __slots__ = ("_absent", "_fallback", "_memo", "_name", "_prefix", "header", "kind")
+    __slots__ = ("_absent", "_absent_http10", "_fallback", "_memo", "_name", "_prefix", "header", "kind")
 
     def __init__(self, prefix: Path, header: str = "Host") -> None:
         self.kind = "io.l5d.header.token"
@@ -203,6 +203,12 @@ class HeaderTokenIdentifier:
         self._fallback = _authority_fallback(self._name)
         self._prefix = prefix.elems
         self._absent = f"{header} header is absent"
+        # HTTP/1.0 may omit Host (RFC 9112 §3.2), so such a request is valid HTTP and
+        # only this identifier cannot name it: say which, and what can.
+        self._absent_http10 = (
+            f"{header} header is absent: {self.kind} names requests by it, and an HTTP/1.0 request "
+            "may omit Host (io.l5d.methodAndHost, io.l5d.path or io.l5d.static name it without one)"
+        )
         self._memo: dict[bytes, Identified] = {}  # the answer itself: nothing to build on a hit
 
     def identify(self, req: RequestView, lookup: HeaderLookup) -> Identified | str:
@@ -210,6 +216,8 @@ class HeaderTokenIdentifier:
         if not value and self._fallback is not None:
             value = lookup(self._fallback)
         if not value:
+            if req.version == b"1.0" and self._name == b"host":
+                return self._absent_http10
             return self._absent
         memo = self._memo
         found = memo.get(value)

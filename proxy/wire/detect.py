@@ -5,7 +5,8 @@ result decides (`h2` -> HTTP/2, `http/1.1` or none -> HTTP/1.1, RFC 9113 §3.2).
 clear text an `h2` router looks at the first bytes: the HTTP/2 client preface (prior
 knowledge, RFC 9113 §3.3) selects HTTP/2, anything else HTTP/1.1, so one port serves
 both. Bytes that are neither the preface nor an HTTP/1.x request line are an invalid
-preface: GOAWAY(PROTOCOL_ERROR) and close (RFC 9113 §3.4). An `http` router in clear
+preface: GOAWAY(PROTOCOL_ERROR) and close (RFC 9113 §3.4); an HTTP/0.9 line (`GET /`)
+goes to `ServerH1`, which answers it 400 and closes. An `http` router in clear
 text gets `ServerH1` directly, with no detection.
 
 Must not: parse beyond the 24-byte preface, or stay in the data path: once decided,
@@ -32,6 +33,14 @@ _HTTP1_VERSIONS = frozenset((b" HTTP/1.1", b" HTTP/1.0"))
 _MAX_FIRST_LINE = 8192 + 64
 #: GOAWAY, last stream 0, PROTOCOL_ERROR (RFC 9113 §6.8): frame header then payload.
 _GOAWAY_PROTOCOL_ERROR = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x01"
+
+
+def _is_http09(line: bytes) -> bool:
+    """`GET /path`: an HTTP/0.9 request line (a method, one space, an origin-form target,
+    no version). Its client reads a text answer, so it is handed to the HTTP/1.1 side to
+    be refused in a form it can read, not sent an HTTP/2 GOAWAY."""
+    method, sp, target = line.partition(b" ")
+    return bool(sp) and method.isalpha() and method.isupper() and target[:1] == b"/" and b" " not in target
 
 
 class Detect(asyncio.Protocol):
@@ -72,8 +81,9 @@ class Detect(asyncio.Protocol):
                     return  # wait for the rest of the first line
                 self._hand_over(ServerH1(self._server))  # the h1 codec answers the limit
                 return
-            if buf[:eol].rstrip(b"\r")[-9:] in _HTTP1_VERSIONS:
-                self._hand_over(ServerH1(self._server))
+            line = buf[:eol].rstrip(b"\r")
+            if line[-9:] in _HTTP1_VERSIONS or _is_http09(line):
+                self._hand_over(ServerH1(self._server))  # HTTP/0.9 gets its 400 there
             else:
                 self._refuse()
         elif n == _PREFACE_LEN:

@@ -101,7 +101,10 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         self._loop = server.loop
         self._transport: Any = None
         lim = settings.limits
-        self._reader = RequestReader(max_header_bytes=lim.max_header_bytes, max_headers=lim.max_headers)
+        self._reader = RequestReader(
+            max_header_bytes=lim.max_header_bytes, max_headers=lim.max_headers,
+            max_target=lim.max_request_target_bytes, max_body_bytes=lim.max_request_body_bytes,
+        )  # fmt: skip
         self._queue: deque[Any] = deque()
         self._peer_ip = ""
         self._busy = False

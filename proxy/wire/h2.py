@@ -32,7 +32,7 @@ from typing import Any, Final
 from ..codec import grpc
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
-from ..errors import BadRequest, PeerProtocolError, ProxyError, Timeout
+from ..errors import BadRequest, BodyTooLarge, PeerProtocolError, ProxyError, Timeout
 from ..route.l5d import (
     encode_l5d_err,
     err_body,
@@ -126,6 +126,9 @@ class _Stream(RoutedRequest):
         self._router = settings.router
         if req.method == b"CONNECT":
             raise BadRequest("CONNECT is not supported over HTTP/2")
+        limit = conn._body_limit
+        if limit is not None and req.content_length is not None and req.content_length > limit:
+            raise BodyTooLarge(limit)  # before anything goes upstream
         self.is_grpc = grpc.is_grpc(req.content_type)
         self.head_only = req.method == b"HEAD"
         clear = settings.clear_context
@@ -193,8 +196,15 @@ class _Stream(RoutedRequest):
     def data(self, data: bytes, flow_len: int) -> None:
         up = self._up
         if up is not None and data:
-            self._bytes_in += len(data)
-            up.send_body(data)
+            n = self._bytes_in + len(data)
+            limit = self.conn._body_limit
+            if limit is not None and n > limit:  # never forward a byte past the limit
+                self._up = None
+                up.cancel()
+                self.upstream_failed(BodyTooLarge(limit))  # 413, or a reset once answering
+            else:
+                self._bytes_in = n
+                up.send_body(data)
         if self.acks_paused and self._up is not None:
             self.unacked += flow_len
         else:
@@ -414,7 +424,7 @@ class ServerH2(asyncio.Protocol):
 
     __slots__ = ("_server", "_loop", "_transport", "_codec", "_streams", "_peer_ip", "last_active",
                  "_flush_scheduled", "_deferred", "_write_paused", "_closing", "_close_soon", "_in_read",
-                 "_scheme")
+                 "_scheme", "_body_limit")
 
     def __init__(self, server: Listener) -> None:
         self._server = server
@@ -431,6 +441,7 @@ class ServerH2(asyncio.Protocol):
         self._close_soon = False
         self._in_read = False
         self._scheme = b"http"
+        self._body_limit: int | None = server.settings.limits.max_request_body_bytes
 
     # -- connection lifecycle ----------------------------------------------------------------
 

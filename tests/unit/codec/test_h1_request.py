@@ -181,9 +181,12 @@ def test_input_after_a_closing_request_is_ignored():
     assert reader.feed(b"garbage that would not parse") == []
 
 
-def test_http10_without_host_is_fine():
+def test_http10_without_host_gets_an_empty_one():
+    # RFC 9112 §3.2: Host is required in HTTP/1.1 only; the request goes upstream as
+    # HTTP/1.1, which carries an empty Host when the target has no authority.
     head = parse(b"GET / HTTP/1.0\r\n\r\n")[0]
-    assert head.version == b"1.0" and head.headers == []
+    assert head.version == b"1.0" and head.headers == [(b"host", b"")] and head.plain
+    assert parse(b"GET / HTTP/1.0\r\nHost: h\r\n\r\n")[0].headers == [(b"host", b"h")]
 
 
 def test_absolute_form_asterisk_form_and_empty_host():
@@ -432,8 +435,8 @@ def test_upgrade_header_without_connection_token_is_a_normal_request():
 
 def test_upgrade_request_with_a_body_delivers_the_body_first():
     data = (
-        b"POST / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 5\r\n\r\nhelloPRI * HTTP/2.0"
+        b"POST / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: example/2\r\n"
+        b"Content-Length: 5\r\n\r\nhelloPRI * HTTP/2.0"
     )
     reader = RequestReader()
     events = reader.feed(data)
@@ -452,7 +455,7 @@ def test_upgrade_request_with_a_body_delivers_the_body_first():
 def test_declined_upgrade_resumes_http():
     reader = RequestReader()
     events = reader.feed(
-        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n" + GET[:20]
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n" + GET[:20]
     )
     assert reader.upgraded and len(events) == 2
     assert reader.decline_upgrade() == []  # the tail is half a request
@@ -464,7 +467,7 @@ def test_declined_upgrade_resumes_http():
 def test_declined_upgrade_while_its_body_is_still_arriving():
     reader = RequestReader()
     reader.feed(
-        b"POST / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 4\r\n\r\nab"
+        b"POST / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 4\r\n\r\nab"
     )
     assert reader.decline_upgrade() == []
     events = reader.feed(b"cd" + GET)

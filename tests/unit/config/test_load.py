@@ -124,7 +124,7 @@ def test_linkerd_daemonset_hello_world_config(disco, caplog):
     assert cfg.notes == (
         "config.yaml:8: telemetry: ignored: Linkerd telemetry plugins are not used; "
         "metrics are served at /admin/metrics/prometheus",
-        "config.yaml:12: usage: ignored: usage reporting is not implemented",
+        "config.yaml:12: usage: ignored: usage reporting is not implemented (nothing is sent)",
     )
     assert [r.getMessage() for r in caplog.records] == list(cfg.notes)
     # the service block is read, not ignored

@@ -342,9 +342,9 @@ def test_errors_name_line_and_key(text, line, key, message):
     assert message in e.message, str(e)
 
 
-def test_client_session_and_other_tuning_keys_stay_noted_as_ignored():
-    cfg = load_text(R + "  client:\n    clientSession: {idleTimeMs: 5}\n", source="config.yaml")
-    assert cfg.notes == ("config.yaml:4: routers[0].client.clientSession: ignored: not configurable; the built-in behaviour applies",)
+def test_client_session_is_refused_with_its_line_and_key():
+    with pytest.raises(ConfigError, match=r"config\.yaml:4: routers\[0\]\.client\.clientSession: not supported"):
+        load_text(R + "  client:\n    clientSession: {idleTimeMs: 5}\n", source="config.yaml")
 
 
 def test_config_json_shows_the_policies():

@@ -463,3 +463,46 @@ def test_from_config_single_object_and_none_options_mean_defaults():
 def test_from_config_block_without_kind():
     with pytest.raises(ValueError, match="needs a kind"):
         IdentifierChain.from_config([{"header": "x"}])
+
+
+# -- HTTP/1.0 without Host, and the empty dstPrefix (issue 10, items 10 and 15) ---------------
+
+
+def test_http10_without_host_names_the_identifier_and_what_can_name_it():
+    # The codec gives such a request an empty Host; this identifier cannot name it.
+    with pytest.raises(BadRequest) as e:
+        ident("io.l5d.header.token").identify(req(b"/x", version=b"1.0", host=b""))
+    msg = str(e.value)
+    assert msg.startswith('Unknown destination: Request("GET /x") / Host header is absent: io.l5d.header.token')
+    assert "HTTP/1.0" in msg and "io.l5d.methodAndHost" in msg and e.value.status == 400
+    # an identifier that needs no Host names it
+    got = ident("io.l5d.methodAndHost").identify(req(b"/x", version=b"1.0", host=b""))
+    assert got.path == P("/svc/1.0/GET")
+    # another header than Host keeps the plain reason
+    with pytest.raises(BadRequest, match=r"/ x-svc header is absent$"):
+        ident("io.l5d.header.token", {"header": "x-svc"}).identify(req(b"/x", version=b"1.0"))
+
+
+ROOT = Path(())
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "request_", "name"),
+    [
+        ("io.l5d.header.token", {}, req(host=b"web"), "/web"),
+        ("io.l5d.header", {}, h({b"l5d-name": b"/web/v2"}), "/web/v2"),
+        ("io.l5d.methodAndHost", {}, req(host=b"Web"), "/1.1/GET/web"),
+        ("io.l5d.methodAndHost", {"httpUriInDst": True}, req(b"/a/b", host=b"web"), "/1.1/GET/web/a/b"),
+        ("io.l5d.path", {"segments": 2}, req(b"/a/b/c"), "/a/b"),
+        ("io.l5d.static", {"path": "/web"}, req(), "/web"),
+        ("io.l5d.header.path", {}, req(b"/hello.Greeter/SayHello"), "/hello.Greeter"),
+    ],
+)
+def test_empty_dst_prefix_names_without_a_prefix(kind, options, request_, name):
+    assert ident(kind, options, prefix=ROOT).identify(request_).path == P(name)
+
+
+def test_empty_dst_prefix_through_the_chain_from_config():
+    chain = IdentifierChain.from_config([{"kind": "io.l5d.path"}, {"kind": "io.l5d.header.token"}], ROOT)
+    assert chain.identify(req(b"/", host=b"web")).path == P("/web")
+    assert chain.identify(req(b"/api/x", host=b"web")).path == P("/api")
