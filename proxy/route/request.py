@@ -22,7 +22,7 @@ already exists. Its `_prepare` is the one request-preparation step of both proto
 from __future__ import annotations
 
 import time
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Final
 
 from dtab import Dtab
@@ -32,7 +32,6 @@ from ..errors import NoRoute, Timeout
 from ..telemetry.metrics import record as record_stats
 from ..telemetry.metrics import record_pair
 from ..upstream.attempt import Attempt
-from ..upstream.policy import NONE
 from .l5d import Deadline, decode_trace, format_deadline, new_root_trace, parse_deadline
 
 if TYPE_CHECKING:
@@ -95,7 +94,7 @@ class RoutedRequest:
 
     __slots__ = (
         "_router", "_route", "_svc", "_pair", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out",
-        "_bound", "_ep_key", "_upgrade", "_grpc_timeout_ns", "_listener", "_counted", "_up",
+        "_bound", "_ep_key", "_upgrade", "_grpc_timeout_ns", "_listener", "_counted", "_up", "_deadline_at",
     )  # fmt: skip
 
     def _init_routing(self, router: Any, listener: Any) -> None:
@@ -114,6 +113,7 @@ class RoutedRequest:
         self._ep_key: Any = None
         self._upgrade: bytes | None = None  # the Upgrade field of the request being prepared
         self._up: Any = None  # the request's attempt (proxy/upstream/attempt.py)
+        self._deadline_at = 0.0  # the request's deadline, monotonic (0.0: none); see _deadline_fields
         self._grpc_timeout_ns: int | None = None  # its grpc-timeout, when it had one
 
     def _prepare(
@@ -214,7 +214,7 @@ class RoutedRequest:
             self._t0 = perf_counter()  # loop.time() is too coarse under uvloop (1 ms)
         if picked is None:
             raise router.no_route(route)
-        client, bound, residual_hdr = picked
+        client, bound, residual_hdr, policy = picked
         if svc is not None:
             self._bound = bound
 
@@ -234,8 +234,10 @@ class RoutedRequest:
         if route.local_hdr:
             out.append((b"l5d-ctx-dtab", route.local_hdr))
         self._grpc_timeout_ns = None
-        if deadline_vals is not None or grpc_timeout is not None:
-            self._deadline_fields(deadline_vals, grpc_timeout, out)
+        deadline = 0.0
+        if deadline_vals is not None or grpc_timeout is not None or route.total_timeout_s:
+            deadline = self._deadline_fields(deadline_vals, grpc_timeout, route.total_timeout_s, settings, out)
+        self._deadline_at = deadline
         if settings.add_via:
             out.append(via)  # RFC 9110 §7.6.3: the protocol version this hop received
         if settings.add_forwarded:  # RFC 7239: one more element per hop, as its own field
@@ -253,7 +255,7 @@ class RoutedRequest:
             target = ident.rewritten_target
         if acts is not None:
             target = acts.rewrite_target(target)  # a matched rule's URI rewrite
-        attempt = Attempt(self, client, NONE, settings.open_upstream, loop, method, target, out, body_mode)  # type: ignore[arg-type]
+        attempt = Attempt(self, client, policy, settings.open_upstream, loop, method, target, out, body_mode, deadline)  # type: ignore[arg-type]
         self._up = attempt
         try:
             attempt.start()
@@ -279,26 +281,52 @@ class RoutedRequest:
         return attempt
 
     def _deadline_fields(
-        self, deadline_vals: list[bytes] | None, grpc_timeout: bytes | None, out: list[tuple[bytes, bytes]]
-    ) -> None:
-        """An inbound `l5d-ctx-deadline` goes on re-written (strictest of its values);
-        `grpc-timeout` is kept for the protocol, which re-writes it with the time left."""
+        self,
+        deadline_vals: list[bytes] | None,
+        grpc_timeout: bytes | None,
+        total_timeout_s: float,
+        settings: ListenerSettings,
+        out: list[tuple[bytes, bytes]],
+    ) -> float:
+        """The request's deadline (monotonic seconds; 0.0: none): the earliest of an inbound
+        `l5d-ctx-deadline` (the strictest of its values), `grpc-timeout` and the service's
+        `totalTimeoutMs`. One already past is refused here, before anything is sent. The
+        next hop gets `l5d-ctx-deadline` with the same absolute deadline, and a gRPC call
+        its `grpc-timeout` with the time left (of that and the router's `timeoutMs`)."""
+        now = monotonic()
+        now_ns = time.time_ns()
+        deadline = now + total_timeout_s if total_timeout_s else 0.0
+        why = "service.totalTimeoutMs"
+        inbound: Deadline | None = None
         if deadline_vals is not None:
-            dl = parse_deadline(deadline_vals)
-            if dl is not None:
-                now_ns = time.time_ns()
-                if dl.deadline_ns <= now_ns:
-                    raise Timeout("the request's deadline (l5d-ctx-deadline) has passed")
-                out.append((b"l5d-ctx-deadline", format_deadline(Deadline(max(now_ns, dl.timestamp_ns), dl.deadline_ns))))
+            inbound = parse_deadline(deadline_vals)
+            if inbound is not None:
+                at = now + (inbound.deadline_ns - now_ns) / 1e9
+                if not deadline or at < deadline:
+                    deadline, why = at, "l5d-ctx-deadline"
         if grpc_timeout is not None:
             ns = grpc.parse_timeout(grpc_timeout)
             if ns is not None:
                 self._grpc_timeout_ns = ns
-                # The next hop gets what is left of the tighter of it and the router timeout.
-                timeout = self._listener.settings.timeout
-                if timeout is not None and timeout * 1e9 < ns:
-                    ns = int(timeout * 1e9)
-                out.append((grpc.TIMEOUT, grpc.format_timeout(ns)))
+                at = now + ns / 1e9
+                if not deadline or at < deadline:
+                    deadline, why = at, "grpc-timeout"
+        if not deadline:
+            return 0.0
+        left_s = deadline - now
+        if left_s <= 0:
+            raise Timeout(f"the request's deadline ({why}) passed before it was sent")
+        deadline_ns = now_ns + int(left_s * 1e9)
+        if inbound is not None:
+            out.append((b"l5d-ctx-deadline", format_deadline(Deadline(max(now_ns, inbound.timestamp_ns), deadline_ns))))
+        else:
+            out.append((b"l5d-ctx-deadline", format_deadline(Deadline(now_ns, deadline_ns))))
+        if self._grpc_timeout_ns is not None:
+            timeout = settings.timeout
+            if timeout is not None and timeout < left_s:
+                left_s = timeout  # the router's timeout is tighter: the next hop hears that
+            out.append((grpc.TIMEOUT, grpc.format_timeout(int(left_s * 1e9))))
+        return deadline
 
     def _take_slot(self, limit: int | None) -> bool:
         """Count the request against `servers[].maxConcurrentRequests`; False when full."""

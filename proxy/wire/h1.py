@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, Final
 
 from ..codec.h1 import (
@@ -90,7 +91,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         "_server", "_loop", "_transport", "_reader", "_queue", "_peer_ip",
         "_busy", "_req_done", "_resp_started", "_resp_done", "_discard", "_close_after",
         "_head", "_resp_chunked", "_resp_head_only", "_client_keep_alive", "_timer",
-        "_paused", "_tunnel", "last_active", "_pumping", "_deadline", "_view", "_wbuf",
+        "_paused", "_tunnel", "last_active", "_pumping", "_deadline", "_by_router", "_view", "_wbuf",
         "head_started", "_settings",
     )
 
@@ -122,7 +123,8 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         self._tunnel = False
         self.last_active = 0.0
         self._pumping = False
-        self._deadline = 0.0  # when the current request times out (0: no deadline)
+        self._deadline = 0.0  # loop time by which the response head must come (0: no limit)
+        self._by_router = False  # that is the router's timeoutMs (else the request's deadline)
         self._view = _HeaderLookup()
         self._wbuf: list[bytes] | None = None  # response bytes batched per upstream read
         self.head_started = 0.0  # when the request head now arriving began (0: none)
@@ -300,11 +302,25 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         except ProxyError as exc:
             self._fail_early(exc)
             return
-        if settings.timeout is not None:
-            # One timer per connection, re-armed lazily: requests only move the deadline.
-            self._deadline = self._loop.time() + settings.timeout
-            if self._timer is None:
-                self._timer = self._loop.call_at(self._deadline, self._on_timer)
+        # The request's deadline (service.totalTimeoutMs, l5d-ctx-deadline) runs from now;
+        # the router's timeoutMs from the end of the request (`_request_end`).
+        dl = self._deadline_at
+        if dl:
+            self._by_router = False
+            self._arm(self._loop.time() + (dl - monotonic()))
+        else:
+            self._deadline = 0.0
+
+    def _arm(self, deadline: float) -> None:
+        """One timer per connection, re-armed lazily: requests mostly move the deadline
+        later, and the timer looks again when it fires; only an earlier one re-arms."""
+        self._deadline = deadline
+        t = self._timer
+        if t is None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+        elif t.when() > deadline:
+            t.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _open(self, head: RequestHead, settings: Any) -> None:
         """Set the forwarded fields apart, prepare (route/request.py), start the attempt."""
@@ -347,6 +363,12 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         self._req_done = True
         if not self._discard and self._up is not None:
             self._up.send_end(trailers)
+            timeout = self._settings.timeout
+            if timeout is not None and not self._resp_started:  # the router's timeout starts now
+                at = self._loop.time() + timeout
+                if not self._deadline or at < self._deadline:
+                    self._by_router = True
+                    self._arm(at)
         if self._resp_done:
             self._finish()
 
@@ -472,8 +494,11 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
             up.cancel()
         if not self._resp_started:
             name = self._route.service.show() if self._route is not None else "the destination"
-            timeout = self._settings.timeout or 0.0
-            self._respond_error(Timeout(f"exceeded {timeout * 1000:.0f} ms to {name}"))
+            if self._by_router:
+                timeout = self._settings.timeout or 0.0
+                self._respond_error(Timeout(f"exceeded {timeout * 1000:.0f} ms to {name}"))
+            else:
+                self._respond_error(Timeout(f"the request's deadline passed waiting for {name}"))
         else:
             self._abort()
 
@@ -570,7 +595,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         if up is None or self._transport is None:
             self._abort()
             return
-        up.start_tunnel(self._transport)
+        up = self._up = up.start_tunnel(self._transport)  # the connection itself from now on
         tail = self._reader.upgrade_tail
         if tail:
             up.tunnel_write(tail)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, Final
 
 from ..codec import grpc
@@ -96,8 +97,8 @@ class _Stream(RoutedRequest):
     upstream exchange (see upstream_h1)."""
 
     __slots__ = ("conn", "sid", "req_done", "resp_started", "resp_done", "is_grpc", "timer",
-                 "unacked", "acks_paused", "up_paused", "head_out", "head_only", "timeout_s",
-                 "deadline_call", "settings")
+                 "unacked", "acks_paused", "up_paused", "head_out", "head_only", "head_at", "call_at",
+                 "by_router", "settings")
 
     def __init__(self, conn: ServerH2, sid: int) -> None:
         self._init_routing(conn._server.settings.router, conn._server)
@@ -113,8 +114,9 @@ class _Stream(RoutedRequest):
         self.up_paused = False  # we asked the upstream to stop (client window or buffer full)
         self.head_out: list[tuple[bytes, bytes]] | None = None  # final response head, not sent yet
         self.head_only = False
-        self.timeout_s = 0.0
-        self.deadline_call = False  # grpc-timeout: the deadline bounds the whole call
+        self.head_at = 0.0  # loop time by which the response head must come (0.0: no limit)
+        self.call_at = 0.0  # loop time that ends the whole call (grpc-timeout; 0.0: none)
+        self.by_router = False  # head_at is the router's timeoutMs (else the request's deadline)
         self.settings = conn._server.settings  # the listener's, when the stream opened
 
     # -- opening -------------------------------------------------------------------------
@@ -180,16 +182,36 @@ class _Stream(RoutedRequest):
             settings, conn._loop, _View(req), req.headers, extras, out, conn._peer_ip, host,
             req.method, req.path, body_mode, conn._scheme, _VIA,
         )
-        timeout_s = settings.timeout
-        grpc_ns = self._grpc_timeout_ns
-        if grpc_ns is not None:
-            t = grpc_ns / 1e9
-            self.deadline_call = True
-            if timeout_s is None or t < timeout_s:
-                timeout_s = t
-        if timeout_s is not None and not self.resp_done:
-            self.timeout_s = timeout_s
-            self.timer = conn._loop.call_later(timeout_s, self.on_timeout)
+        if self.resp_done:
+            return  # answered already (it failed while starting)
+        # The request's deadline (service.totalTimeoutMs, l5d-ctx-deadline, grpc-timeout)
+        # runs from now; the router's timeoutMs from the end of the request
+        # (`request_end`). A gRPC deadline bounds the whole call.
+        dl = self._deadline_at
+        if dl:
+            loop = conn._loop
+            self.head_at = loop.time() + (dl - monotonic())
+            if self._grpc_timeout_ns is not None:
+                self.call_at = self.head_at
+            if not ended:  # else request_end follows at once and arms the tighter one
+                self.timer = loop.call_at(self.head_at, self.on_timeout)
+
+    def _router_timeout(self) -> None:
+        """The request is complete: the router's timeoutMs starts (or a tighter deadline
+        stays)."""
+        timeout = self.settings.timeout
+        if timeout is not None:
+            loop = self.conn._loop
+            at = loop.time() + timeout
+            if not self.head_at or at < self.head_at:
+                self.head_at = at
+                self.by_router = True
+                if self.timer is not None:
+                    self.timer.cancel()
+                self.timer = loop.call_at(at, self.on_timeout)
+                return
+        if self.head_at and self.timer is None:
+            self.timer = self.conn._loop.call_at(self.head_at, self.on_timeout)
 
     # -- request side ----------------------------------------------------------------------
 
@@ -214,6 +236,8 @@ class _Stream(RoutedRequest):
         self.req_done = True
         if self._up is not None:
             self._up.send_end(trailers)
+            if not self.resp_started:
+                self._router_timeout()
         if self.resp_done:
             self.finish()
 
@@ -278,11 +302,13 @@ class _Stream(RoutedRequest):
             return
         self.resp_started = True
         self._status = status
-        if self.timer is not None and not self.deadline_call:
-            # The router timeout covers the wait for the response, as on HTTP/1.1; a
-            # gRPC deadline covers the whole call (the client gave up at that point).
+        if self.timer is not None:
+            # The router timeout covers the wait for the response head, as on HTTP/1.1; a
+            # gRPC deadline covers the whole call (the client gives up at that point).
             self.timer.cancel()
             self.timer = None
+        if self.call_at:
+            self.timer = conn._loop.call_at(self.call_at, self.on_timeout)
         # Held until the next event or the end of this loop iteration, so a response
         # that is all here (head, body, end) leaves as HEADERS+DATA, and a bodiless or
         # trailers-only one as a single HEADERS with END_STREAM.
@@ -345,7 +371,11 @@ class _Stream(RoutedRequest):
             self.head_out = None
             self.resp_started = False
             name = self._route.service.show() if self._route is not None else "the destination"
-            self.respond_error(Timeout(f"exceeded {self.timeout_s * 1000:.0f} ms to {name}"))
+            if self.by_router:
+                timeout = self.settings.timeout or 0.0
+                self.respond_error(Timeout(f"exceeded {timeout * 1000:.0f} ms to {name}"))
+            else:
+                self.respond_error(Timeout(f"the request's deadline passed waiting for {name}"))
         else:
             conn = self.conn
             self._fclass = "timeout"
