@@ -119,5 +119,18 @@ class Timeout(ProxyError):
     kind = "timeout"
 
 
+class StreamIdle(Timeout):
+    """No byte moved either way for `limits.streamIdleTimeoutMs`: 408 while the client
+    had not finished its request (it is the slow side), 504 while the upstream had not
+    answered; once the response started, the stream is cut instead."""
+
+    status = 504
+
+    def __init__(self, message: str, *, client_slow: bool = False) -> None:
+        super().__init__(message)
+        if client_slow:
+            self.status = 408  # type: ignore[misc]
+
+
 class Overloaded(ProxyError):
     status, grpc_status, stage = 503, 14, "overload"

@@ -94,7 +94,7 @@ class Listener:
 
     __slots__ = (
         "settings", "loop", "connections", "server", "config", "address", "_idle_timeout",
-        "_header_timeout", "_sweeper", "closed_event", "protocol", "in_flight", "_bound",
+        "_header_timeout", "_stream_idle_timeout", "_sweeper", "closed_event", "protocol", "in_flight", "_bound",
     )  # fmt: skip
 
     def __init__(self, router: Router, rc: RouterConfig, sc: ServerConfig, loop: asyncio.AbstractEventLoop) -> None:
@@ -124,6 +124,7 @@ class Listener:
         self.config = sc
         self._idle_timeout = rc.limits.idle_timeout_ms / 1000
         self._header_timeout = rc.limits.header_read_timeout_ms / 1000
+        self._stream_idle_timeout = (rc.limits.stream_idle_timeout_ms or 0) / 1000
         # The client protocol's opener (see wire.upstream_h1): one per listener, chosen here.
         connect_timeout = rc.client.connect_timeout_ms / 1000 or None
         opener = (
@@ -197,12 +198,16 @@ class Listener:
         now = self.loop.time()
         idle_limit = self._idle_timeout
         head_limit = self._header_timeout
+        stream_limit = self._stream_idle_timeout
         for conn in list(self.connections):
             started = getattr(conn, "head_started", 0.0)
             if started and head_limit and now - started > head_limit:
                 conn.head_timeout(head_limit)
-            elif conn.idle() and now - conn.last_active > idle_limit:
-                conn.close_when_idle()
+            elif conn.idle():
+                if now - conn.last_active > idle_limit:
+                    conn.close_when_idle()
+            elif stream_limit:  # limits.streamIdleTimeoutMs: requests that move nothing
+                conn.sweep_streams(now, stream_limit)
         self._schedule_sweep()
 
     async def drain(self, grace: float) -> None:

@@ -95,6 +95,7 @@ class RoutedRequest:
     __slots__ = (
         "_router", "_route", "_svc", "_pair", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out",
         "_bound", "_ep_key", "_upgrade", "_grpc_timeout_ns", "_listener", "_counted", "_up", "_deadline_at",
+        "_idle_mark", "_idle_since",
     )  # fmt: skip
 
     def _init_routing(self, router: Any, listener: Any) -> None:
@@ -114,6 +115,8 @@ class RoutedRequest:
         self._upgrade: bytes | None = None  # the Upgrade field of the request being prepared
         self._up: Any = None  # the request's attempt (proxy/upstream/attempt.py)
         self._deadline_at = 0.0  # the request's deadline, monotonic (0.0: none); see _deadline_fields
+        self._idle_mark = -1  # what the stream idle sweep saw move last (bytes both ways)
+        self._idle_since = 0.0  # since when it saw nothing move (0.0: a new request)
         self._grpc_timeout_ns: int | None = None  # its grpc-timeout, when it had one
 
     def _prepare(
@@ -146,6 +149,7 @@ class RoutedRequest:
         grpc_timeout: bytes | None = None
         sig: bytes | None = None
         self._upgrade = None
+        self._idle_since = 0.0
         if extras is not None:
             clear = settings.clear_context
             sig_header = settings.sig_header
@@ -236,7 +240,7 @@ class RoutedRequest:
         self._grpc_timeout_ns = None
         deadline = 0.0
         if deadline_vals is not None or grpc_timeout is not None or route.total_timeout_s:
-            deadline = self._deadline_fields(deadline_vals, grpc_timeout, route.total_timeout_s, settings, out)
+            deadline = self._deadline_fields(deadline_vals, grpc_timeout, route.total_timeout_s, out)
         self._deadline_at = deadline
         if settings.add_via:
             out.append(via)  # RFC 9110 §7.6.3: the protocol version this hop received
@@ -285,48 +289,52 @@ class RoutedRequest:
         deadline_vals: list[bytes] | None,
         grpc_timeout: bytes | None,
         total_timeout_s: float,
-        settings: ListenerSettings,
         out: list[tuple[bytes, bytes]],
     ) -> float:
         """The request's deadline (monotonic seconds; 0.0: none): the earliest of an inbound
         `l5d-ctx-deadline` (the strictest of its values), `grpc-timeout` and the service's
         `totalTimeoutMs`. One already past is refused here, before anything is sent. The
         next hop gets `l5d-ctx-deadline` with the same absolute deadline, and a gRPC call
-        its `grpc-timeout` with the time left (of that and the router's `timeoutMs`)."""
+        its `grpc-timeout` with the time left."""
         now = monotonic()
         now_ns = time.time_ns()
-        deadline = now + total_timeout_s if total_timeout_s else 0.0
+        # Candidates in wall-clock nanoseconds (what l5d-ctx-deadline carries), so an
+        # inbound deadline goes on exactly as it came when it is the tightest.
+        deadline_ns = now_ns + int(total_timeout_s * 1e9) if total_timeout_s else 0
         why = "service.totalTimeoutMs"
         inbound: Deadline | None = None
         if deadline_vals is not None:
             inbound = parse_deadline(deadline_vals)
-            if inbound is not None:
-                at = now + (inbound.deadline_ns - now_ns) / 1e9
-                if not deadline or at < deadline:
-                    deadline, why = at, "l5d-ctx-deadline"
+            if inbound is not None and (not deadline_ns or inbound.deadline_ns < deadline_ns):
+                deadline_ns, why = inbound.deadline_ns, "l5d-ctx-deadline"
         if grpc_timeout is not None:
             ns = grpc.parse_timeout(grpc_timeout)
             if ns is not None:
                 self._grpc_timeout_ns = ns
-                at = now + ns / 1e9
-                if not deadline or at < deadline:
-                    deadline, why = at, "grpc-timeout"
-        if not deadline:
+                if not deadline_ns or now_ns + ns < deadline_ns:
+                    deadline_ns, why = now_ns + ns, "grpc-timeout"
+        if not deadline_ns:
             return 0.0
-        left_s = deadline - now
-        if left_s <= 0:
+        left_ns = deadline_ns - now_ns
+        if left_ns <= 0:
             raise Timeout(f"the request's deadline ({why}) passed before it was sent")
-        deadline_ns = now_ns + int(left_s * 1e9)
-        if inbound is not None:
-            out.append((b"l5d-ctx-deadline", format_deadline(Deadline(max(now_ns, inbound.timestamp_ns), deadline_ns))))
-        else:
-            out.append((b"l5d-ctx-deadline", format_deadline(Deadline(now_ns, deadline_ns))))
+        stamp = max(now_ns, inbound.timestamp_ns) if inbound is not None else now_ns
+        out.append((b"l5d-ctx-deadline", format_deadline(Deadline(stamp, deadline_ns))))
         if self._grpc_timeout_ns is not None:
-            timeout = settings.timeout
-            if timeout is not None and timeout < left_s:
-                left_s = timeout  # the router's timeout is tighter: the next hop hears that
-            out.append((grpc.TIMEOUT, grpc.format_timeout(int(left_s * 1e9))))
-        return deadline
+            # The time left of the call's deadline; not the router's timeoutMs, which
+            # bounds only the wait for the response head, so a stream may outlive it.
+            out.append((grpc.TIMEOUT, grpc.format_timeout(left_ns)))
+        return now + left_ns / 1e9
+
+    def _is_idle(self, now: float, limit: float) -> bool:
+        """Called by the listener's sweep (once a second) while the request is in flight:
+        True when no byte moved either way for `limit` seconds (limits.streamIdleTimeoutMs)."""
+        mark = self._bytes_in + self._bytes_out + (1 << 62 if self._status else 0)
+        if mark != self._idle_mark or not self._idle_since:
+            self._idle_mark = mark
+            self._idle_since = now
+            return False
+        return now - self._idle_since >= limit
 
     def _take_slot(self, limit: int | None) -> bool:
         """Count the request against `servers[].maxConcurrentRequests`; False when full."""

@@ -35,6 +35,7 @@ from ..errors import (
     Overloaded,
     PeerProtocolError,
     ProxyError,
+    StreamIdle,
     Timeout,
 )
 from ..route.request import RoutedRequest, drop_set
@@ -189,6 +190,23 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         self._pump()
         if len(q) > MAX_QUEUED_EVENTS:
             self._pause(_PAUSE_QUEUE)
+
+    def sweep_streams(self, now: float, limit: float) -> None:
+        """limits.streamIdleTimeoutMs: the request in flight moved no byte either way for
+        `limit` seconds: it ends as an error on both sides."""
+        if not self._busy or self._tunnel or not self._is_idle(now, limit):
+            return
+        up, self._up = self._up, None
+        if up is not None:
+            up.cancel()
+        if self._resp_started:
+            self._abort()  # the client must see the response end short
+            return
+        self._close_after = True  # a stalled upload is not read to its end
+        self._respond_error(StreamIdle(
+            f"no bytes moved either way for {limit * 1000:.0f} ms (limits.streamIdleTimeoutMs)",
+            client_slow=not self._req_done,
+        ))  # fmt: skip
 
     def head_timeout(self, limit: float) -> None:
         """A request head took longer than `limits.headerReadTimeoutMs` to arrive: 408,

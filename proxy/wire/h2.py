@@ -33,7 +33,7 @@ from typing import Any, Final
 from ..codec import grpc
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
-from ..errors import BadRequest, BodyTooLarge, PeerProtocolError, ProxyError, Timeout
+from ..errors import BadRequest, BodyTooLarge, PeerProtocolError, ProxyError, StreamIdle, Timeout
 from ..route.l5d import (
     encode_l5d_err,
     err_body,
@@ -384,6 +384,25 @@ class _Stream(RoutedRequest):
             conn.want_flush()
             self.finish()
 
+    def stream_idle(self, limit: float) -> None:
+        """limits.streamIdleTimeoutMs: no byte moved either way for `limit` seconds."""
+        up, self._up = self._up, None
+        if up is not None:
+            up.cancel()
+        if not self.resp_started or self.head_out is not None:
+            self.head_out = None
+            self.resp_started = False
+            self.respond_error(StreamIdle(
+                f"no bytes moved either way for {limit * 1000:.0f} ms (limits.streamIdleTimeoutMs)",
+                client_slow=not self.req_done,
+            ))  # fmt: skip
+            return
+        self._fclass = "timeout"
+        self.resp_done = self.req_done = True
+        self.conn._codec.reset(self.sid, h2c.CANCEL)
+        self.conn.want_flush()
+        self.finish()
+
     def respond_error(self, exc: ProxyError) -> None:
         """Answer a failure the proxy found itself: trailers-only for gRPC, else a
         status with `l5d-err` and a text body (spec §13.4)."""
@@ -502,6 +521,12 @@ class ServerH2(asyncio.Protocol):
 
     def idle(self) -> bool:
         return not self._streams
+
+    def sweep_streams(self, now: float, limit: float) -> None:
+        for st in list(self._streams.values()):
+            if st._is_idle(now, limit):
+                st.stream_idle(limit)
+        self.flush()
 
     def close_when_idle(self) -> None:
         """Drain: GOAWAY now (streams in flight finish), close when the last one ends."""
