@@ -191,10 +191,13 @@ class Listener:
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def _sweep(self) -> None:
-        """Close keep-alive connections idle past the limit, and answer 408 to a request
-        head that has been arriving for longer than `limits.headerReadTimeoutMs` (a
-        slowloris client sends a byte now and then, so idleness alone never fires). One
-        timer per listener, not one per connection or request."""
+        """Close keep-alive connections idle past the limit, and time out a request head
+        that has been arriving for longer than `limits.headerReadTimeoutMs` (a slowloris
+        client sends a byte now and then, so idleness alone never fires): on HTTP/1.1 a
+        head from its first byte (408), on HTTP/2 the preface and first SETTINGS and each
+        header block (GOAWAY), and a connection whose protocol is not decided yet. Each
+        connection notes when its pending head began (`head_started`, 0 for none); the
+        codecs have no clock. One timer per listener, not one per connection or request."""
         now = self.loop.time()
         idle_limit = self._idle_timeout
         head_limit = self._header_timeout

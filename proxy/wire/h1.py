@@ -61,6 +61,23 @@ _PAUSE_UPSTREAM: Final = 2  # the upstream cannot take more request body yet
 MAX_QUEUED_EVENTS: Final = 64
 
 
+def _request_begun(data: bytes, events: list[Any], q: deque[Any], req_done: bool, reader: RequestReader) -> bool:
+    """Whether `data` (just fed) ends inside the start line of a request whose target
+    llhttp has not reached yet. Between messages any bytes but empty lines begin one;
+    after a message that ended in this read, only bytes that follow its end do (its last
+    body piece is then not the read's tail)."""
+    if reader.upgraded:
+        return False  # the bytes after an upgrade head belong to the tunnel
+    if events:
+        if events[-1].__class__ is not EndOfMessage:
+            return False  # a body is arriving
+        prev = events[-2] if len(events) > 1 else None
+        return not (prev.__class__ is Body and data.endswith(prev.data))
+    if q:  # nothing new: the reader is where the last queued event left it
+        return q[-1].__class__ is EndOfMessage and bool(data.strip(b"\r\n"))
+    return req_done and bool(data.strip(b"\r\n"))
+
+
 class _HeaderLookup:
     """The request view identifiers read: first value by lower-case name. One per
     connection, re-pointed at each request, so identifying allocates nothing."""
@@ -178,12 +195,18 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         q = self._queue
         reader = self._reader
         try:
-            q.extend(reader.feed(data))
+            events = reader.feed(data)
         except PeerProtocolError as exc:
             self._bad_input(exc)
             return
-        if reader.in_head():  # a head is still arriving: the sweeper times it out
-            if not self.head_started:
+        q.extend(events)
+        # A head is still arriving: the sweeper times it out, counting from its first
+        # byte. llhttp reports a request only from its target on, so the bytes of a
+        # method alone (`OPTIONS `, sent a byte at a time) are told apart here; a read
+        # that ends in LF (a head's end, a chunked body's end) never holds them.
+        if reader.in_head() or (data[-1] != 0x0A and _request_begun(data, events, q, self._req_done, reader)):
+            if events or not self.head_started:
+                # Any event ended an earlier message, so this head began in this read.
                 self.head_started = now
         elif self.head_started:
             self.head_started = 0.0
