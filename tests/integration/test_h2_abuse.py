@@ -10,9 +10,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from proxy.upstream.endpoint import Endpoint
 
 from proxy.codec import h2 as h2c
+from proxy.upstream.endpoint import Endpoint
 from proxy.wire import h2 as wire_h2
 from proxy.wire.upstream_h1 import BODY_NONE, PendingH1, UpstreamH1, open_h1
 
