@@ -259,6 +259,17 @@ class Runtime:
 
             self.telemetry.collectors.append(lambda: metric_lines([n for _, n in self.namers], self.k8s))
 
+    @classmethod
+    def bare(cls, *, telemetry: bool = True) -> Runtime:
+        """A runtime with no config, namers or listeners, for tools that build routers and
+        listeners by hand (bench/micro drives the wire with fake transports)."""
+        rt = cls.__new__(cls)
+        rt.namers = []
+        rt.k8s = {}
+        rt._unsubscribe = {}
+        rt.telemetry = Telemetry() if telemetry else None
+        return rt
+
     async def start(self) -> None:
         for nc in self.config.namers:
             namer = await _start_namer(nc)

@@ -88,8 +88,7 @@ def _fresh(case: str) -> tuple[ServerH1, UpstreamH1]:
     if n:
         text += "  rules:\n" + _rules(n, matching, anywhere)
     rc = load_text(text).routers[0]
-    rt = Runtime.__new__(Runtime)
-    rt.namers = []
+    rt = Runtime.bare(telemetry=False)
     router = Runtime._build_router(rt, rc)
     lst = Listener(router, rc, rc.servers[0], loop)
     server = ServerH1(lst)

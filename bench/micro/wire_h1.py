@@ -75,11 +75,8 @@ def setup(override: bool) -> tuple[ServerH1, UpstreamH1, bytes]:
     import os
 
     from proxy.runtime import Runtime
-    from proxy.telemetry.metrics import Telemetry
 
-    rt = Runtime.__new__(Runtime)
-    rt.namers = []
-    rt.telemetry = None if os.environ.get("DTABPROXY_TELEMETRY") == "off" else Telemetry()
+    rt = Runtime.bare(telemetry=os.environ.get("DTABPROXY_TELEMETRY") != "off")
     router = Runtime._build_router(rt, rc)
     lst = Listener(router, rc, rc.servers[0], loop)
     server = ServerH1(lst)

@@ -192,9 +192,7 @@ class Scenario:
         rc = load_text(yaml).routers[0]
         from proxy.runtime import Runtime
 
-        rt = Runtime.__new__(Runtime)
-        rt.namers = []
-        rt.telemetry = None  # no metrics in the benchmark
+        rt = Runtime.bare(telemetry=os.environ.get("DTABPROXY_TELEMETRY") != "off")
         router = Runtime._build_router(rt, rc)
         lst = Listener(router, rc, rc.servers[0], loop)  # type: ignore[arg-type]
         self.server = server = ServerH2(lst)

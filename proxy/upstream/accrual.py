@@ -224,10 +224,13 @@ class Health:
     Balancers read `state` (an attribute read on the healthy path) and call `is_ready`
     or `usable` only for an endpoint that is not AVAILABLE."""
 
-    __slots__ = ("state", "dead_until", "policy", "ejections", "revivals", "probes", "probe_failures")
+    __slots__ = ("state", "dead_until", "policy", "ejections", "revivals", "probes", "probe_failures", "streak_only")
 
     def __init__(self, policy: AccrualPolicy) -> None:
         self.state: str = AVAILABLE
+        # A success only ends a failure streak (consecutiveFailures, none): after one
+        # success, more change nothing until the next failure, so callers may skip them.
+        self.streak_only = isinstance(policy, (ConsecutiveFailures, NoAccrual))
         self.dead_until = 0.0  # meaningful while DEAD
         self.policy = policy
         self.ejections = 0  # AVAILABLE -> DEAD

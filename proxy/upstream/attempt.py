@@ -190,14 +190,16 @@ class Attempt:
             self.handle.resume_reading()
 
     def cancel(self) -> None:
-        """The owner gave up (client gone, a deadline): abandon the try in flight."""
-        if self.done:
-            return
-        self.done = True
-        self._stop_timer()
+        """The owner gave up (client gone, a deadline): abandon the exchange."""
+        if self.timer is not None:
+            self._stop_timer()
         handle, self.handle = self.handle, None
-        if handle is not None:
-            handle.cancel()
+        if handle is None:
+            self.done = True
+            return
+        handle.cancel()
+        if not self.done:  # in flight: the endpoint's books
+            self.done = True
             ep = self.endpoint
             if ep is not None:
                 ep.end()
@@ -253,6 +255,9 @@ class Attempt:
         elif verdict == DEFER:  # the trailers will tell (gRPC); the response goes on now
             self.deferred = True
             self.status = status
+            self.committed = True
+            self.owner.on_upstream_event(ev)
+            return
         else:
             ep.failed(now)
             if verdict == RETRYABLE and self._may_retry(now):
@@ -262,8 +267,16 @@ class Attempt:
                     handle.discard(self.req_ended)  # read on into a sink, or close
                 self._retry(now)
                 return
-        self.committed = True
-        self.owner.on_upstream_event(ev)
+        # Committed: the exchange is done as far as tries go. The endpoint's books close
+        # here (Finagle counts a request pending until its response head), and the handle
+        # talks to the owner directly from now on: the rest of the response costs nothing.
+        self.committed = self.done = True
+        ep.end()
+        owner = self.owner
+        handle = self.handle
+        if handle is not None:
+            handle.set_owner(owner)
+        owner.on_upstream_event(ev)
 
     def _ended(self, ev: Any) -> None:
         self.done = True

@@ -58,6 +58,8 @@ class Handle(Protocol):
 
     def cancel(self) -> None: ...  # abandon the exchange (the connection may close)
 
+    def set_owner(self, owner: Owner) -> None: ...  # the events go to `owner` from now on
+
     def discard(self, complete: bool) -> None:
         """Drop the rest of the response: the exchange is over for its owner. With
         `complete` (the whole request was sent) the connection may finish reading the

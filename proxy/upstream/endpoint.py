@@ -43,6 +43,7 @@ class AlwaysHealthy:
 
     __slots__ = ()
     state: Final = AVAILABLE
+    streak_only: Final = True
 
     def usable(self, now: float) -> bool:
         return True
@@ -79,7 +80,7 @@ class Endpoint:
 
     __slots__ = (
         "host", "port", "addr_key", "idle", "outstanding", "failures", "connections", "max_idle",
-        "max_connections", "max_waiters", "waiters", "cost", "cost_stamp", "health", "stats",
+        "max_connections", "max_waiters", "waiters", "cost", "cost_stamp", "health", "stats", "_quiet",
     )  # fmt: skip
 
     def __init__(
@@ -106,6 +107,7 @@ class Endpoint:
         self.cost = 0.0  # peak-EWMA latency estimate in seconds (the balancer owns its meaning)
         self.cost_stamp = 0.0
         self.health: Any = health if health is not None else _ALWAYS  # failure accrual state
+        self._quiet = bool(self.health.streak_only)  # a success after a success changes nothing
         self.stats: Any = None  # telemetry counters for connections, bound by the client
 
     @property
@@ -126,8 +128,9 @@ class Endpoint:
 
     def succeeded(self, now: float) -> None:
         """An attempt got a response its classifier calls a success."""
-        self.failures = 0
-        self.health.success(now)
+        if self.failures or not self._quiet:  # (a probe follows failures: failures > 0)
+            self.failures = 0
+            self.health.success(now)
 
     def failed(self, now: float) -> bool:
         """An attempt failed (connect failure, reset, a response classified as a failure).

@@ -132,6 +132,10 @@ class UpstreamH1(asyncio.Protocol):
         self.owner = None
         self.close()
 
+    def set_owner(self, owner: Any) -> None:
+        """The exchange's events go to `owner` from now on."""
+        self.owner = owner
+
     def discard(self, complete: bool) -> None:
         if complete and self._req_ended and not self.closed:
             self.owner = SINK  # read the rest of the response, then back to the pool
@@ -194,8 +198,9 @@ class UpstreamH1(asyncio.Protocol):
     def _deliver_events(self, owner: Any, events: list[Any]) -> None:
         for ev in events:
             if self.owner is not owner:
-                if self.owner is SINK:
-                    owner = SINK  # given up for a retry: read on, drop the events
+                cur = self.owner
+                if cur is not None:
+                    owner = cur  # handed over (the attempt committed the response), or a sink
                 elif self.peer is None:  # the exchange ended part-way through the batch
                     self.close()
                     return
@@ -204,12 +209,14 @@ class UpstreamH1(asyncio.Protocol):
             if ev.__class__ is _EOM_CLASS:
                 self._resp_ended = True
                 owner.on_upstream_event(ev)
-                if self.owner is owner and self._req_ended:
-                    self._detach()
-                elif self.owner is owner and not self._req_ended:
-                    # Answered before the upload ended: this connection cannot carry another
-                    # request, and the rest of the upload is not wanted.
-                    self._keep_alive = False
+                if self.owner is owner:
+                    if self._req_ended:
+                        self._detach()
+                    else:
+                        # Answered before the upload ended: the rest of it is not wanted,
+                        # and this connection cannot carry another exchange.
+                        self.owner = None
+                        self.close()
                 continue
             if ev.__class__ is _HEAD_CLASS and ev.status >= 200 and not ev.keep_alive:
                 self._keep_alive = False
@@ -322,6 +329,11 @@ class PendingH1:
     def resume_reading(self) -> None:
         if self.conn is not None:
             self.conn.resume_reading()
+
+    def set_owner(self, owner: Any) -> None:
+        self.owner = owner
+        if self.conn is not None:
+            self.conn.set_owner(owner)
 
     def cancel(self) -> None:
         if self.conn is not None:

@@ -146,6 +146,10 @@ class H2Exchange:
             conn.want_flush()
         conn.stream_closed(self)
 
+    def set_owner(self, owner: Any) -> None:
+        """The exchange's events go to `owner` from now on."""
+        self.owner = owner
+
     def discard(self, complete: bool) -> None:
         """A stream's rest is cheap to refuse: RST_STREAM(CANCEL), the connection stays."""
         self.cancel()

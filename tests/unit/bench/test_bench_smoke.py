@@ -123,3 +123,17 @@ def test_table_is_printed(run: tuple[dict[str, Any], str]) -> None:
     assert any(ln.startswith("direct ") and "h1-max" in ln for ln in lines)
     assert "Idle keep-alive connections" in stdout
     assert "results: " in stdout
+
+
+@pytest.mark.parametrize("script", ["wire_h1", "wire_h2", "rules_h1"])
+def test_the_wire_micro_benchmarks_still_drive_the_data_plane(script: str) -> None:
+    """bench/micro builds routers and listeners by hand (Runtime.bare): a change to the
+    runtime must not silently break the figures the closing notes are made of."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.micro.{script}", "--iterations", "3"],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
