@@ -461,7 +461,8 @@ class Runtime:
                 return False
             self._fingerprint = cfg.inputs
             self.reloads += 1
-            log.info("reloaded %s (%d routers)", self.config_path, len(cfg.routers))
+            on = f", on {self.workers.count} workers" if self.workers is not None else ""
+            log.info("reloaded %s (%d routers%s)", self.config_path, len(cfg.routers), on)
         async with self._reloaded:
             self._reloaded.notify_all()
         return True

@@ -350,9 +350,9 @@ class Supervisor:
         try:
             w.proc = await asyncio.create_subprocess_exec(
                 *self._argv(w, child.fileno()), pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
-                # Its own process group: a terminal's Ctrl-C reaches the main process, which drains
-                # the workers, instead of each worker at once.
-                process_group=0,
+                # Its own session: a terminal's Ctrl-C reaches the main process, which drains the
+                # workers, instead of each worker at once (uvloop has no `process_group`).
+                start_new_session=True,
             )  # fmt: skip
         except BaseException:
             parent.close()
@@ -392,6 +392,16 @@ class Supervisor:
         return {"config": self.config, "dtabs": dtabs, "sample_rate": self.sample_rate, "gen": self.gen}
 
     async def _supervise(self, w: Worker) -> None:
+        try:
+            await self._keep_running(w)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # our bug: say so; the slot stays empty rather than spin
+            log.error("worker %d: supervision failed", w.index, exc_info=True)
+            if w.first is not None and not w.first.done():
+                w.first.set_exception(OSError(f"worker {w.index}: {exc!r}"))
+
+    async def _keep_running(self, w: Worker) -> None:
         delay = 0.0
         while not self.stopping:
             try:
