@@ -208,8 +208,9 @@ class Channel:
         try:
             head = await self.reader.readexactly(_HEADER.size)
             (n,) = _HEADER.unpack(head)
-            if n > MAX_FRAME:
-                raise ChannelClosed(f"a control frame of {n} bytes (the limit is {MAX_FRAME})")
+            if n > MAX_FRAME:  # not a message: the stream is out of step, so it ends here
+                log.error("control channel: a frame of %d bytes (the limit is %d); closing it", n, MAX_FRAME)
+                return None
             msg: dict[str, Any] = pickle.loads(await self.reader.readexactly(n))
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
