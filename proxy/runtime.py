@@ -526,6 +526,9 @@ class Runtime:
         if now is not None and then is not None and (now.ip, now.port) != (then.ip, then.port):
             log.warning("reload: a new admin.ip or admin.port takes effect at the next start "
                         "(admin.auth and admin.hosts apply now)")  # fmt: skip
+        if cfg.workers != self.config.workers and self.role != "worker":
+            log.warning("reload: workers: %s takes effect at the next start (running with %s)",
+                        cfg.workers, self.workers.count if self.workers is not None else 1)  # fmt: skip
         namers_changed = cfg.namers != self.config.namers
         plan.namers = self.namers
         if namers_changed:

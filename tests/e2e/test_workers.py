@@ -198,6 +198,20 @@ def test_both_workers_serve_metrics_sum_a_put_reaches_both_and_a_killed_worker_c
             rows = json.loads(body)["decisions"]
             seqs = [d["seq"] for d in rows]
             assert len(rows) == 20 and seqs == sorted(set(seqs), reverse=True)
+            assert all(d["endpoint"] == f"127.0.0.1:{b.port}" for d in rows)
+            # What-if over both workers' decisions: the same numbers, each one moved to a.
+            query = json.dumps({"router": "web", "dtab": f"/svc => /$/inet/127.0.0.1/{a.port}", "limit": 20}).encode()
+
+            def what_if() -> tuple[int, bytes]:
+                req = urllib.request.Request(f"http://127.0.0.1:{p.admin_port}/admin/whatif.json", data=query,
+                                             method="POST", headers={"Content-Type": "application/json"})  # fmt: skip
+                with urllib.request.urlopen(req, timeout=BOUND_S) as r:
+                    return int(r.status), r.read()
+
+            status, body = await _blocking(what_if)
+            results = json.loads(body)["results"]
+            assert [r["seq"] for r in results] == seqs
+            assert {r["verdict"] for r in results} == {"moved"}
             assert _stop(p, lines) == 0
         await a.close()
         await b.close()
@@ -311,5 +325,56 @@ def test_sigterm_drains_requests_in_flight_on_both_workers_and_exits_0(tmp_path:
             assert code == 0, p.output.decode(errors="replace")
             lines.thread.join(BOUND_S)
         backend.close()
+
+    asyncio.run(main())
+
+
+def test_a_put_to_a_dtab_store_is_written_once_and_reaches_both_workers_through_their_watches(tmp_path: Path) -> None:
+    from ..k8s.apiserver import ApiServer
+    from ..k8s.objects import dtab_object
+
+    async def main() -> None:
+        server = await ApiServer().start()
+        a, b = await Backend("a").start(), await Backend("b").start()
+        inet = {"a": f"/$/inet/127.0.0.1/{a.port}", "b": f"/$/inet/127.0.0.1/{b.port}"}
+        server.put(dtab_object("web", [("/svc", inet["a"])], ns="dtabproxy"))
+        host, port = server.url.split("//")[1].split(":")
+        text = _config(f"/svc => {inet['b']}").replace(
+            "  servers:", f"  dtabStore: {{kind: io.l5d.k8s, namespace: dtabproxy, host: {host}, port: {port}}}\n  servers:"
+        )
+        with ProxyProcess(text, tmp_path) as p:
+            await _blocking(p.wait_ready, 1, True)
+            lines = Lines(p)
+            responses, _ = await until_both_served(p, p.ports["web"])
+            assert all(r.body.startswith(b"a ") for r in responses)  # the stored dtab, in both workers
+            rv = server.get("dtabs", "dtabproxy", "web")["metadata"]["resourceVersion"]
+
+            def put(if_match: str) -> tuple[int, bytes, str | None]:
+                req = urllib.request.Request(f"http://127.0.0.1:{p.admin_port}/admin/dtabs/web",
+                                             data=f"/svc => {inet['b']};".encode(), method="PUT",
+                                             headers={"If-Match": if_match})  # fmt: skip
+                try:
+                    with urllib.request.urlopen(req, timeout=BOUND_S) as r:
+                        return int(r.status), r.read(), r.headers.get("ETag")
+                except urllib.error.HTTPError as e:
+                    return int(e.code), e.read(), e.headers.get("ETag")
+
+            status, body, etag = await _blocking(put, '"not-the-version"')
+            assert status == 412, body  # the API's compare-and-swap, as with one process
+            assert etag == f'"{rv}"'
+            assert server.get("dtabs", "dtabproxy", "web")["metadata"]["resourceVersion"] == rv
+            status, body, etag = await _blocking(put, f'"{rv}"')
+            assert status == 200, body
+            stored = server.get("dtabs", "dtabproxy", "web")
+            assert int(stored["metadata"]["resourceVersion"]) == int(rv) + 1  # written once, by the main process
+            assert etag == f'"{stored["metadata"]["resourceVersion"]}"'
+            # Answered once both workers run it, taken from their own watches.
+            assert json.loads(body)["workers"] == {"0": "applied", "1": "applied"}
+            responses, _ = await until_both_served(p, p.ports["web"])
+            assert all(r.body.startswith(b"b ") for r in responses)
+            assert _stop(p, lines) == 0
+        await a.close()
+        await b.close()
+        await server.stop()
 
     asyncio.run(main())
