@@ -18,6 +18,9 @@ class ProxyError(Exception):
     grpc_status: ClassVar[int] = 14  # UNAVAILABLE
     stage: ClassVar[str] = "proxy"  # metric label and access-log field
     retryable: ClassVar[bool] = False  # True: known not to have reached the destination
+    #: What went wrong, as a response classifier sees a failed try (proxy.upstream.classify:
+    #: connect, refused, write, reset, timeout, framing, other).
+    kind: ClassVar[str] = "other"
 
 
 class ProtocolError(ProxyError):
@@ -82,22 +85,51 @@ class NoRoute(ProxyError):
 
 
 class ConnectFailed(ProxyError):
-    """Raised from OSError in the connector, and nowhere else."""
+    """No connection to the endpoint could be made (refused, unreachable, timed out):
+    raised by the upstream connectors, from the OSError or timeout they met."""
 
     stage = "connect"
     retryable = True
+    kind = "connect"
 
 
 class UpstreamFailed(ProxyError):
     """The upstream connection broke or answered something unusable after the request left."""
 
     stage = "upstream"
+    kind = "reset"
+
+
+class WriteFailed(UpstreamFailed):
+    """The upstream connection broke while the request was still being written."""
+
+    kind = "write"
+
+
+class BadResponse(UpstreamFailed):
+    """The upstream's response could not be parsed (an HTTP/1.1 framing error)."""
+
+    kind = "framing"
 
 
 class Timeout(ProxyError):
     """A deadline passed (spec §13.4: 503)."""
 
     status, grpc_status, stage = 503, 4, "timeout"  # 4: DEADLINE_EXCEEDED
+    kind = "timeout"
+
+
+class StreamIdle(Timeout):
+    """No byte moved either way for `limits.streamIdleTimeoutMs`: 408 while the client
+    had not finished its request (it is the slow side), 504 while the upstream had not
+    answered; once the response started, the stream is cut instead."""
+
+    status = 504
+
+    def __init__(self, message: str, *, client_slow: bool = False) -> None:
+        super().__init__(message)
+        if client_slow:
+            self.status = 408  # type: ignore[misc]
 
 
 class Overloaded(ProxyError):

@@ -100,7 +100,8 @@ class Listener:
 
     __slots__ = (
         "settings", "loop", "connections", "server", "config", "address", "_idle_timeout",
-        "_header_timeout", "_sweeper", "closed_event", "protocol", "in_flight", "_bound", "reuse_port",
+        "_header_timeout", "_stream_idle_timeout", "_sweeper", "closed_event", "protocol", "in_flight", "_bound",
+        "reuse_port",
     )  # fmt: skip
 
     def __init__(
@@ -134,6 +135,7 @@ class Listener:
         self.config = sc
         self._idle_timeout = rc.limits.idle_timeout_ms / 1000
         self._header_timeout = rc.limits.header_read_timeout_ms / 1000
+        self._stream_idle_timeout = (rc.limits.stream_idle_timeout_ms or 0) / 1000
         # The client protocol's opener (see wire.upstream_h1): one per listener, chosen here.
         connect_timeout = rc.client.connect_timeout_ms / 1000 or None
         opener = (
@@ -200,19 +202,26 @@ class Listener:
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def _sweep(self) -> None:
-        """Close keep-alive connections idle past the limit, and answer 408 to a request
-        head that has been arriving for longer than `limits.headerReadTimeoutMs` (a
-        slowloris client sends a byte now and then, so idleness alone never fires). One
-        timer per listener, not one per connection or request."""
+        """Close keep-alive connections idle past the limit, and time out a request head
+        that has been arriving for longer than `limits.headerReadTimeoutMs` (a slowloris
+        client sends a byte now and then, so idleness alone never fires): on HTTP/1.1 a
+        head from its first byte (408), on HTTP/2 the preface and first SETTINGS and each
+        header block (GOAWAY), and a connection whose protocol is not decided yet. Each
+        connection notes when its pending head began (`head_started`, 0 for none); the
+        codecs have no clock. One timer per listener, not one per connection or request."""
         now = self.loop.time()
         idle_limit = self._idle_timeout
         head_limit = self._header_timeout
+        stream_limit = self._stream_idle_timeout
         for conn in list(self.connections):
             started = getattr(conn, "head_started", 0.0)
             if started and head_limit and now - started > head_limit:
                 conn.head_timeout(head_limit)
-            elif conn.idle() and now - conn.last_active > idle_limit:
-                conn.close_when_idle()
+            elif conn.idle():
+                if now - conn.last_active > idle_limit:
+                    conn.close_when_idle()
+            elif stream_limit:  # limits.streamIdleTimeoutMs: requests that move nothing
+                conn.sweep_streams(now, stream_limit)
         self._schedule_sweep()
 
     async def drain(self, grace: float) -> None:

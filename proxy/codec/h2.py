@@ -113,6 +113,16 @@ _DECODER_TABLE_SIZE: Final = 4096
 #: frame on a stream never opened (RFC 9113 §5.1). Frames for a stream we reset are
 #: ignored for as long as it is remembered; a peer's are not that late in practice.
 _CLOSED_MEMORY: Final = 1024
+#: Frame header bytes: what each frame of a header block costs on top of its payload. A
+#: block's budget counts them, so empty CONTINUATION frames are not free (CVE-2024-27316,
+#: CVE-2024-28182: floods of them held servers' memory and CPU without ever ending a block).
+_FRAME_OVERHEAD: Final = 9
+#: CONTINUATION frames one header block may take beyond the ones its byte budget needs
+#: at full size. nghttp2 (and so Apache httpd, Node.js and curl) allows 8 in all after
+#: the 2024 CONTINUATION-flood advisories; the block's byte budget (the header list limit
+#: plus a frame) needs 5 at 16 KiB with the default 64 KiB list, so a peer that
+#: fragments at 8 KiB still fits.
+_SPARE_CONTINUATIONS: Final = 8
 
 _FRAME_HEAD: Final = struct.Struct(">HBBBL")  # length (24 bits as 16+8), type, flags, stream id
 _pack_head = _FRAME_HEAD.pack
@@ -546,7 +556,8 @@ class H2Codec:
         "_cont_size", "_cont_dep", "_highest_in", "_next_out", "_inbound_open", "_goaway_sent",
         "_send_window", "_recv_window", "_recv_unacked", "_conn_credit_at", "_stream_window",
         "_stream_credit_at", "_max_streams", "_max_block", "_remote_initial", "_remote_frame",
-        "_remote_max_streams", "_remote_table_size", "_waiting",
+        "_remote_max_streams", "_remote_table_size", "_waiting", "_cont_frames", "_max_cont_frames",
+        "resets", "blocks_in",
     )
 
     def __init__(
@@ -573,7 +584,13 @@ class H2Codec:
         self._cont_flags = 0
         self._cont_parts: list[bytes] = []
         self._cont_size = 0
+        self._cont_frames = 0
         self._cont_dep = -1
+        # Streams this side saw end in a reset: the peer's RST_STREAM, a stream error or a
+        # refused stream. The wire compares it across a `feed` (rapid-reset accounting),
+        # so a batch without resets costs it nothing.
+        self.resets = 0
+        self.blocks_in = 0  # header blocks completed: tells one pending block from the next
         self._highest_in = 0  # the highest stream id the peer opened (GOAWAY's last_stream_id)
         self._next_out = 1 if client_side else 2
         self._inbound_open = 0
@@ -591,6 +608,7 @@ class H2Codec:
         # makes a field longer than its decoded size plus a few bytes, so a block past
         # this would decode past the header list limit anyway (RFC 9113 §10.5.1).
         self._max_block = max_header_list_size + _MAX_FRAME
+        self._max_cont_frames = self._max_block // _MAX_FRAME + _SPARE_CONTINUATIONS
         self._remote_initial = 65535
         self._remote_frame = _MAX_FRAME
         self._remote_max_streams = 1 << 31  # §6.5.2: unlimited until the peer says
@@ -697,10 +715,32 @@ class H2Codec:
         log.debug("h2 connection error %d: %s", code, message)
         self._dead = True
         self._buf = b""
+        self._cont_parts = []
         self._waiting.clear()
         if not self._goaway_sent or code:
             self._goaway_sent = True
-            self._out.append(_goaway(self._highest_in, code))
+            # The message goes along as GOAWAY's debug data (§6.8): the peer learns what
+            # it did, in its own terms (it is about frames the peer sent).
+            self._out.append(_goaway(self._highest_in, code, message.encode("ascii", "replace")))
+
+    def abort(self, code: int, reason: str) -> None:
+        """End the connection for a reason the user found (a limit, a timeout): GOAWAY
+        with `code` and `reason` as debug data, then nothing more is read or sent. The
+        caller writes `take_output()` and closes."""
+        if not self._dead:
+            self._fail(code, reason)
+
+    def reading_head(self) -> bool:
+        """Whether the peer is part-way through something that must arrive whole before
+        any request can go on: the client preface and first SETTINGS, a header block
+        (HEADERS without END_HEADERS, then CONTINUATION), or a HEADERS frame, or a frame
+        header, only partly received. The wire layer times these out as it times out
+        HTTP/1.1 heads (`limits.headerReadTimeoutMs`); with `blocks_in` it tells one
+        block from the next. Called once per read, not per frame."""
+        if self._cont_sid or not self._settings_seen:
+            return not self._dead
+        buf = self._buf
+        return bool(buf) and (len(buf) < 4 or buf[3] == _HEADERS or buf[3] == _CONTINUATION)
 
     def _gone(self, sid: int) -> int:
         """What a stream id not in `_streams` is: idle, reset by us, or closed."""
@@ -780,14 +820,26 @@ class H2Codec:
         self._cont_sid = sid
         self._cont_flags = flags
         self._cont_parts = [payload]
-        self._cont_size = len(payload)
+        self._cont_size = len(payload) + _FRAME_OVERHEAD
+        self._cont_frames = 0
         self._cont_dep = dep
 
     def _continuation(self, flags: int, payload: bytes, events: list[Any]) -> None:
-        self._cont_parts.append(payload)
-        self._cont_size += len(payload)
+        # Bounded in frames and in bytes with each frame's header counted, so neither
+        # empty nor tiny CONTINUATION frames can keep a block open. ENHANCE_YOUR_CALM
+        # (§7: "excessive load"): the frames break no rule of the protocol, there are
+        # only too many of them; and the block cannot be skipped (the HPACK context
+        # needs it, §4.3), so this is a connection error.
+        self._cont_frames += 1
+        self._cont_size += len(payload) + _FRAME_OVERHEAD
+        if self._cont_frames > self._max_cont_frames:
+            raise _ConnError(
+                ENHANCE_YOUR_CALM, f"header block of more than {self._max_cont_frames} CONTINUATION frames"
+            )
         if self._cont_size > self._max_block:
-            raise _ConnError(ENHANCE_YOUR_CALM, "header block too large")
+            raise _ConnError(ENHANCE_YOUR_CALM, f"header block larger than {self._max_block} bytes")
+        if payload:
+            self._cont_parts.append(payload)
         if flags & _END_HEADERS:
             sid, self._cont_sid = self._cont_sid, 0
             block = b"".join(self._cont_parts)
@@ -798,6 +850,7 @@ class H2Codec:
         # Decoded first, whatever becomes of the stream: the dynamic table must see every
         # block (RFC 9113 §4.3).
         fields = self._decoder.decode(block)
+        self.blocks_in += 1
         end = bool(flags & _END_STREAM)
         st = self._streams.get(sid)
         if st is not None:
@@ -844,11 +897,15 @@ class H2Codec:
                 raise _ConnError(STREAM_CLOSED, f"HEADERS on closed stream {sid}")  # §5.1
             raise _ConnError(PROTOCOL_ERROR, f"stream {sid} below one already opened")  # §5.1.1
         self._highest_in = sid
-        if self._inbound_open >= self._max_streams:
-            raise _ConnError(PROTOCOL_ERROR, "SETTINGS_MAX_CONCURRENT_STREAMS exceeded")  # §5.1.2
         st = _Stream(sid, self._remote_initial, self._stream_window)
         self._streams[sid] = st
         self._inbound_open += 1
+        if self._inbound_open > self._max_streams:
+            # §5.1.2: a stream error, PROTOCOL_ERROR or REFUSED_STREAM; REFUSED_STREAM
+            # tells the client nothing was processed, so it may retry (§8.7), and a client
+            # that opened streams before our SETTINGS arrived keeps its connection.
+            self._stream_error(st, REFUSED_STREAM, events, tell=False)
+            return
         if dep == sid:
             self._stream_error(st, PROTOCOL_ERROR, events, tell=False)  # §5.3.1
             return
@@ -894,6 +951,7 @@ class H2Codec:
                 raise _ConnError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")  # §6.4
             return
         self._close(st, _GONE_CLOSED)
+        self.resets += 1
         events.append((RESET, sid, _U32.unpack(payload)[0], 0, False))
 
     def _window_update(self, sid: int, payload: bytes, events: list[Any]) -> None:
@@ -975,6 +1033,7 @@ class H2Codec:
         """RFC 9113 §5.4.2: RST_STREAM, and the user forgets the stream (a RESET event)."""
         self._out.append(_rst_frame(st.sid, code))
         self._close(st, _GONE_RESET)
+        self.resets += 1
         if tell:
             events.append((RESET, st.sid, code, 0, False))
 
@@ -1203,8 +1262,10 @@ def _rst_frame(sid: int, code: int) -> bytes:
     return _pack_head(0, 4, _RST_STREAM, 0, sid) + _U32.pack(code)
 
 
-def _goaway(last_sid: int, code: int) -> bytes:
-    return _pack_head(0, 8, _GOAWAY, 0, 0) + _GOAWAY_BODY.pack(last_sid, code)
+def _goaway(last_sid: int, code: int, debug: bytes = b"") -> bytes:
+    debug = debug[: _MAX_FRAME - 8]
+    n = 8 + len(debug)
+    return _pack_head(n >> 8, n & 0xFF, _GOAWAY, 0, 0) + _GOAWAY_BODY.pack(last_sid, code) + debug
 
 
 # -- RFC 9113 §8 field-section checks --------------------------------------------------------
@@ -1221,6 +1282,16 @@ _CONNECTION_SPECIFIC: Final = frozenset(
     (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade")
 )
 _REQUEST_PSEUDO: Final = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
+# One rule for a request's target and host, whichever protocol brought it: what the
+# HTTP/1.1 listener refuses (proxy/codec/h1.py), an HTTP/2 request may not carry either,
+# or an HTTP/2 client could send an HTTP/1.1 backend bytes no HTTP/1.1 client could.
+# :path: visible ASCII only (RFC 3986 §3.3, §3.4; llhttp's strict URL rule refuses CTLs,
+# space, DEL and 0x80-0xFF). :authority and host: the Host header's characters (RFC 3986
+# §3.2.2), which also leave out the userinfo RFC 9113 §8.3.1 forbids.
+_TARGET_CHARS: Final = bytes(range(0x21, 0x7F))
+# (The same set as h1's _HOST_CHARS; a unit test holds them equal. Not imported: a
+# codec imports nothing from proxy but proxy.errors.)
+_AUTHORITY_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]"
 
 #: Fields already checked, by (name, value). hpack hands back the same objects for
 #: indexed fields, so a repeated field costs one set probe instead of four scans.
@@ -1229,9 +1300,10 @@ _CHECKED_MAX: Final = 4096
 _checked: set[tuple[bytes, bytes]] = set()
 
 
-def _check_field(item: tuple[bytes, bytes]) -> None:
+def _check_field(item: tuple[bytes, bytes], request: bool = False) -> None:
     """Name characters and case (§8.2.1), value characters (§8.2.1: no NUL, CR or LF,
-    no leading or trailing whitespace) and connection-specific names (§8.2.2)."""
+    no leading or trailing whitespace), connection-specific names (§8.2.2), and in a
+    request the characters of `host` (see _AUTHORITY_CHARS)."""
     name, value = item[0], item[1]
     if not name or name.translate(None, _NAME_CHARS):
         raise PeerProtocolError(f"invalid field name {name!r}")
@@ -1241,6 +1313,10 @@ def _check_field(item: tuple[bytes, bytes]) -> None:
         raise PeerProtocolError(f"whitespace around the value of {name.decode('latin-1')}")
     if name in _CONNECTION_SPECIFIC:
         raise PeerProtocolError(f"connection-specific field {name.decode('latin-1')} in HTTP/2")
+    if name == b"host" and value.translate(None, _AUTHORITY_CHARS):
+        if request:
+            raise PeerProtocolError(f"invalid characters in host: {value!r}")
+        return  # meaningless in a response; not cached, so a request carrying it is still checked
     if len(_checked) >= _CHECKED_MAX:
         _checked.clear()
     _checked.add((name, value))
@@ -1249,8 +1325,14 @@ def _check_field(item: tuple[bytes, bytes]) -> None:
 def _check_pseudo_value(name: bytes, value: bytes) -> None:
     if not value:
         raise PeerProtocolError(f"empty {name.decode('latin-1')}")
-    if b"\r" in value or b"\n" in value or b"\x00" in value or b" " in value:
-        raise PeerProtocolError(f"invalid characters in {name.decode('latin-1')}")
+    if name == b":path":
+        bad = value.translate(None, _TARGET_CHARS)
+    elif name == b":authority":
+        bad = value.translate(None, _AUTHORITY_CHARS)
+    else:
+        bad = b"\r" in value or b"\n" in value or b"\x00" in value or b" " in value
+    if bad:
+        raise PeerProtocolError(f"invalid characters in {name.decode('latin-1')}: {value!r}")
     # A pseudo-header's name starts with ':', which no regular field that passed
     # _check_field has, so both kinds share the set of fields already checked.
     if len(_checked) >= _CHECKED_MAX:
@@ -1324,7 +1406,7 @@ def read_request(fields: list[tuple[bytes, bytes]]) -> Request:
             continue
         regular = True
         if item not in checked:
-            _check_field(item)
+            _check_field(item, True)
         if name == b"te":
             if item[1] != b"trailers":
                 raise PeerProtocolError("te other than trailers in HTTP/2")

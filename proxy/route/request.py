@@ -22,7 +22,7 @@ already exists. Its `_prepare` is the one request-preparation step of both proto
 from __future__ import annotations
 
 import time
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Final
 
 from dtab import Dtab
@@ -32,7 +32,6 @@ from ..errors import NoRoute, Timeout
 from ..telemetry.metrics import record as record_stats
 from ..telemetry.metrics import record_pair
 from ..upstream.attempt import Attempt
-from ..upstream.policy import NONE
 from .l5d import Deadline, decode_trace, format_deadline, new_root_trace, parse_deadline
 
 if TYPE_CHECKING:
@@ -95,7 +94,8 @@ class RoutedRequest:
 
     __slots__ = (
         "_router", "_route", "_svc", "_pair", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out",
-        "_bound", "_ep_key", "_upgrade", "_grpc_timeout_ns", "_listener", "_counted", "_up",
+        "_bound", "_ep_key", "_upgrade", "_grpc_timeout_ns", "_listener", "_counted", "_up", "_deadline_at",
+        "_idle_mark", "_idle_since",
     )  # fmt: skip
 
     def _init_routing(self, router: Any, listener: Any) -> None:
@@ -114,6 +114,9 @@ class RoutedRequest:
         self._ep_key: Any = None
         self._upgrade: bytes | None = None  # the Upgrade field of the request being prepared
         self._up: Any = None  # the request's attempt (proxy/upstream/attempt.py)
+        self._deadline_at = 0.0  # the request's deadline, monotonic (0.0: none); see _deadline_fields
+        self._idle_mark = -1  # what the stream idle sweep saw move last (bytes both ways)
+        self._idle_since = 0.0  # since when it saw nothing move (0.0: a new request)
         self._grpc_timeout_ns: int | None = None  # its grpc-timeout, when it had one
 
     def _prepare(
@@ -146,6 +149,7 @@ class RoutedRequest:
         grpc_timeout: bytes | None = None
         sig: bytes | None = None
         self._upgrade = None
+        self._idle_since = 0.0
         if extras is not None:
             clear = settings.clear_context
             sig_header = settings.sig_header
@@ -214,7 +218,7 @@ class RoutedRequest:
             self._t0 = perf_counter()  # loop.time() is too coarse under uvloop (1 ms)
         if picked is None:
             raise router.no_route(route)
-        client, bound, residual_hdr = picked
+        client, bound, residual_hdr, policy = picked
         if svc is not None:
             self._bound = bound
 
@@ -234,8 +238,10 @@ class RoutedRequest:
         if route.local_hdr:
             out.append((b"l5d-ctx-dtab", route.local_hdr))
         self._grpc_timeout_ns = None
-        if deadline_vals is not None or grpc_timeout is not None:
-            self._deadline_fields(deadline_vals, grpc_timeout, out)
+        deadline = 0.0
+        if deadline_vals is not None or grpc_timeout is not None or route.total_timeout_s:
+            deadline = self._deadline_fields(deadline_vals, grpc_timeout, route.total_timeout_s, out)
+        self._deadline_at = deadline
         if settings.add_via:
             out.append(via)  # RFC 9110 §7.6.3: the protocol version this hop received
         if settings.add_forwarded:  # RFC 7239: one more element per hop, as its own field
@@ -253,7 +259,7 @@ class RoutedRequest:
             target = ident.rewritten_target
         if acts is not None:
             target = acts.rewrite_target(target)  # a matched rule's URI rewrite
-        attempt = Attempt(self, client, NONE, settings.open_upstream, loop, method, target, out, body_mode)  # type: ignore[arg-type]
+        attempt = Attempt(self, client, policy, settings.open_upstream, loop, method, target, out, body_mode, deadline)  # type: ignore[arg-type]
         self._up = attempt
         try:
             attempt.start()
@@ -279,26 +285,56 @@ class RoutedRequest:
         return attempt
 
     def _deadline_fields(
-        self, deadline_vals: list[bytes] | None, grpc_timeout: bytes | None, out: list[tuple[bytes, bytes]]
-    ) -> None:
-        """An inbound `l5d-ctx-deadline` goes on re-written (strictest of its values);
-        `grpc-timeout` is kept for the protocol, which re-writes it with the time left."""
+        self,
+        deadline_vals: list[bytes] | None,
+        grpc_timeout: bytes | None,
+        total_timeout_s: float,
+        out: list[tuple[bytes, bytes]],
+    ) -> float:
+        """The request's deadline (monotonic seconds; 0.0: none): the earliest of an inbound
+        `l5d-ctx-deadline` (the strictest of its values), `grpc-timeout` and the service's
+        `totalTimeoutMs`. One already past is refused here, before anything is sent. The
+        next hop gets `l5d-ctx-deadline` with the same absolute deadline, and a gRPC call
+        its `grpc-timeout` with the time left."""
+        now = monotonic()
+        now_ns = time.time_ns()
+        # Candidates in wall-clock nanoseconds (what l5d-ctx-deadline carries), so an
+        # inbound deadline goes on exactly as it came when it is the tightest.
+        deadline_ns = now_ns + int(total_timeout_s * 1e9) if total_timeout_s else 0
+        why = "service.totalTimeoutMs"
+        inbound: Deadline | None = None
         if deadline_vals is not None:
-            dl = parse_deadline(deadline_vals)
-            if dl is not None:
-                now_ns = time.time_ns()
-                if dl.deadline_ns <= now_ns:
-                    raise Timeout("the request's deadline (l5d-ctx-deadline) has passed")
-                out.append((b"l5d-ctx-deadline", format_deadline(Deadline(max(now_ns, dl.timestamp_ns), dl.deadline_ns))))
+            inbound = parse_deadline(deadline_vals)
+            if inbound is not None and (not deadline_ns or inbound.deadline_ns < deadline_ns):
+                deadline_ns, why = inbound.deadline_ns, "l5d-ctx-deadline"
         if grpc_timeout is not None:
             ns = grpc.parse_timeout(grpc_timeout)
             if ns is not None:
                 self._grpc_timeout_ns = ns
-                # The next hop gets what is left of the tighter of it and the router timeout.
-                timeout = self._listener.settings.timeout
-                if timeout is not None and timeout * 1e9 < ns:
-                    ns = int(timeout * 1e9)
-                out.append((grpc.TIMEOUT, grpc.format_timeout(ns)))
+                if not deadline_ns or now_ns + ns < deadline_ns:
+                    deadline_ns, why = now_ns + ns, "grpc-timeout"
+        if not deadline_ns:
+            return 0.0
+        left_ns = deadline_ns - now_ns
+        if left_ns <= 0:
+            raise Timeout(f"the request's deadline ({why}) passed before it was sent")
+        stamp = max(now_ns, inbound.timestamp_ns) if inbound is not None else now_ns
+        out.append((b"l5d-ctx-deadline", format_deadline(Deadline(stamp, deadline_ns))))
+        if self._grpc_timeout_ns is not None:
+            # The time left of the call's deadline; not the router's timeoutMs, which
+            # bounds only the wait for the response head, so a stream may outlive it.
+            out.append((grpc.TIMEOUT, grpc.format_timeout(left_ns)))
+        return now + left_ns / 1e9
+
+    def _is_idle(self, now: float, limit: float) -> bool:
+        """Called by the listener's sweep (once a second) while the request is in flight:
+        True when no byte moved either way for `limit` seconds (limits.streamIdleTimeoutMs)."""
+        mark = self._bytes_in + self._bytes_out + (1 << 62 if self._status else 0)
+        if mark != self._idle_mark or not self._idle_since:
+            self._idle_mark = mark
+            self._idle_since = now
+            return False
+        return now - self._idle_since >= limit
 
     def _take_slot(self, limit: int | None) -> bool:
         """Count the request against `servers[].maxConcurrentRequests`; False when full."""

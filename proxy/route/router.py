@@ -18,10 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import dtab
+from config.policy import service_policy
 from dtab import EMPTY, FAIL, NEG, BindError, Bound, Dtab, Leaf, NameTree, Path, Union
 
 from ..errors import NoRoute
 from ..upstream.endpoint import Client, ClientRegistry
+from ..upstream.policy import NONE, RequestPolicy, request_policy, retry_budget
 from .rules import Actions, Overlay, RuleSet, hash_value, sticky_u
 
 if TYPE_CHECKING:
@@ -42,12 +44,19 @@ class Route:
 
     __slots__ = (
         "service", "service_hdr", "tree", "_pick", "local", "local_hdr", "error", "actions", "rules_dtab",
-        "stats", "cstats",
+        "stats", "cstats", "total_timeout_s",
     )
 
     def __init__(self, service: Path, tree: NameTree | None, local: Dtab, clients: ClientRegistry, error: str | None = None,
-                 overlay: Overlay | None = None, stats: Any = None) -> None:  # fmt: skip
+                 overlay: Overlay | None = None, stats: Any = None, policies: Any = None) -> None:  # fmt: skip
         self.service = service
+        # service.totalTimeoutMs for this name (0.0: none) and the attempt settings per
+        # client (proxy/upstream/policy.py), resolved once here.
+        self.total_timeout_s = 0.0
+        per_client: Any = None
+        got = policies(service) if policies is not None else None
+        if got is not None:
+            self.total_timeout_s, per_client = got
         # The matched rules' actions and dentries: fixed per route, because the route
         # cache is keyed by the set of matched rules. `local` stays ctx ++ user only:
         # that is what travels downstream in l5d-ctx-dtab; rule entries never do.
@@ -58,7 +67,7 @@ class Route:
         self.local = local
         self.local_hdr = local.show().encode("latin-1") if local.dentries else b""
         self.error = error
-        self._pick = _picker(tree, clients) if tree is not None else None
+        self._pick = _picker(tree, clients, per_client) if tree is not None else None
         # Telemetry bound once per route (proxy/telemetry/metrics.py): the service's
         # counters, and each reachable client's, split by normal and override traffic.
         self.stats: Any = None
@@ -72,7 +81,7 @@ class Route:
                         c = clients.get(leaf)
                         self.cstats[c] = stats.client(c.id_show, override)
 
-    def pick(self, u: float | None = None) -> tuple[Client, Bound, bytes | None] | None:
+    def pick(self, u: float | None = None) -> tuple[Client, Bound, bytes | None, RequestPolicy] | None:
         """A client for this request: a weighted choice through the unions (spec §9.3);
         None when the branch taken is empty, negative or failed. `u` in [0, 1) makes
         the choice deterministic (sticky splits); None draws a random number."""
@@ -80,19 +89,21 @@ class Route:
         return p(u) if p is not None else None
 
 
-def _picker(tree: NameTree, clients: ClientRegistry) -> Any:
+def _picker(tree: NameTree, clients: ClientRegistry, per_client: Any = None) -> Any:
     if isinstance(tree, Leaf):
         bound = tree.value
         assert isinstance(bound, Bound)
         residual = bound.residual.show().encode("latin-1") if bound.residual.elems else None
-        choice = (clients.get(bound), bound, residual)  # the l5d-dst-residual value, printed once
+        client = clients.get(bound)
+        policy = per_client(client) if per_client is not None else NONE
+        choice = (client, bound, residual, policy)  # the l5d-dst-residual value, printed once
         return lambda u=None: choice
     if isinstance(tree, Union):
         members = []
         for w in tree.weighted:
             if w.tree is EMPTY and w.weight <= 0:
                 continue  # an empty member with no weight takes no traffic (§9.3)
-            members.append((w.weight, _picker(w.tree, clients)))
+            members.append((w.weight, _picker(w.tree, clients, per_client)))
         if not members:
             return lambda u=None: None
         total = sum(w for w, _ in members)
@@ -148,7 +159,7 @@ class Router:
 
     __slots__ = (
         "label", "base", "namers", "identifier", "policy", "clients", "_routes", "dst_prefix",
-        "config", "rules", "stats", "transform",
+        "config", "rules", "stats", "transform", "_services",
     )
 
     def __init__(
@@ -174,8 +185,9 @@ class Router:
         self.identifier = identifier
         self.policy = policy
         self.dst_prefix = dst_prefix
-        self.clients = clients or ClientRegistry()
+        self.clients = clients or ClientRegistry(config if hasattr(config, "client") else None)
         self._routes: dict[tuple[Any, ...], Route] = {}
+        self._services: dict[Path, tuple[Any, Any, dict[Client, RequestPolicy]]] = {}
         self.config = config
         # The interpreter's transformers (proxy/discovery/k8s_transform.py), applied to
         # each bound tree when a route is bound; None: none configured.
@@ -183,6 +195,29 @@ class Router:
         # None when there is nothing to match: the wire layer tests this one attribute
         # and keeps the plain path (no per-request rule work at all).
         self.rules: RuleSet | None = RuleSet(rules, self.base, hash_on) if rules or hash_on is not None else None
+
+    def _policies(self, service: Path) -> tuple[float, Any] | None:
+        """A route's `service.totalTimeoutMs` (seconds, 0.0: none) and a function giving
+        the attempt settings for each of its clients. The service's retry budget is one
+        per name and router snapshot, shared by every route of that name (overrides too)."""
+        rc = self.config
+        if rc is None or not hasattr(rc, "service"):
+            return None
+        cached = self._services.get(service)
+        if cached is None:
+            sp = service_policy(rc, service)
+            cached = self._services[service] = (sp, retry_budget(sp), {})
+        sp, budget, by_client = cached
+
+        def per_client(client: Client) -> RequestPolicy:
+            rp = by_client.get(client)
+            if rp is None:
+                stats = self.stats.retry_counters(service.show(), client.id_show) if self.stats is not None else None
+                rp = by_client[client] = request_policy(sp, client, budget, stats)
+            return rp
+
+        ms = sp.total_timeout_ms
+        return (ms / 1000 if ms else 0.0), per_client
 
     def clear_routes(self) -> None:
         """A namer gained or lost a name: every cached bind may be stale."""
@@ -200,9 +235,9 @@ class Router:
             tree = dtab.bind(table, service, namers=self.namers)
             if self.transform is not None:
                 tree = self.transform(tree)
-            r = Route(service, tree, local, self.clients, stats=self.stats)
+            r = Route(service, tree, local, self.clients, stats=self.stats, policies=self._policies)
         except BindError as exc:
-            r = Route(service, None, local, self.clients, error=str(exc), stats=self.stats)
+            r = Route(service, None, local, self.clients, error=str(exc), stats=self.stats, policies=self._policies)
         if len(routes) >= ROUTE_CACHE_SIZE:
             del routes[next(iter(routes))]
         routes[key] = r
@@ -248,9 +283,10 @@ class Router:
             tree = dtab.bind(table, service, namers=self.namers)
             if self.transform is not None:
                 tree = self.transform(tree)
-            r = Route(service, tree, local, self.clients, overlay=overlay, stats=self.stats)
+            r = Route(service, tree, local, self.clients, overlay=overlay, stats=self.stats, policies=self._policies)
         except BindError as exc:
-            r = Route(service, None, local, self.clients, error=str(exc), overlay=overlay, stats=self.stats)
+            r = Route(service, None, local, self.clients, error=str(exc), overlay=overlay, stats=self.stats,
+                      policies=self._policies)  # fmt: skip
         if len(routes) >= ROUTE_CACHE_SIZE:
             del routes[next(iter(routes))]
         routes[key] = r

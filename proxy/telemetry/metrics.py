@@ -340,12 +340,26 @@ class Decisions:
         return list(self.ring)
 
 
+class RetryCounters:
+    """What the attempts of one (service, client) pair did besides their first try:
+    plain increments by proxy/upstream/attempt.py, rendered at scrape."""
+
+    __slots__ = ("service", "client", "retries", "requeues", "budget_exhausted")
+
+    def __init__(self, service: str, client: str) -> None:
+        self.service = service
+        self.client = client
+        self.retries = 0  # tries after a retryable response or failure (service.retries)
+        self.requeues = 0  # tries after a failure that reached nothing (client.requeueBudget)
+        self.budget_exhausted = 0  # a retry or requeue the budget refused
+
+
 class RouterStats:
     """One router's stats: services and clients (each split by traffic kind), requests
     that never got a service, and the decision ring."""
 
     __slots__ = ("label", "_services", "_clients", "_other_services", "_other_clients", "unrouted",
-                 "decisions", "_max_services", "_max_clients", "_max_endpoints", "_pairs")  # fmt: skip
+                 "decisions", "_max_services", "_max_clients", "_max_endpoints", "_pairs", "retry")  # fmt: skip
 
     def __init__(
         self,
@@ -367,6 +381,20 @@ class RouterStats:
         self._max_clients = max_clients
         self._max_endpoints = max_endpoints
         self._pairs: list[Pair] = []
+        self.retry: dict[tuple[str, str], RetryCounters] = {}
+
+    def retry_counters(self, service: str, client: bytes) -> RetryCounters:
+        """The retry counters of a (service, client) pair (once per route and client)."""
+        key = (service, client.decode("latin-1"))
+        rc = self.retry.get(key)
+        if rc is None:
+            if len(self.retry) >= self._max_services * 4:  # cardinality cap, as for services
+                key = (OTHER, OTHER)
+                rc = self.retry.get(key)
+                if rc is not None:
+                    return rc
+            rc = self.retry[key] = RetryCounters(*key)
+        return rc
 
     def pair(self, svc: Stats, es: Stats) -> Pair:
         """The pair of a service and an endpoint (cached on the endpoint's stats)."""

@@ -29,30 +29,27 @@ through: the request that does not fail pays one attribute test per event.
 from __future__ import annotations
 
 import asyncio
-from time import perf_counter
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 
 from ..codec.h1 import EndOfMessage, ResponseHead
 from ..errors import NoRoute, ProxyError, Timeout
+from .classify import RETRYABLE, SUCCESS
+from .policy import DEFER
 
 if TYPE_CHECKING:
     from .contracts import Handle, Opener, Owner
     from .endpoint import Client, Endpoint
     from .policy import RequestPolicy
 
-#: Verdicts of a response classifier.
-SUCCESS: Final = 0
-FAILURE: Final = 1
-RETRYABLE: Final = 2
-
-#: Requeues of one request at most, whatever the budget says: Finagle's RequeueFilter
-#: stops at the same bound, so a client whose every endpoint refuses fails fast.
+#: Requeues of one request at most, whatever the budget says: a client whose every
+#: endpoint refuses fails fast instead of going round (Finagle bounds its RequeueFilter
+#: the same way).
 MAX_REQUEUES: Final = 25
 
 #: Methods whose request may be replayed after it was (perhaps) seen by the endpoint:
 #: RFC 9110 §9.2.2's idempotent methods.
 IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
-
 
 #: `Attempt.handle` while the opener runs: a failure reported from inside it still counts.
 _OPENING: Final[Any] = object()
@@ -64,7 +61,7 @@ class Attempt:
     __slots__ = (
         "owner", "handle", "endpoint", "client", "policy", "opener", "loop", "method", "target", "headers",
         "body_mode", "committed", "req_ended", "trailers", "body", "body_bytes", "t0", "retries",
-        "requeues", "replayed", "timer", "done",
+        "requeues", "replayed", "timer", "done", "deadline", "backoff", "status", "deferred",
     )  # fmt: skip
 
     def __init__(
@@ -78,6 +75,7 @@ class Attempt:
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body_mode: int,
+        deadline: float = 0.0,
     ) -> None:
         self.owner = owner
         self.client = client
@@ -88,6 +86,7 @@ class Attempt:
         self.target = target
         self.headers = headers
         self.body_mode = body_mode
+        self.deadline = deadline  # monotonic time by which the response head must come (0: none)
         self.handle: Handle | None = None
         self.endpoint: Endpoint | None = None
         self.committed = False  # a response head went to the owner: no more tries
@@ -97,12 +96,18 @@ class Attempt:
         # (or when the policy keeps none), so a streamed upload is never held.
         self.body: list[bytes] | None = [] if policy.buffer_bytes else None
         self.body_bytes = 0
-        self.t0 = 0.0
         self.retries = 0
         self.requeues = 0
         self.replayed = False
         self.timer: asyncio.TimerHandle | None = None
         self.done = False
+        self.backoff: Any = None
+        self.status = 0  # the final response's status, while its verdict waits (DEFER)
+        self.deferred = False
+        now = self.t0 = monotonic()
+        budget = policy.retry_budget
+        if budget is not None:
+            budget.deposit(now)  # every request pays into its service's retry budget
 
     # -- trying ------------------------------------------------------------------------------
 
@@ -116,8 +121,8 @@ class Attempt:
         self.endpoint = ep
         ep.begin()
         policy = self.policy
-        if policy.observe is not None:
-            self.t0 = perf_counter()
+        if self.retries or self.requeues or self.replayed:
+            self.t0 = monotonic()  # the balancer hears this try's own latency
         if policy.attempt_timeout_s:
             self._arm(policy.attempt_timeout_s)
         self.handle = _OPENING
@@ -148,8 +153,9 @@ class Attempt:
         if self.committed or self.done:
             return
         handle, self.handle = self.handle, None
-        if handle is not None:
-            handle.cancel()
+        if handle is None:
+            return  # between tries (a backoff): nothing is in flight
+        handle.cancel()
         ms = self.policy.attempt_timeout_s * 1000
         self._failed(Timeout(f"no response from {self.endpoint} within {ms:.0f} ms (client.requestAttemptTimeoutMs)"))
 
@@ -163,7 +169,7 @@ class Attempt:
                 body.append(data)
                 self.body_bytes = n
             else:
-                self.body = None  # too large to keep: this request is tried once more at most
+                self.body = None  # too large to keep: no further try can send it again
         handle = self.handle
         if handle is not None:
             handle.send_body(data)
@@ -184,7 +190,7 @@ class Attempt:
             self.handle.resume_reading()
 
     def cancel(self) -> None:
-        """The owner gave up (client gone, deadline): abandon the try in flight."""
+        """The owner gave up (client gone, a deadline): abandon the try in flight."""
         if self.done:
             return
         self.done = True
@@ -192,27 +198,23 @@ class Attempt:
         handle, self.handle = self.handle, None
         if handle is not None:
             handle.cancel()
-        ep = self.endpoint
-        if ep is not None and handle is not None:
-            ep.end()
-            if not self.committed:
-                ep.abandoned(self.loop.time())
+            ep = self.endpoint
+            if ep is not None:
+                ep.end()
+                if not self.committed or self.deferred:
+                    ep.abandoned(monotonic())  # no verdict: a probe must not stay claimed
 
-    def start_tunnel(self, down: Any) -> None:
+    def start_tunnel(self, down: Any) -> Handle:
+        """After a 101: the exchange becomes a tunnel. Returns the connection's handle,
+        which the owner uses from now on (`tunnel_write`, `tunnel_eof`, `cancel`)."""
         handle = self.handle
         assert handle is not None
         self.done = True
+        self.handle = None
         if self.endpoint is not None:
             self.endpoint.end()
         handle.start_tunnel(down)
-
-    def tunnel_write(self, data: bytes) -> None:
-        if self.handle is not None:
-            self.handle.tunnel_write(data)
-
-    def tunnel_eof(self) -> None:
-        if self.handle is not None:
-            self.handle.tunnel_eof()
+        return handle
 
     # -- owner callbacks, for the handle -------------------------------------------------------------
 
@@ -226,32 +228,39 @@ class Attempt:
         if ev.__class__ is ResponseHead and ev.status >= 200:
             self._response_head(ev)
             return
-        if ev.__class__ is EndOfMessage:  # a response with no final head (h2 stream ended)
-            self.committed = True
-            self._ended(ev)
-            return
-        self.owner.on_upstream_event(ev)
+        self.owner.on_upstream_event(ev)  # 1xx: passed on, the final head follows
 
     def _response_head(self, ev: ResponseHead) -> None:
         """A final response head: classify it, then pass it on or give it up for a retry."""
         ep = self.endpoint
         assert ep is not None
-        self._stop_timer()
+        if self.timer is not None:
+            self._stop_timer()
         policy = self.policy
+        now = monotonic()
         if policy.observe is not None:
-            policy.observe(ep, perf_counter() - self.t0)
-        verdict = policy.classify(self.method, ev.status, ev.headers) if policy.classify is not None else SUCCESS
-        now = self.loop.time()
+            policy.observe(ep, now - self.t0, now)
+        status = ev.status
+        if policy.status_only and status < 500:
+            verdict = SUCCESS
+        else:
+            verdict = policy.classify(self.method, status, ev.headers)
         if verdict == SUCCESS:
             ep.succeeded(now)
+            rq = policy.requeue_budget
+            if rq is not None:
+                rq.deposit(now)  # requeues are paid for by successes (Finagle's RequeueFilter)
+        elif verdict == DEFER:  # the trailers will tell (gRPC); the response goes on now
+            self.deferred = True
+            self.status = status
         else:
             ep.failed(now)
-            if verdict == RETRYABLE and self._may_retry():
+            if verdict == RETRYABLE and self._may_retry(now):
                 handle, self.handle = self.handle, None
                 ep.end()
                 if handle is not None:
-                    handle.discard(self.req_ended)
-                self._retry()
+                    handle.discard(self.req_ended)  # read on into a sink, or close
+                self._retry(now)
                 return
         self.committed = True
         self.owner.on_upstream_event(ev)
@@ -263,6 +272,12 @@ class Attempt:
             ep = self.endpoint
             assert ep is not None
             ep.end()
+            if self.deferred:
+                now = monotonic()
+                if self.policy.classify_end(self.method, self.status, ev.trailers) == SUCCESS:
+                    ep.succeeded(now)
+                else:
+                    ep.failed(now)
             if not self.req_ended:
                 # Answered before the upload ended: the rest of it is not wanted, and the
                 # connection cannot carry another exchange after a half-sent one.
@@ -281,32 +296,40 @@ class Attempt:
         ep = self.endpoint
         assert ep is not None
         ep.end()
+        now = monotonic()
         if self.committed:  # the response was cut short: nothing more to try
             self.done = True
-            ep.failed(self.loop.time())
+            ep.failed(now)
             self.owner.upstream_failed(exc)
             return
         if getattr(exc, "stale", False):
             # A pooled connection the peer had closed while it idled (the pool race, not
             # the endpoint's fault): one replay on a fresh connection, when the request
             # may be seen twice and its body is at hand.
+            ep.abandoned(now)
             if not self.replayed and self.method in IDEMPOTENT and self._body_at_hand():
                 self.replayed = True
                 self._restart(ep, fresh=True)
                 return
-        now = self.loop.time()
-        ep.failed(now)
+        else:
+            ep.failed(now)
         policy = self.policy
+        stats = policy.stats
         if exc.retryable and self._body_at_hand():
             # Nothing reached the endpoint: requeue anywhere, any method (within budget).
             budget = policy.requeue_budget
-            if budget is not None and self.requeues < MAX_REQUEUES and budget.try_withdraw(now):
-                self.requeues += 1
-                self._restart(None)
-                return
-        elif policy.classify_error is not None and policy.classify_error(self.method, exc) == RETRYABLE:
-            if self._may_retry():
-                self._retry()
+            if budget is not None and self.requeues < MAX_REQUEUES and self._in_time(now):
+                if budget.try_withdraw(now):
+                    self.requeues += 1
+                    if stats is not None:
+                        stats.requeues += 1
+                    self._restart(None)
+                    return
+                if stats is not None:
+                    stats.budget_exhausted += 1
+        if policy.classifier is not None and policy.classify_error(self.method, exc) == RETRYABLE:
+            if self._may_retry(now):
+                self._retry(now)
                 return
         self.done = True
         self.owner.upstream_failed(exc)
@@ -326,18 +349,32 @@ class Attempt:
         """Whether the whole request body sent so far can be sent again."""
         return self.body_mode == 0 or self.body is not None
 
-    def _may_retry(self) -> bool:
-        policy = self.policy
-        if policy.retry_budget is None or not self._body_at_hand():
-            return False
-        return bool(policy.retry_budget.try_withdraw(self.loop.time()))
+    def _in_time(self, now: float) -> bool:
+        return not self.deadline or now < self.deadline
 
-    def _retry(self) -> None:
+    def _may_retry(self, now: float) -> bool:
+        policy = self.policy
+        budget = policy.retry_budget
+        if budget is None or not self._body_at_hand() or not self._in_time(now):
+            return False
+        if budget.try_withdraw(now):
+            return True
+        if policy.stats is not None:
+            policy.stats.budget_exhausted += 1
+        return False
+
+    def _retry(self, now: float) -> None:
         self.retries += 1
         stats = self.policy.stats
         if stats is not None:
             stats.retries += 1
-        delay = self.policy.next_backoff(self.retries) if self.policy.next_backoff is not None else 0.0
+        delay = 0.0
+        if self.policy.backoff is not None:
+            if self.backoff is None:
+                self.backoff = self.policy.new_backoff()
+            delay = self.backoff.next_s()
+            if self.deadline and now + delay >= self.deadline:
+                delay = 0.0  # no time to wait: try at once rather than miss the deadline idle
         if delay > 0:
             self.timer = self.loop.call_later(delay, self._restart, None)
         else:
@@ -352,7 +389,6 @@ class Attempt:
         except ProxyError as exc:
             self.done = True
             self.owner.upstream_failed(exc)
-        self.owner.flush_writes()
 
     def _stop_timer(self) -> None:
         if self.timer is not None:

@@ -63,7 +63,7 @@ class Handle(Protocol):
         `complete` (the whole request was sent) the connection may finish reading the
         response and be reused; otherwise it is closed or the stream reset."""
 
-    def start_tunnel(self, down: Any) -> None: ...  # after a 101: raw bytes both ways
+    def start_tunnel(self, down: Any) -> Any: ...  # after a 101: raw bytes both ways
 
     def tunnel_write(self, data: bytes) -> None: ...
 

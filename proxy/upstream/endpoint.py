@@ -15,18 +15,23 @@ connections are opaque objects with `usable()` and `close()`.
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from config.policy import ClientPolicy, client_policy
 from dtab import Bound, Inet, Path
 
 from ..errors import Overloaded
+from .accrual import health_factory
+from .balancers import make_balancer
+from .budget import RetryBudget
 
 #: Idle keep-alive connections kept per endpoint when the config sets no pool size: a
 #: burst of this many concurrent requests finds warm connections afterwards.
 DEFAULT_MAX_IDLE: Final = 256
+#: `hostConnectionPool.maxWaiters` when unset: Linkerd's default is Int.MaxValue.
+UNBOUNDED_WAITERS: Final = 1 << 31
 
 AVAILABLE: Final = "available"
 PROBING: Final = "probing"
@@ -227,21 +232,42 @@ class Endpoint:
 
 
 class Client:
-    """The concrete side of a bound id: its address set, endpoints and balancer."""
+    """The concrete side of a bound id: its address set, endpoints and balancer, built
+    from the client policy for its id (`client.loadBalancer`, `failureAccrual`,
+    `hostConnectionPool`, `requeueBudget`, `requestAttemptTimeoutMs`)."""
 
-    __slots__ = ("id", "id_show", "addr", "_endpoints", "_addrs_seen", "_list", "_rand", "_static", "_make")
+    __slots__ = (
+        "id", "id_show", "addr", "policy", "balancer", "requeue_budget", "attempt_timeout_s", "_endpoints",
+        "_addrs_seen", "_list", "_static", "_new_health", "_max_connections", "_max_waiters",
+    )  # fmt: skip
 
-    def __init__(self, bound: Bound, make_endpoint: Callable[[str, int], Endpoint] | None = None) -> None:
+    def __init__(self, bound: Bound, policy: ClientPolicy | None = None) -> None:
         self.id: Path = bound.id
         self.id_show = bound.id.show().encode("latin-1")
         self.addr = bound.addr
-        self._make = make_endpoint or Endpoint
+        policy = self.policy = policy if policy is not None else ClientPolicy()
+        self.balancer: Any = make_balancer(policy.load_balancer)
+        self._new_health = health_factory(policy.failure_accrual)
+        pool = policy.host_connection_pool
+        self._max_connections = pool.max_size
+        self._max_waiters = pool.max_waiters if pool.max_waiters is not None else UNBOUNDED_WAITERS
+        rq = policy.requeue_budget
+        self.requeue_budget = RetryBudget(rq.ttl_secs, rq.min_retries_per_sec, rq.percent_can_retry)
+        ms = policy.request_attempt_timeout_ms
+        self.attempt_timeout_s = ms / 1000 if ms else 0.0
         self._endpoints: dict[tuple[str, int], Endpoint] = {}
         self._addrs_seen: object = None
         self._list: list[Endpoint] = []
-        self._rand = random.random
         # An /$/inet address never changes: one endpoint, picked without any checks.
         self._static = self._make(bound.addr.host, bound.addr.port) if isinstance(bound.addr, Inet) else None
+        if self._static is not None:
+            self._list = [self._static]
+            self.balancer.update(self._list)
+
+    def _make(self, host: str, port: int) -> Endpoint:
+        return Endpoint(
+            host, port, max_connections=self._max_connections, max_waiters=self._max_waiters, health=self._new_health()
+        )
 
     def _current_addrs(self) -> tuple[tuple[str, int], ...]:
         addr = self.addr
@@ -254,7 +280,7 @@ class Client:
 
     def endpoints(self) -> list[Endpoint]:
         if self._static is not None:
-            return [self._static]
+            return self._list
         addrs = self._current_addrs()
         if addrs is not self._addrs_seen:  # the set changed (identity check: one reference swap)
             eps = self._endpoints
@@ -266,47 +292,44 @@ class Client:
             self._endpoints = fresh
             self._list = list(fresh.values())
             self._addrs_seen = addrs
+            self.balancer.update(self._list)
         return self._list
 
     def pick(self) -> Endpoint | None:
+        """An endpoint for one attempt, by the client's balancer (None: no endpoints)."""
         if self._static is not None:
             return self._static
-        eps = self.endpoints()
-        n = len(eps)
-        if n == 0:
-            return None
-        if n == 1:
-            return eps[0]
-        r = self._rand
-        a = eps[int(r() * n)]
-        b = eps[int(r() * n)]
-        # Power of two choices on outstanding requests, failures as a tie-breaker.
-        if (b.outstanding, b.failures) < (a.outstanding, a.failures):
-            return b
-        return a
+        if self._current_addrs() is not self._addrs_seen:
+            self.endpoints()
+        ep: Endpoint | None = self.balancer.pick()
+        return ep
 
     def close_idle(self) -> None:
-        if self._static is not None:
-            self._static.close_idle()
-        for ep in self._endpoints.values():
+        for ep in self._list:
             ep.close_idle()
 
 
 class ClientRegistry:
-    """Clients by bound id, shared by every route of a router."""
+    """Clients by bound id, shared by every route of a router (and kept across router
+    snapshots while the router's client config is unchanged)."""
 
-    __slots__ = ("_clients",)
+    __slots__ = ("_clients", "_config")
 
-    def __init__(self) -> None:
+    def __init__(self, config: Any = None) -> None:
         self._clients: dict[tuple[Path, Any], Client] = {}
+        self._config = config  # the RouterConfig whose client policies apply; None: defaults
 
     def get(self, bound: Bound) -> Client:
         # Inet compares by value; a namer's live EndpointSet by identity.
         key = (bound.id, bound.addr)
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = Client(bound)
+            policy = client_policy(self._config, bound.id) if self._config is not None else None
+            client = self._clients[key] = Client(bound, policy)
         return client
+
+    def clients(self) -> list[Client]:
+        return list(self._clients.values())
 
     def close_idle(self) -> None:
         for c in self._clients.values():

@@ -11,6 +11,11 @@ text gets `ServerH1` directly, with no detection.
 
 Must not: parse beyond the 24-byte preface, or stay in the data path: once decided,
 the transport is handed to the chosen protocol (`set_protocol`) with what was read.
+
+While undecided the connection is one of the listener's, so its sweep applies: idle
+past `limits.idleTimeoutMs` it closes, and a preface or first line arriving for longer
+than `limits.headerReadTimeoutMs` is handed to the protocol it began, which answers the
+timeout as it would its own (GOAWAY, or 408).
 """
 
 from __future__ import annotations
@@ -46,16 +51,19 @@ def _is_http09(line: bytes) -> bool:
 class Detect(asyncio.Protocol):
     """Holds a connection until its protocol is known, then hands it over."""
 
-    __slots__ = ("_server", "_transport", "_buf", "_h2_allowed")
+    __slots__ = ("_server", "_transport", "_buf", "_h2_allowed", "last_active", "head_started")
 
     def __init__(self, server: Any, h2_allowed: bool) -> None:
         self._server = server
         self._transport: Any = None
         self._buf = b""
         self._h2_allowed = h2_allowed
+        self.last_active = 0.0
+        self.head_started = 0.0  # when the first byte arrived (the listener's sweep reads it)
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
+        self.last_active = self._server.loop.time()
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             proto = sslobj.selected_alpn_protocol()
@@ -66,8 +74,12 @@ class Detect(asyncio.Protocol):
                 self._hand_over(ServerH1(self._server))
                 return
             # No ALPN at all: fall through to looking at the first bytes.
+        self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self._server.loop.time()
+        if not self.head_started:
+            self.head_started = self.last_active
         buf = self._buf + data
         n = min(len(buf), _PREFACE_LEN)
         if buf[:n] != PREFACE[:n]:
@@ -105,17 +117,42 @@ class Detect(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._leave()
+        self._server.connection_closed(self)
 
-    def _hand_over(self, proto: asyncio.Protocol) -> None:
+    def _leave(self) -> None:
+        self._server.connections.discard(self)
+
+    # The listener's sweep and drain see an undecided connection as they see the others.
+
+    def idle(self) -> bool:
+        return True
+
+    def close_when_idle(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def head_timeout(self, limit: float) -> None:
+        """The preface or first line took too long: the protocol it began answers."""
+        buf = self._buf
+        h2 = self._h2_allowed and PREFACE.startswith(buf[:_PREFACE_LEN])
+        proto = ServerH2(self._server) if h2 else ServerH1(self._server)
+        self._hand_over(proto)
+        proto.head_timeout(limit)
+
+    def _hand_over(self, proto: Any) -> None:
         t = self._transport
         self._transport = None
         if t is None:
             return
         t.set_protocol(proto)
         proto.connection_made(t)
+        self._leave()  # after the new protocol joined: drain never sees the set empty between
         buf, self._buf = self._buf, b""
         if buf and not t.is_closing():
             proto.data_received(buf)
+            if proto.head_started:  # the head it is reading began here, not at the hand-over
+                proto.head_started = self.head_started
 
 
 def protocol_factory(server: Any, protocol: str, tls: bool) -> Callable[[], asyncio.Protocol]:

@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, Final
 
 from ..codec.h1 import (
@@ -34,6 +35,7 @@ from ..errors import (
     Overloaded,
     PeerProtocolError,
     ProxyError,
+    StreamIdle,
     Timeout,
 )
 from ..route.request import RoutedRequest, drop_set
@@ -57,6 +59,23 @@ _PAUSE_QUEUE: Final = 1  # too many pipelined events queued
 _PAUSE_UPSTREAM: Final = 2  # the upstream cannot take more request body yet
 #: Pipelined events queued behind an in-flight request before reads pause.
 MAX_QUEUED_EVENTS: Final = 64
+
+
+def _request_begun(data: bytes, events: list[Any], q: deque[Any], req_done: bool, reader: RequestReader) -> bool:
+    """Whether `data` (just fed) ends inside the start line of a request whose target
+    llhttp has not reached yet. Between messages any bytes but empty lines begin one;
+    after a message that ended in this read, only bytes that follow its end do (its last
+    body piece is then not the read's tail)."""
+    if reader.upgraded:
+        return False  # the bytes after an upgrade head belong to the tunnel
+    if events:
+        if events[-1].__class__ is not EndOfMessage:
+            return False  # a body is arriving
+        prev = events[-2] if len(events) > 1 else None
+        return not (prev.__class__ is Body and data.endswith(prev.data))
+    if q:  # nothing new: the reader is where the last queued event left it
+        return q[-1].__class__ is EndOfMessage and bool(data.strip(b"\r\n"))
+    return req_done and bool(data.strip(b"\r\n"))
 
 
 class _HeaderLookup:
@@ -90,7 +109,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         "_server", "_loop", "_transport", "_reader", "_queue", "_peer_ip",
         "_busy", "_req_done", "_resp_started", "_resp_done", "_discard", "_close_after",
         "_head", "_resp_chunked", "_resp_head_only", "_client_keep_alive", "_timer",
-        "_paused", "_tunnel", "last_active", "_pumping", "_deadline", "_view", "_wbuf",
+        "_paused", "_tunnel", "last_active", "_pumping", "_deadline", "_by_router", "_view", "_wbuf",
         "head_started", "_settings",
     )
 
@@ -122,7 +141,8 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         self._tunnel = False
         self.last_active = 0.0
         self._pumping = False
-        self._deadline = 0.0  # when the current request times out (0: no deadline)
+        self._deadline = 0.0  # loop time by which the response head must come (0: no limit)
+        self._by_router = False  # that is the router's timeoutMs (else the request's deadline)
         self._view = _HeaderLookup()
         self._wbuf: list[bytes] | None = None  # response bytes batched per upstream read
         self.head_started = 0.0  # when the request head now arriving began (0: none)
@@ -175,18 +195,41 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         q = self._queue
         reader = self._reader
         try:
-            q.extend(reader.feed(data))
+            events = reader.feed(data)
         except PeerProtocolError as exc:
             self._bad_input(exc)
             return
-        if reader.in_head():  # a head is still arriving: the sweeper times it out
-            if not self.head_started:
+        q.extend(events)
+        # A head is still arriving: the sweeper times it out, counting from its first
+        # byte. llhttp reports a request only from its target on, so the bytes of a
+        # method alone (`OPTIONS `, sent a byte at a time) are told apart here; a read
+        # that ends in LF (a head's end, a chunked body's end) never holds them.
+        if reader.in_head() or (data[-1] != 0x0A and _request_begun(data, events, q, self._req_done, reader)):
+            if events or not self.head_started:
+                # Any event ended an earlier message, so this head began in this read.
                 self.head_started = now
         elif self.head_started:
             self.head_started = 0.0
         self._pump()
         if len(q) > MAX_QUEUED_EVENTS:
             self._pause(_PAUSE_QUEUE)
+
+    def sweep_streams(self, now: float, limit: float) -> None:
+        """limits.streamIdleTimeoutMs: the request in flight moved no byte either way for
+        `limit` seconds: it ends as an error on both sides."""
+        if not self._busy or self._tunnel or not self._is_idle(now, limit):
+            return
+        up, self._up = self._up, None
+        if up is not None:
+            up.cancel()
+        if self._resp_started:
+            self._abort()  # the client must see the response end short
+            return
+        self._close_after = True  # a stalled upload is not read to its end
+        self._respond_error(StreamIdle(
+            f"no bytes moved either way for {limit * 1000:.0f} ms (limits.streamIdleTimeoutMs)",
+            client_slow=not self._req_done,
+        ))  # fmt: skip
 
     def head_timeout(self, limit: float) -> None:
         """A request head took longer than `limits.headerReadTimeoutMs` to arrive: 408,
@@ -300,11 +343,25 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         except ProxyError as exc:
             self._fail_early(exc)
             return
-        if settings.timeout is not None:
-            # One timer per connection, re-armed lazily: requests only move the deadline.
-            self._deadline = self._loop.time() + settings.timeout
-            if self._timer is None:
-                self._timer = self._loop.call_at(self._deadline, self._on_timer)
+        # The request's deadline (service.totalTimeoutMs, l5d-ctx-deadline) runs from now;
+        # the router's timeoutMs from the end of the request (`_request_end`).
+        dl = self._deadline_at
+        if dl:
+            self._by_router = False
+            self._arm(self._loop.time() + (dl - monotonic()))
+        else:
+            self._deadline = 0.0
+
+    def _arm(self, deadline: float) -> None:
+        """One timer per connection, re-armed lazily: requests mostly move the deadline
+        later, and the timer looks again when it fires; only an earlier one re-arms."""
+        self._deadline = deadline
+        t = self._timer
+        if t is None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+        elif t.when() > deadline:
+            t.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _open(self, head: RequestHead, settings: Any) -> None:
         """Set the forwarded fields apart, prepare (route/request.py), start the attempt."""
@@ -347,6 +404,12 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         self._req_done = True
         if not self._discard and self._up is not None:
             self._up.send_end(trailers)
+            timeout = self._settings.timeout
+            if timeout is not None and not self._resp_started:  # the router's timeout starts now
+                at = self._loop.time() + timeout
+                if not self._deadline or at < self._deadline:
+                    self._by_router = True
+                    self._arm(at)
         if self._resp_done:
             self._finish()
 
@@ -472,8 +535,11 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
             up.cancel()
         if not self._resp_started:
             name = self._route.service.show() if self._route is not None else "the destination"
-            timeout = self._settings.timeout or 0.0
-            self._respond_error(Timeout(f"exceeded {timeout * 1000:.0f} ms to {name}"))
+            if self._by_router:
+                timeout = self._settings.timeout or 0.0
+                self._respond_error(Timeout(f"exceeded {timeout * 1000:.0f} ms to {name}"))
+            else:
+                self._respond_error(Timeout(f"the request's deadline passed waiting for {name}"))
         else:
             self._abort()
 
@@ -570,7 +636,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         if up is None or self._transport is None:
             self._abort()
             return
-        up.start_tunnel(self._transport)
+        up = self._up = up.start_tunnel(self._transport)  # the connection itself from now on
         tail = self._reader.upgrade_tail
         if tail:
             up.tunnel_write(tail)

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, Final
 
 from ..codec import grpc
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
-from ..errors import BadRequest, BodyTooLarge, PeerProtocolError, ProxyError, Timeout
+from ..errors import BadRequest, BodyTooLarge, PeerProtocolError, ProxyError, StreamIdle, Timeout
 from ..route.l5d import (
     encode_l5d_err,
     err_body,
@@ -45,10 +47,31 @@ from .upstream_h1 import set_nodelay
 
 log = logging.getLogger(__name__)
 
-#: Concurrent streams a client may open when the server config sets no limit. Each
-#: stream holds a little state and at most its window of unforwarded bytes (the
-#: connection window caps the sum), so the bound is on bookkeeping, not memory.
-DEFAULT_MAX_STREAMS: Final = 1000
+#: Concurrent streams a client may open when the server config sets no
+#: `maxConcurrentRequests` (SETTINGS_MAX_CONCURRENT_STREAMS). Behind an HTTP/1.1 upstream
+#: every concurrent stream may hold an upstream connection, so this is also how many
+#: upstream connections one client connection can make the proxy hold. 128 is nginx's
+#: default; Envoy's edge guidance, Apache and h2o use 100, Go 250. RFC 9113 §6.5.2 asks
+#: for no less than 100 so parallelism is not needlessly limited; the bench's widest
+#: shape (1 connection x 64 streams) fits with room, and gRPC clients queue calls above
+#: the limit instead of failing them.
+DEFAULT_MAX_STREAMS: Final = 128
+#: Rapid reset (CVE-2023-44487): a client that opens streams and resets them at once
+#: costs the proxy the routing, an upstream request (and, behind HTTP/1.1, a connection)
+#: each, and costs itself two small frames. As Envoy does since 1.27.1, a reset is
+#: *premature* when it ends a stream the client opened less than PREMATURE_RESET_S ago and
+#: whose response was not complete (our own resets of malformed or refused streams count
+#: too); once PREMATURE_RESET_MIN_STREAMS streams were opened on a connection and at least
+#: half of them ended prematurely, it gets GOAWAY(ENHANCE_YOUR_CALM) and is closed. Envoy's
+#: numbers (1 s, 500 streams, 50%): short enough that a browser cancelling navigations or a
+#: gRPC client cancelling calls never comes near, while an attack pays for one connection
+#: per 500 streams at most (nginx instead caps new streams per read at twice its 128).
+PREMATURE_RESET_S: Final = 1.0
+PREMATURE_RESET_MIN_STREAMS: Final = 500
+#: How long a connection we ended with GOAWAY keeps reading (and dropping) what the
+#: client still sends, so the GOAWAY is read before the close (see `_close_now`). A
+#: client that read it closes at once; one that keeps sending is cut off after this.
+CLOSE_LINGER_S: Final = 2.0
 
 # Request fields HTTP/2 handles itself (RFC 9113 §8.3.1, §8.2.3); the rest of the
 # special ones are the shared table's (route/request.py).
@@ -96,8 +119,8 @@ class _Stream(RoutedRequest):
     upstream exchange (see upstream_h1)."""
 
     __slots__ = ("conn", "sid", "req_done", "resp_started", "resp_done", "is_grpc", "timer",
-                 "unacked", "acks_paused", "up_paused", "head_out", "head_only", "timeout_s",
-                 "deadline_call", "settings")
+                 "unacked", "acks_paused", "up_paused", "head_out", "head_only", "head_at", "call_at",
+                 "by_router", "settings", "opened_at")
 
     def __init__(self, conn: ServerH2, sid: int) -> None:
         self._init_routing(conn._server.settings.router, conn._server)
@@ -113,9 +136,11 @@ class _Stream(RoutedRequest):
         self.up_paused = False  # we asked the upstream to stop (client window or buffer full)
         self.head_out: list[tuple[bytes, bytes]] | None = None  # final response head, not sent yet
         self.head_only = False
-        self.timeout_s = 0.0
-        self.deadline_call = False  # grpc-timeout: the deadline bounds the whole call
+        self.head_at = 0.0  # loop time by which the response head must come (0.0: no limit)
+        self.call_at = 0.0  # loop time that ends the whole call (grpc-timeout; 0.0: none)
+        self.by_router = False  # head_at is the router's timeoutMs (else the request's deadline)
         self.settings = conn._server.settings  # the listener's, when the stream opened
+        self.opened_at = conn.last_active  # the read that opened it (rapid-reset accounting)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -180,16 +205,36 @@ class _Stream(RoutedRequest):
             settings, conn._loop, _View(req), req.headers, extras, out, conn._peer_ip, host,
             req.method, req.path, body_mode, conn._scheme, _VIA,
         )
-        timeout_s = settings.timeout
-        grpc_ns = self._grpc_timeout_ns
-        if grpc_ns is not None:
-            t = grpc_ns / 1e9
-            self.deadline_call = True
-            if timeout_s is None or t < timeout_s:
-                timeout_s = t
-        if timeout_s is not None and not self.resp_done:
-            self.timeout_s = timeout_s
-            self.timer = conn._loop.call_later(timeout_s, self.on_timeout)
+        if self.resp_done:
+            return  # answered already (it failed while starting)
+        # The request's deadline (service.totalTimeoutMs, l5d-ctx-deadline, grpc-timeout)
+        # runs from now; the router's timeoutMs from the end of the request
+        # (`request_end`). A gRPC deadline bounds the whole call.
+        dl = self._deadline_at
+        if dl:
+            loop = conn._loop
+            self.head_at = loop.time() + (dl - monotonic())
+            if self._grpc_timeout_ns is not None:
+                self.call_at = self.head_at
+            if not ended:  # else request_end follows at once and arms the tighter one
+                self.timer = loop.call_at(self.head_at, self.on_timeout)
+
+    def _router_timeout(self) -> None:
+        """The request is complete: the router's timeoutMs starts (or a tighter deadline
+        stays)."""
+        timeout = self.settings.timeout
+        if timeout is not None:
+            loop = self.conn._loop
+            at = loop.time() + timeout
+            if not self.head_at or at < self.head_at:
+                self.head_at = at
+                self.by_router = True
+                if self.timer is not None:
+                    self.timer.cancel()
+                self.timer = loop.call_at(at, self.on_timeout)
+                return
+        if self.head_at and self.timer is None:
+            self.timer = self.conn._loop.call_at(self.head_at, self.on_timeout)
 
     # -- request side ----------------------------------------------------------------------
 
@@ -214,6 +259,8 @@ class _Stream(RoutedRequest):
         self.req_done = True
         if self._up is not None:
             self._up.send_end(trailers)
+            if not self.resp_started:
+                self._router_timeout()
         if self.resp_done:
             self.finish()
 
@@ -278,11 +325,13 @@ class _Stream(RoutedRequest):
             return
         self.resp_started = True
         self._status = status
-        if self.timer is not None and not self.deadline_call:
-            # The router timeout covers the wait for the response, as on HTTP/1.1; a
-            # gRPC deadline covers the whole call (the client gave up at that point).
+        if self.timer is not None:
+            # The router timeout covers the wait for the response head, as on HTTP/1.1; a
+            # gRPC deadline covers the whole call (the client gives up at that point).
             self.timer.cancel()
             self.timer = None
+        if self.call_at:
+            self.timer = conn._loop.call_at(self.call_at, self.on_timeout)
         # Held until the next event or the end of this loop iteration, so a response
         # that is all here (head, body, end) leaves as HEADERS+DATA, and a bodiless or
         # trailers-only one as a single HEADERS with END_STREAM.
@@ -345,7 +394,11 @@ class _Stream(RoutedRequest):
             self.head_out = None
             self.resp_started = False
             name = self._route.service.show() if self._route is not None else "the destination"
-            self.respond_error(Timeout(f"exceeded {self.timeout_s * 1000:.0f} ms to {name}"))
+            if self.by_router:
+                timeout = self.settings.timeout or 0.0
+                self.respond_error(Timeout(f"exceeded {timeout * 1000:.0f} ms to {name}"))
+            else:
+                self.respond_error(Timeout(f"the request's deadline passed waiting for {name}"))
         else:
             conn = self.conn
             self._fclass = "timeout"
@@ -353,6 +406,25 @@ class _Stream(RoutedRequest):
             conn._codec.reset(self.sid, h2c.CANCEL)
             conn.want_flush()
             self.finish()
+
+    def stream_idle(self, limit: float) -> None:
+        """limits.streamIdleTimeoutMs: no byte moved either way for `limit` seconds."""
+        up, self._up = self._up, None
+        if up is not None:
+            up.cancel()
+        if not self.resp_started or self.head_out is not None:
+            self.head_out = None
+            self.resp_started = False
+            self.respond_error(StreamIdle(
+                f"no bytes moved either way for {limit * 1000:.0f} ms (limits.streamIdleTimeoutMs)",
+                client_slow=not self.req_done,
+            ))  # fmt: skip
+            return
+        self._fclass = "timeout"
+        self.resp_done = self.req_done = True
+        self.conn._codec.reset(self.sid, h2c.CANCEL)
+        self.conn.want_flush()
+        self.finish()
 
     def respond_error(self, exc: ProxyError) -> None:
         """Answer a failure the proxy found itself: trailers-only for gRPC, else a
@@ -424,7 +496,7 @@ class ServerH2(asyncio.Protocol):
 
     __slots__ = ("_server", "_loop", "_transport", "_codec", "_streams", "_peer_ip", "last_active",
                  "_flush_scheduled", "_deferred", "_write_paused", "_closing", "_close_soon", "_in_read",
-                 "_scheme", "_body_limit")
+                 "_scheme", "_body_limit", "head_started", "_head_blocks", "_opened", "_premature")
 
     def __init__(self, server: Listener) -> None:
         self._server = server
@@ -442,6 +514,12 @@ class ServerH2(asyncio.Protocol):
         self._in_read = False
         self._scheme = b"http"
         self._body_limit: int | None = server.settings.limits.max_request_body_bytes
+        # When the preface, a header block or a HEADERS frame now arriving began (0: none);
+        # the listener's sweep times it out (limits.headerReadTimeoutMs), as for HTTP/1.1.
+        self.head_started = 0.0
+        self._head_blocks = 0  # the codec's blocks_in when head_started was set
+        self._opened = 0  # streams the client opened, and those that ended prematurely
+        self._premature = 0  # (see PREMATURE_RESET_S)
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -473,6 +551,12 @@ class ServerH2(asyncio.Protocol):
     def idle(self) -> bool:
         return not self._streams
 
+    def sweep_streams(self, now: float, limit: float) -> None:
+        for st in list(self._streams.values()):
+            if st._is_idle(now, limit):
+                st.stream_idle(limit)
+        self.flush()
+
     def close_when_idle(self) -> None:
         """Drain: GOAWAY now (streams in flight finish), close when the last one ends."""
         if not self._closing and self._transport is not None:
@@ -486,12 +570,18 @@ class ServerH2(asyncio.Protocol):
     # -- downstream bytes --------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self._loop.time()
+        now = self.last_active = self._loop.time()
         codec = self._codec
+        resets = codec.resets
         try:
             events = codec.feed(data)
         except PeerProtocolError as exc:
             self._connection_error(exc)
+            return
+        # A batch that reset streams (rare, so the check is one comparison otherwise):
+        # streams opened and reset within it are never routed, and resets are counted.
+        gone = self._resets_in(events, codec.resets - resets) if codec.resets != resets else None
+        if gone is not None and self._too_many_resets():
             return
         self._in_read = True
         streams = self._streams
@@ -506,14 +596,27 @@ class ServerH2(asyncio.Protocol):
                         if ended and not st.req_done:
                             st.request_end(None)
                 elif kind == h2c.HEADERS:
-                    self._request(sid, payload, ended)
+                    if gone is not None and sid in gone:
+                        # Opened and reset in the same read: it would cost an upstream
+                        # request (behind HTTP/1.1, a connection) nobody is waiting for.
+                        self._opened += 1
+                        self._premature += 1
+                        if self._too_many_resets():
+                            return
+                    elif self._request(sid, payload, ended):
+                        return  # closed for too many early resets
                 elif kind == h2c.TRAILERS:
                     self._trailers(sid, payload)
                 elif kind == h2c.RESET:
                     codec.forget(sid)
                     st = streams.get(sid)
                     if st is not None:
+                        premature = not st.resp_done and now - st.opened_at < PREMATURE_RESET_S
                         st.client_reset()
+                        if premature:
+                            self._premature += 1
+                            if self._too_many_resets():
+                                return
                 elif kind == h2c.GOAWAY:
                     self._closing = True  # the client opens nothing more
                     if not streams:
@@ -529,28 +632,76 @@ class ServerH2(asyncio.Protocol):
                             st._up.resume_reading()
         finally:
             self._in_read = False
+        if codec.reading_head():
+            blocks = codec.blocks_in
+            if not self.head_started or blocks != self._head_blocks:
+                self.head_started = now  # the timer runs per block (or preface), not per read
+                self._head_blocks = blocks
+        elif self.head_started:
+            self.head_started = 0.0
         self.flush()
+
+    def _resets_in(self, events: list[Any], resets: int) -> set[int]:
+        """The streams a batch reset. `resets` also counts streams the codec refused or
+        reset without telling us (no event): those were opened and ended prematurely."""
+        gone = {ev[1] for ev in events if ev[0] == h2c.RESET}
+        refused = resets - len(gone)
+        if refused > 0:
+            self._opened += refused
+            self._premature += refused
+        return gone
+
+    def _too_many_resets(self) -> bool:
+        """Past the premature-reset limit (see PREMATURE_RESET_S): GOAWAY(ENHANCE_YOUR_CALM),
+        every stream is dropped, the connection closes. True when that happened."""
+        opened = self._opened
+        if opened < PREMATURE_RESET_MIN_STREAMS or self._premature * 2 < opened:
+            return False
+        _warn_limited("h2: closing the connection from %s: %d of %d streams reset early (rapid reset)",
+                      self._peer_ip, self._premature, opened)
+        self._codec.abort(h2c.ENHANCE_YOUR_CALM, f"{self._premature} of {opened} streams reset early")
+        self._close_now()
+        return True
+
+    def head_timeout(self, limit: float) -> None:
+        """The preface or a header block took longer than `limits.headerReadTimeoutMs`:
+        GOAWAY(PROTOCOL_ERROR) and close. The block cannot be abandoned alone (the HPACK
+        context needs it whole, RFC 9113 §4.3), so the connection ends; nginx sends the
+        same code when a client times out mid-frame."""
+        self.head_started = 0.0
+        if self._transport is None:
+            return
+        log.debug("h2 header read timeout from %s", self._peer_ip)
+        self._codec.abort(h2c.PROTOCOL_ERROR, f"header read timed out after {limit * 1000:.0f} ms "
+                                              "(limits.headerReadTimeoutMs)")
+        self._close_now()
 
     def eof_received(self) -> bool:
         return False
 
-    def _request(self, sid: int, fields: list[tuple[bytes, bytes]], ended: bool) -> None:
+    def _request(self, sid: int, fields: list[tuple[bytes, bytes]], ended: bool) -> bool:
+        """Open a request stream. True when the connection was closed instead (a
+        malformed request past the premature-reset limit)."""
+        self._opened += 1
         st = _Stream(self, sid)
         try:
             req = h2c.read_request(fields)
             if ended and req.content_length:
                 # RFC 9113 §8.1.1: the DATA (none) must add up to content-length.
                 raise PeerProtocolError("content-length with no DATA")
-        except PeerProtocolError:
-            # RFC 9113 §8.1.1: a malformed request is a stream error of PROTOCOL_ERROR.
+        except PeerProtocolError as exc:
+            # RFC 9113 §8.1.1: a malformed request is a stream error of PROTOCOL_ERROR
+            # (the HTTP/1.1 side's 400 for the same bytes is its only way to refuse one).
+            log.debug("h2 malformed request from %s on stream %d: %s", self._peer_ip, sid, exc)
             self._codec.reset(sid, h2c.PROTOCOL_ERROR)
-            return
+            self._premature += 1  # ended at once, by the client's doing
+            return self._too_many_resets()
         limit = st.settings.max_concurrent
         if limit is not None and not st._take_slot(limit):
             # servers[].maxConcurrentRequests: refused before any processing, so the
             # client may retry it anywhere (RFC 9113 §8.7).
             self._codec.reset(sid, h2c.REFUSED_STREAM)
-            return
+            return False
         self._streams[sid] = st
         try:
             st.open(req, ended)
@@ -558,9 +709,10 @@ class ServerH2(asyncio.Protocol):
             st.is_grpc = grpc.is_grpc(req.content_type)
             st.req_done = ended
             st.respond_error(exc)
-            return
+            return False
         if ended and not st.req_done:  # END_STREAM on HEADERS: the request is complete
             st.request_end(None)
+        return False
 
     def _trailers(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
         st = self._streams.get(sid)
@@ -577,6 +729,15 @@ class ServerH2(asyncio.Protocol):
     def _connection_error(self, exc: PeerProtocolError) -> None:
         """The codec found a connection error and queued GOAWAY: send it, drop every stream, close."""
         log.debug("h2 connection error from %s: %s", self._peer_ip, exc)
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """GOAWAY is queued: send it, drop every stream, close. The close lingers: our
+        side ends after the GOAWAY (FIN), and what the client still sends is read and
+        dropped until it closes too or CLOSE_LINGER_S passes. Closing with its bytes
+        unread would send a TCP reset, which can destroy the GOAWAY before the client
+        reads it (nginx's lingering close, for the same reason)."""
+        self.head_started = 0.0
         t = self._transport
         streams, self._streams = self._streams, {}
         for st in streams.values():
@@ -585,7 +746,11 @@ class ServerH2(asyncio.Protocol):
             data = self._codec.take_output()
             if data:
                 t.write(data)
-            t.close()
+            if t.can_write_eof():
+                t.write_eof()
+                self._loop.call_later(CLOSE_LINGER_S, t.close)
+            else:
+                t.close()
 
     # -- output batching -------------------------------------------------------------------
 
@@ -630,6 +795,18 @@ class ServerH2(asyncio.Protocol):
         for st in self._streams.values():
             if st._up is not None and not st.up_paused:
                 st._up.resume_reading()
+
+
+_warn_next = 0.0
+
+
+def _warn_limited(msg: str, *args: Any) -> None:
+    """A bad peer is worth a WARNING, but an attack must not flood the log: one a minute."""
+    global _warn_next
+    now = time.monotonic()
+    if now >= _warn_next:
+        _warn_next = now + 60.0
+        log.warning(msg, *args)
 
 
 def make_protocol_factory(server: Listener) -> Callable[[], ServerH2]:

@@ -23,7 +23,7 @@ import socket
 from typing import Any, Final
 
 from ..codec.h1 import LAST_CHUNK, ResponseReader, encode_chunk, encode_request_head, encode_trailers
-from ..errors import ConnectFailed, PeerProtocolError, UpstreamFailed
+from ..errors import BadResponse, ConnectFailed, PeerProtocolError, UpstreamFailed, WriteFailed
 from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, SINK
 from ..upstream.endpoint import CONNECT, Endpoint
 
@@ -181,7 +181,7 @@ class UpstreamH1(asyncio.Protocol):
         try:
             events = self.reader.feed(data)
         except PeerProtocolError as exc:
-            self._fail(UpstreamFailed(f"bad response from {self.endpoint}: {exc}"))
+            self._fail(BadResponse(f"bad response from {self.endpoint}: {exc}"))
             return
         self._deliver(owner, events)
 
@@ -242,7 +242,10 @@ class UpstreamH1(asyncio.Protocol):
             self.peer = None
             return
         if self.owner is not None:
-            self._fail(UpstreamFailed(f"connection to {self.endpoint} lost"))
+            if self._req_ended:
+                self._fail(UpstreamFailed(f"connection to {self.endpoint} lost"))
+            else:
+                self._fail(WriteFailed(f"connection to {self.endpoint} lost while the request was sent"))
 
     def pause_writing(self) -> None:
         if self.owner is not None:

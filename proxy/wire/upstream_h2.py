@@ -65,6 +65,7 @@ class RefusedError(UpstreamFailed):
     """GOAWAY or REFUSED_STREAM: the upstream did not process the stream at all."""
 
     retryable = True
+    kind = "refused"
 
 
 class H2Exchange:

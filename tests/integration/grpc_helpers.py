@@ -15,6 +15,8 @@ them through `loop.run_in_executor` and the proxy's loop stays free.
   Echo            bidi: each message back, prefixed by the server name
   Big             unary: request b"<size>" -> one message of `size` bytes
   Hang            unary: waits until the call is cancelled (or 30 s); records it
+  Drip            server streaming: request b"<n>:<gap_ms>" -> n messages, `gap_ms` apart
+                  (a stream that outlives a router timeout); the elapsed seconds last
 `AdService` (`hipstershop.AdService/GetAds`): answers the server's name.
 """
 
@@ -88,6 +90,17 @@ class Greeter:
         self._record(context)
         return b"b" * int(request)
 
+    def drip(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._record(context)
+        n, gap_ms = (int(x) for x in request.split(b":"))
+        t0 = time.monotonic()
+        stop = threading.Event()
+        for i in range(n):
+            yield b"%d" % i
+            if stop.wait(gap_ms / 1000):  # the backend's own pace: the scenario, not a test wait
+                return
+        yield b"%.3f" % (time.monotonic() - t0)
+
     def hang(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._record(context)
         if not context.add_callback(self.cancelled.set):
@@ -111,6 +124,7 @@ class Greeter:
                 "Echo": grpc.stream_stream_rpc_method_handler(self.echo, **kw),
                 "Big": u(self.big, **kw),
                 "Hang": u(self.hang, **kw),
+                "Drip": grpc.unary_stream_rpc_method_handler(self.drip, **kw),
             },
         )
 

@@ -194,6 +194,24 @@ def test_grpc_timeout_is_the_deadline_and_is_rewritten_with_the_time_left(run: A
     run(main())
 
 
+def test_a_server_stream_longer_than_the_router_timeout_completes_within_its_deadline(run: Any) -> None:
+    async def main() -> None:
+        g = Greeter("g1")
+        srv = GrpcServer(g)
+        # timeoutMs bounds the wait for the response head only; the call's own deadline
+        # (grpc-timeout, 8 s) bounds the stream.
+        rt = await _proxy_for(srv, extra="  timeoutMs: 300\n")
+        ch = channel(proxy_port(rt))
+        msgs = await _in_thread(lambda: list(unary_stream(ch, "/hello.Greeter/Drip")(b"5:200", timeout=8)))
+        assert msgs[:5] == [b"0", b"1", b"2", b"3", b"4"]
+        assert float(msgs[5]) > 0.3  # it did outlive the router timeout
+        ch.close()
+        await rt.drain()
+        srv.stop()
+
+    run(main())
+
+
 def test_router_timeout_answers_deadline_exceeded_from_the_proxy(run: Any) -> None:
     async def main() -> None:
         g = Greeter("g1")
@@ -211,7 +229,7 @@ def test_router_timeout_answers_deadline_exceeded_from_the_proxy(run: Any) -> No
         err = await _in_thread(call)
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         trailers = {m.key: m.value for m in err.trailing_metadata()}
-        assert "exceeded" in trailers["l5d-err"] and "1000" in err.details()
+        assert "exceeded" in trailers["l5d-err"] and "1000" in err.details(), trailers
         # The proxy's deadline races the upstream call's start: on a loaded machine the
         # handler may not have run when the deadline fires, and then there is nothing to
         # cancel. When it did run, it must have been cancelled. (Cancellation on its own

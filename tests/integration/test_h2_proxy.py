@@ -15,7 +15,7 @@ import hpack
 from h2.errors import ErrorCodes
 from hyperframe.frame import HeadersFrame
 
-from proxy.codec.h2 import SEND_HIGH_WATER
+from proxy.codec.h2 import REFUSED_STREAM, SEND_HIGH_WATER
 
 from .grpc_helpers import (
     Greeter,
@@ -27,6 +27,7 @@ from .grpc_helpers import (
     make_cert,
     unary,
 )
+from .h2_raw import END_STREAM, RawH2, request_fields, rst
 from .harness import Backend, Client, proxy_port, start_proxy
 
 
@@ -232,22 +233,19 @@ def test_stream_limit_exceeded(run: Any) -> None:
                                              server_extra="    maxConcurrentRequests: 2\n"))
         c = await H2Client.connect(proxy_port(rt))
         assert c.remote_max_streams == 2
-        hold = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"web"), (b":path", b"/h"),
-                (b"x-respond", b"hold")]
-        c.start(hold)
-        c.start(hold)
-        # a third concurrent stream, sent raw (our h2 client would refuse to)
-        f = HeadersFrame(5)
-        f.data = hpack.Encoder().encode([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"web"), (b":path", b"/3")])
-        f.flags.add("END_STREAM")
-        f.flags.add("END_HEADERS")
-        c.writer.write(f.serialize())
-        await asyncio.wait_for(c.closed.wait(), 10)
-        assert c.goaway is not None and c.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
         await c.close()
-        c = await H2Client.connect(proxy_port(rt))
-        assert (await c.request(b"GET", b"/", b"web")).status == 200
-        await c.close()
+        # a third concurrent stream, sent raw (an h2 client would refuse to): refused
+        # (RFC 9113 §5.1.2, §8.7), and the connection goes on
+        raw = await RawH2.connect(proxy_port(rt))
+        hold = request_fields(b"/h", extra=[(b"x-respond", b"hold")])
+        await raw.send(raw.headers(1, hold) + raw.headers(3, hold) + raw.headers(5, request_fields(b"/3")))
+        await raw.sync()
+        assert raw.resets() == {5: REFUSED_STREAM}
+        await raw.send(rst(1) + raw.headers(7, request_fields(b"/ok")))
+        f = await raw.until(lambda f: f.sid == 7 and f.flags & END_STREAM)
+        assert f is not None and raw.status(7) == 200
+        assert raw.goaway() is None
+        await raw.close()
         await rt.drain()
         await be.close()
 

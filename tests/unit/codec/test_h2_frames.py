@@ -159,14 +159,24 @@ def test_invalid_preface_and_a_preface_without_settings() -> None:
     assert goaway_code(codec, c.PREFACE + frame(6, 0, 0, b"12345678")) == c.PROTOCOL_ERROR
 
 
-def test_concurrency_limit_and_goaway_reports_the_last_stream() -> None:
+def test_concurrency_limit_refuses_the_stream_and_goaway_reports_the_last_stream() -> None:
     codec = server(max_concurrent_streams=2)
     enc = hpack.Encoder()
     codec.feed(headers(1, flags=END_HEADERS, enc=enc) + headers(3, flags=END_HEADERS, enc=enc))
-    with pytest.raises(PeerProtocolError):
-        codec.feed(headers(5, enc=enc))
+    # §5.1.2: a stream error; REFUSED_STREAM (§8.7: not processed, safe to retry)
+    assert codec.feed(headers(5, enc=enc)) == []
+    assert rst_codes(codec) == [(5, c.REFUSED_STREAM)]
+    assert codec.resets == 1
+    # the connection lives on: a stream ends, the next one is taken (the block was decoded,
+    # so the HPACK context is intact)
+    codec.feed(rst(1, c.CANCEL))
+    assert codec.feed(headers(7, enc=enc))[0][:2] == (c.HEADERS, 7)
+    assert goaway_code(codec, data(0, b"x")) == c.PROTOCOL_ERROR
+    codec = server(max_concurrent_streams=2)
+    codec.feed(headers(1, flags=END_HEADERS) + headers(3, flags=END_HEADERS))
+    codec.close(c.NO_ERROR)
     ((_, _, _, body),) = [f for f in frames(codec.take_output()) if f[0] == 7]
-    assert struct.unpack(">LL", body) == (5, c.PROTOCOL_ERROR)
+    assert struct.unpack(">LL", body) == (3, c.NO_ERROR)
 
 
 # -- stream errors (RFC 9113 §5.4.2): RST_STREAM, the connection lives on -----------------------
