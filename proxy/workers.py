@@ -282,6 +282,7 @@ class Supervisor:
         self._retired_totals: dict[int, tuple[int, int]] = {}
         self._decisions: dict[str, _DecisionIndex] = {}
         self._stopped_accepting: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- ports ------------------------------------------------------------------------------------
 
@@ -363,7 +364,13 @@ class Supervisor:
         w.pid = w.proc.pid
         w.started_at = time.monotonic()
         w.channel = await Channel.open(parent)
-        asyncio.get_running_loop().create_task(self._read(w, w.channel), name=f"worker {w.index} channel")
+        self._background(self._read(w, w.channel), f"worker {w.index} channel")
+
+    def _background(self, coro: Any, name: str) -> None:
+        """A task held until it ends (the loop keeps only a weak reference)."""
+        t = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     async def _read(self, w: Worker, channel: Channel) -> None:
         while True:
@@ -436,7 +443,7 @@ class Supervisor:
                 else:
                     log.info("worker %d restarted (pid %d, restart %d)", w.index, w.pid, w.restarts)
                 if w.gen != self.gen and not self.stopping:  # a reload committed while it started
-                    asyncio.get_running_loop().create_task(self._catch_up(w))
+                    self._background(self._catch_up(w), f"worker {w.index} catch-up")
             code = await self._wait_exit(w, kill=reply is None)
             w.ready = False
             self._retire(w)
@@ -608,7 +615,7 @@ class Supervisor:
                 pass  # it died meanwhile; it starts again with this config
         for w in self.workers:  # started while this was prepared: it runs the config before
             if w.channel is not None and w.gen != self.gen and w not in commits:
-                asyncio.get_running_loop().create_task(self._catch_up(w))
+                self._background(self._catch_up(w), f"worker {w.index} catch-up")
 
     async def _catch_up(self, w: Worker) -> None:
         gen = self.gen

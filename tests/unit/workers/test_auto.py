@@ -10,7 +10,7 @@ import pytest
 
 from config import ConfigError, load_text
 from proxy.__main__ import _workers_flag
-from proxy.workers import available_cpus, cgroup_cpu_limit, resolve_workers
+from proxy.workers import available_cpus, cgroup_cpu_limit, describe_exit, resolve_workers
 
 V2_MOUNT = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
 
@@ -98,3 +98,8 @@ def test_the_flag_and_the_config_key() -> None:
     assert load_text("workers: 4\n" + base).workers == 4
     with pytest.raises(ConfigError, match=r"c.yaml:1: workers: expected an integer 1-1024 or 'auto'.*got 'many'"):
         load_text("workers: many\n" + base, source="c.yaml")
+
+
+def test_exit_statuses_read_as_people_say_them() -> None:
+    assert describe_exit(-9) == "was killed by signal 9 (SIGKILL)"
+    assert describe_exit(3) == "exited with status 3"
