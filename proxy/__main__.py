@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(demo_main(args_in[1:]) or 0)
     p = argparse.ArgumentParser(prog="dtabproxy", description="A per-request routing proxy driven by dtabs.")
     p.add_argument("--log-level", default=os.environ.get("DTABPROXY_LOG", "INFO"))
-    sub = p.add_subparsers(dest="cmd", required=True)
+    # The metavar leaves out `worker`, which only `run --workers N` starts.
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,demo,delegate,check,stat,import}")
 
     r = sub.add_parser("run", help="run the proxy (a config file, flags, or the embedded default)")
     r.add_argument("-c", "--config", help="YAML config file (Linkerd 1 shape)")

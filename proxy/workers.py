@@ -244,6 +244,7 @@ class Worker:
         self.addresses: list[tuple[str, str, int]] = []
         self.first: asyncio.Future[None] | None = None  # the first start's outcome
         self.task: asyncio.Task[None] | None = None
+        self.killed = False  # the main process killed the process in it
 
     def __repr__(self) -> str:
         return f"worker {self.index} (pid {self.pid})"
@@ -362,6 +363,7 @@ class Supervisor:
         finally:
             child.close()
         w.pid = w.proc.pid
+        w.killed = False
         w.started_at = time.monotonic()
         w.channel = await Channel.open(parent)
         self._background(self._read(w, w.channel), f"worker {w.index} channel")
@@ -463,6 +465,7 @@ class Supervisor:
         return await proc.wait()
 
     async def _kill(self, w: Worker) -> None:
+        w.killed = True  # by us: not worth a warning of its own
         if w.proc is not None and w.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 w.proc.kill()
@@ -500,7 +503,7 @@ class Supervisor:
                 if w.proc is not None and w.proc.returncode is None:
                     log.warning("worker %d (pid %s) did not exit %.1fs after the drain; killing it", w.index, w.pid, grace)
                     await self._kill(w)
-                elif w.proc is not None and w.proc.returncode:
+                elif w.proc is not None and w.proc.returncode and not w.killed:
                     log.warning("worker %d (pid %s) %s while draining", w.index, w.pid, describe_exit(w.proc.returncode))
         for w in self.workers:
             if w.task is not None and not w.task.done():

@@ -212,6 +212,14 @@ def test_both_workers_serve_metrics_sum_a_put_reaches_both_and_a_killed_worker_c
             results = json.loads(body)["results"]
             assert [r["seq"] for r in results] == seqs
             assert {r["verdict"] for r in results} == {"moved"}
+
+            # PUT /admin/sampling reaches both: at rate 0 neither samples another decision.
+            status, body = await _blocking(_admin, p, "PUT", "/admin/sampling?rate=0")
+            assert status == 200 and json.loads(body) == {"web": 0.0}, body
+            sampled = 'dtabproxy_router_decisions_sampled_total{router="web"}'
+            before = (await metrics(p))[sampled]
+            _, m = await until_both_served(p, port)
+            assert m[sampled] == before
             assert _stop(p, lines) == 0
         await a.close()
         await b.close()
