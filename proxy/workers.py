@@ -587,6 +587,11 @@ class Supervisor:
             plan = await rt.prepare_config(cfg)
         except (OSError, ValueError) as exc:
             problems.append(f"main process: {exc}")
+        except BaseException:  # our bug, or a cancel: the workers must not keep what they prepared
+            for w in prepared:
+                self._send(w, "abort")
+            self._undo_ports()
+            raise
         answers = await asyncio.gather(*(self._answer(f, PREPARE_TIMEOUT_S) for f in prepared.values()),
                                        return_exceptions=True)  # fmt: skip
         ok = []
