@@ -596,12 +596,14 @@ class Supervisor:
                                        return_exceptions=True)  # fmt: skip
         ok = []
         for w, a in zip(prepared, answers, strict=True):
-            if isinstance(a, BaseException):
+            if isinstance(a, TimeoutError):  # stuck: it starts again with the running config
+                problems.append(f"worker {w.index}: {self._restart_unconfirmed(w, 'the reload', a)}")
+            elif isinstance(a, BaseException):
                 problems.append(f"worker {w.index}: {a}")
             else:
                 ok.append(w)
         if problems:
-            aborts = [self._send(w, "abort") for w in ok]
+            aborts = [self._send(w, "abort") for w in prepared]  # a late or failed prepare too: idempotent
             if plan is not None:
                 await rt.abort_config(plan)
             await asyncio.gather(*(self._answer(f, CONFIRM_TIMEOUT_S) for f in aborts), return_exceptions=True)
