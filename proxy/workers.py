@@ -598,6 +598,8 @@ class Supervisor:
         for w, a in zip(prepared, answers, strict=True):
             if isinstance(a, TimeoutError):  # stuck: it starts again with the running config
                 problems.append(f"worker {w.index}: {self._restart_unconfirmed(w, 'the reload', a)}")
+            elif isinstance(a, ChannelClosed):
+                continue  # it died meanwhile: its next process starts with what is committed
             elif isinstance(a, BaseException):
                 problems.append(f"worker {w.index}: {a}")
             else:
