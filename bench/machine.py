@@ -22,6 +22,8 @@ class CpuPlan:
     proxy: int | None  # core of the proxy under test
     client: int | None  # core of the load generator and the backend
     note: str
+    #: Every CPU the run may use: where a proxy with one worker per CPU runs (h1-workers).
+    all_cpus: tuple[int, ...] = ()
 
 
 def cpu_plan() -> CpuPlan:
@@ -36,9 +38,11 @@ def cpu_plan() -> CpuPlan:
             proxy=cpus[1],
             client=cpus[0],
             note=f"proxy pinned to CPU {cpus[1]}; load generator, backend and harness on CPU {cpus[0]}",
+            all_cpus=tuple(cpus),
         )
     only = cpus[0] if cpus else None
-    return CpuPlan(proxy=only, client=only, note="one CPU: proxy, load generator and backend share it")
+    return CpuPlan(proxy=only, client=only, note="one CPU: proxy, load generator and backend share it",
+                   all_cpus=tuple(cpus))  # fmt: skip
 
 
 def _read(path: str) -> str:

@@ -50,15 +50,15 @@ def which(name: str) -> str | None:
     return found
 
 
-def pin_command(argv: Sequence[str], cpu: int | None) -> list[str]:
-    """`argv` run on one CPU. taskset sets the affinity before exec, so every thread the
+def pin_command(argv: Sequence[str], cpu: int | frozenset[int] | None) -> list[str]:
+    """`argv` run on one CPU (or a set of them). taskset sets the affinity before exec, so every thread the
     child creates later inherits it (sched_setaffinity after spawn would miss threads
     started during the race)."""
     if cpu is None:
         return list(argv)
     taskset = which("taskset")
     if taskset is not None:
-        return [taskset, "-c", str(cpu), *argv]
+        return [taskset, "-c", str(cpu) if isinstance(cpu, int) else ",".join(map(str, sorted(cpu))), *argv]
     return list(argv)  # fallback: preexec in Proc.start
 
 
@@ -67,7 +67,7 @@ class Proc:
 
     __slots__ = ("name", "argv", "cpu", "log_path", "popen", "_log_file")
 
-    def __init__(self, name: str, argv: Sequence[str], *, cpu: int | None, log_path: Path) -> None:
+    def __init__(self, name: str, argv: Sequence[str], *, cpu: int | frozenset[int] | None, log_path: Path) -> None:
         self.name = name
         self.argv = list(argv)
         self.cpu = cpu
@@ -84,10 +84,10 @@ class Proc:
         argv = pin_command(self.argv, self.cpu)
         preexec = None
         if self.cpu is not None and argv[0] == self.argv[0]:  # no taskset on this machine
-            cpu = self.cpu
+            cpus = {self.cpu} if isinstance(self.cpu, int) else set(self.cpu)
 
             def preexec() -> None:
-                os.sched_setaffinity(0, {cpu})
+                os.sched_setaffinity(0, cpus)
 
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
         log.debug("start %s: %s", self.name, " ".join(argv))

@@ -38,6 +38,10 @@ def enrich(doc: dict[str, Any]) -> dict[str, Any]:
             other = _median(doc, ref, r["scenario"])
             if mine is not None and other and other.get(key):
                 r[field] = round(mine / other[key], 3)
+        if r["scenario"] == "h1-workers":  # N workers against one, placed alike
+            one = _median(doc, r["target"], "h1-workers-1")
+            if mine is not None and one and one.get(key):
+                r["vs_one_worker"] = round(mine / one[key], 3)
         if sc["kind"] == "rate":
             base = _median(doc, "direct", r["scenario"])
             if base:
@@ -172,6 +176,15 @@ def tables(doc: dict[str, Any]) -> str:
     d10k = _median(doc, "dtabproxy", "dentries-10k")
     if d10 and d10k and d10.get("rps"):
         parts.append(f"dtabproxy with 10,000 dentries vs 10: {d10k['rps'] / d10['rps']:.2f}x the req/s")
+    w1 = _median(doc, "dtabproxy", "h1-workers-1")
+    wn = _median(doc, "dtabproxy", "h1-workers")
+    if w1 and wn and w1.get("rps"):
+        cpus = len(doc.get("cpu_plan", {}).get("all_cpus") or ()) or "?"
+        parts.append(
+            f"dtabproxy with one worker per CPU vs one worker, both on all {cpus} CPUs (h1-workers): "
+            f"{wn['rps']:,.0f} vs {w1['rps']:,.0f} req/s, {wn['rps'] / w1['rps']:.2f}x; the load generator "
+            "and the backend run on one of those CPUs, so the workers share it with them"
+        )
     if other:
         # One line per (scenario, status, reason): five targets without a dtab need one line.
         grouped: dict[tuple[str, str, str], list[str]] = {}

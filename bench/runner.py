@@ -288,7 +288,9 @@ def _run_scenario(
         inst = instances[name]
         if s.variant is not None:
             if s.variant not in objs[name].variants:
-                row.mark("n/a", "no routing table to size (only dtabproxy routes by dtab)")
+                why = ("dtabproxy only: its worker count against itself" if s.variant.startswith("workers-")
+                       else "no routing table to size (only dtabproxy routes by dtab)")  # fmt: skip
+                row.mark("n/a", why)
                 continue
             if time.monotonic() > deadline:
                 row.mark("skipped", f"time budget of {settings.budget_s:.0f}s exhausted")

@@ -296,7 +296,7 @@ def dentries_table(n: int, backend_port: int) -> str:
 class DtabProxy(Target):
     name = "dtabproxy"
     title = "dtabproxy from this working tree (one worker)"
-    variants = frozenset({"dentries-10", "dentries-10000"})
+    variants = frozenset({"dentries-10", "dentries-10000", "workers-1", "workers-auto"})
 
     def unavailable(self) -> str | None:
         if not (REPO / "proxy" / "__main__.py").exists():
@@ -370,6 +370,8 @@ class DtabProxy(Target):
         return "\n".join(lines) + "\n"
 
     def start(self, ctx: Ctx, variant: str | None = None) -> Instance:
+        if variant is not None and variant.startswith("workers-"):
+            return self._start_workers(ctx, variant)
         n = int(variant.split("-", 1)[1]) if variant else None
         tag = variant or "default"
         first_error = None
@@ -409,6 +411,30 @@ class DtabProxy(Target):
                 inst.unsupported["grpc"] = reason
             return inst
         raise procs.ProcError(first_error or "dtabproxy did not start")
+
+
+    def _start_workers(self, ctx: Ctx, variant: str) -> Instance:
+        """h1 only, `--workers 1|auto`, allowed on every CPU of the run (see h1-workers)."""
+        workers = variant.split("-", 1)[1]
+        ports = {"h1": procs.free_port()}
+        cfg_path = ctx.workdir / f"dtabproxy-{variant}.yaml"
+        cfg_path.write_text(self._config(ctx, ports, procs.free_port(), None, with_h2=False))
+        cpus = frozenset(ctx.plan.all_cpus) or None
+        proc = procs.Proc(
+            f"dtabproxy[{variant}]",
+            [sys.executable, "-m", "proxy", "run", "-c", str(cfg_path), "--workers", workers],
+            cpu=cpus,
+            log_path=ctx.workdir / f"dtabproxy-{variant}.log",
+        )
+        try:
+            proc.start(env=_py_env(), cwd=str(REPO))
+            proc.wait_port(ports["h1"], timeout_s=60)
+        except procs.ProcError:
+            proc.stop()
+            raise
+        where = f"CPUs {','.join(map(str, sorted(cpus)))}" if cpus else "any CPU"
+        return Instance(procs=[proc], ports=ports, rss_pid=proc.pid,
+                        note=f"python -m proxy run --workers {workers} on {where}")  # fmt: skip
 
 
 def envoy_exe() -> str | None:

@@ -286,6 +286,7 @@ def to_json(config: Config) -> dict[str, Any]:
             tf = a.auth.token_file
             out["admin"]["auth"] = {"tokenFile": tf} if tf is not None else {"token": REDACTED}
         out["admin"]["hosts"] = list(a.hosts)
+    out["workers"] = config.workers
     out["namers"] = [_namer_json(n) for n in config.namers]
     out["routers"] = [_router_json(r) for r in config.routers]
     return out
@@ -780,8 +781,9 @@ class _Loader:
             raise ConfigError(f"YAML error: {exc}", source=self.source) from None
         if root is None:
             raise ConfigError("empty config: expected a mapping with 'routers'", source=self.source)
-        m = self.mapping(root, "", ("admin", "namers", "routers", "resources", "usage"), _IGNORED_ROOT)
+        m = self.mapping(root, "", ("admin", "namers", "routers", "resources", "usage", "workers"), _IGNORED_ROOT)
         self.usage(m)
+        workers = self.workers(m)
         self._top_resources = self.resource_paths(m, top=True)
         admin = self.admin(m)
         namers = tuple(self.namer(n, f"namers[{i}]") for i, n in enumerate(self.seq(m, "namers")))
@@ -795,7 +797,18 @@ class _Loader:
         return Config(
             admin=admin, namers=namers, routers=routers, source=self.source, notes=tuple(self.notes),
             inputs=tuple((p, mt, size) for p, (mt, size) in sorted(self.inputs.items())),
+            workers=workers,
         )
+
+    def workers(self, root: _Map) -> int | str:
+        """`workers:` an integer 1-1024, or `auto`: the CPUs the process may use."""
+        node = root.get("workers")
+        if node is None:
+            return 1
+        if self.scalar(node) == "auto":
+            return "auto"
+        n: int = self.int_(root, "workers", 1, 1, 1024, "an integer 1-1024 or 'auto' (the CPUs this process may use)")
+        return n
 
     def usage(self, root: _Map) -> None:
         """Linkerd's usage reporting: never sent from here. `enabled: false` says just
@@ -817,8 +830,9 @@ class _Loader:
         if m.has("tls"):
             self.fail(m.get("tls"), m.key("tls"), "TLS on the admin server is not supported yet")
         auth = None
-        if m.get("auth") is not None:
-            auth = self.admin_auth(self.mapping(m.get("auth"), m.key("auth"), ("token", "tokenFile")))
+        auth_node = m.get("auth")
+        if auth_node is not None:
+            auth = self.admin_auth(self.mapping(auth_node, m.key("auth"), ("token", "tokenFile")))
         hosts = []
         for i, n in enumerate(self.seq(m, "hosts")):
             text = self.scalar(n)

@@ -372,6 +372,9 @@ class Config:
     #: Every file the config was built from (the config file, resource files), with its
     #: modification time and size at load: the runtime polls these to reload.
     inputs: tuple[tuple[str, int, int], ...] = ()
+    #: Worker processes (`workers:`): an integer, or "auto" (the CPUs the process may use,
+    #: cgroup-aware; proxy/workers.py). 1: one process.
+    workers: int | str = 1
 
     def router(self, label: str) -> RouterConfig | None:
         for r in self.routers:

@@ -1,6 +1,6 @@
 """The `dtabproxy` command line: run, demo, delegate, check, stat, import.
 
-    dtabproxy run -c config.yaml
+    dtabproxy run -c config.yaml [--workers N|auto]
     dtabproxy run --listen 127.0.0.1:4140 --dtab '/svc/* => /$/inet/127.0.0.1/8080'
     dtabproxy demo [--check]
     dtabproxy delegate --dtab '/svc=>/$/inet/127.0.0.1/8080' /svc/web
@@ -29,6 +29,15 @@ def _hostport(text: str, what: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SystemExit(f"dtabproxy: {what} must be HOST:PORT, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _workers_flag(text: str) -> int | str:
+    """`--workers N|auto`: as the config's `workers:` (an integer 1-1024, or auto)."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"expected an integer 1-1024 or 'auto', got {text!r}")
+    return int(text)
 
 
 def _quote(s: str) -> str:
@@ -62,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from config import ConfigError, default_config, load_file
 
     from .runtime import install_uvloop, serve
+    from .workers import resolve_workers, serve_workers
 
     try:
         if args.config:
@@ -75,17 +85,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"dtabproxy: {exc}", file=sys.stderr)
         return 1
+    # The flag wins over the config's `workers:`; 1 is one process, as without workers.
+    workers = resolve_workers(args.workers if args.workers is not None else cfg.workers)
     uv = install_uvloop()
 
     def ready(rt: Any) -> None:
-        for lst in rt.listeners:
-            host, port = lst.address
-            print(f"dtabproxy: router {lst.router.label} listening on {host}:{port}", flush=True)
+        addresses = rt.workers.addresses() if rt.workers is not None else [
+            (lst.router.label, *lst.address) for lst in rt.listeners
+        ]
+        for label, host, port in addresses:
+            print(f"dtabproxy: router {label} listening on {host}:{port}", flush=True)
         if rt.admin is not None:
             print(f"dtabproxy: admin on http://{rt.admin.address[0]}:{rt.admin.address[1]}/", flush=True)
-        log.info("ready (%s)", "uvloop" if uv else "asyncio")
+        log.info("ready (%s%s)", "uvloop" if uv else "asyncio", f", {workers} workers" if workers > 1 else "")
 
     try:
+        if workers > 1:
+            return asyncio.run(serve_workers(cfg, workers, config_path=args.config, ready_cb=ready,
+                                             log_level=args.log_level))  # fmt: skip
         return asyncio.run(serve(cfg, config_path=args.config, ready_cb=ready))
     except ConfigError as exc:  # found at start: the environment (in-cluster API, POD_IP)
         print(f"dtabproxy: {exc}", file=sys.stderr)
@@ -93,6 +110,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"dtabproxy: cannot listen: {exc}", file=sys.stderr)
         return 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One worker process, started by `run --workers N` (not for people to run)."""
+    from .runtime import install_uvloop
+    from .workers import worker_main
+
+    install_uvloop()
+    return asyncio.run(worker_main(args.control_fd, args.id))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -110,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(demo_main(args_in[1:]) or 0)
     p = argparse.ArgumentParser(prog="dtabproxy", description="A per-request routing proxy driven by dtabs.")
     p.add_argument("--log-level", default=os.environ.get("DTABPROXY_LOG", "INFO"))
-    sub = p.add_subparsers(dest="cmd", required=True)
+    # The metavar leaves out `worker`, which only `run --workers N` starts.
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,demo,delegate,check,stat,import}")
 
     r = sub.add_parser("run", help="run the proxy (a config file, flags, or the embedded default)")
     r.add_argument("-c", "--config", help="YAML config file (Linkerd 1 shape)")
@@ -121,7 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--upstream-protocol", choices=["http", "h2"])
     r.add_argument("--admin", help="HOST:PORT for the admin server")
     r.add_argument("--label", default="default", help="the config-less router's label")
+    r.add_argument("--workers", type=_workers_flag, metavar="N|auto",
+                   help="worker processes (SO_REUSEPORT); auto: the CPUs this process may use "
+                        "(wins over the config's workers:, default 1)")  # fmt: skip
     r.set_defaults(fn=cmd_run)
+
+    w = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by `run --workers N`
+    w.add_argument("--control-fd", type=int, required=True)
+    w.add_argument("--id", type=int, required=True)
+    w.set_defaults(fn=cmd_worker)
 
     d = sub.add_parser("demo", help="the hello/world staging demo, with backends")
     d.add_argument("rest", nargs=argparse.REMAINDER)
@@ -138,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     add_import_parser(sub)  # dtabproxy import FILE... (config/importers/cli.py)
 
     args = p.parse_args(args_in)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    who = f" worker[{args.id}]" if args.cmd == "worker" else ""
+    logging.basicConfig(level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s{who} %(name)s: %(message)s")
     return int(args.fn(args))
 
 

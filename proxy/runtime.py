@@ -8,6 +8,12 @@ pools are kept where their configuration did not change. A reload is all or noth
 everything that can fail (namers, TLS contexts, binding new ports) happens before
 anything is swapped, and is undone if a step fails. SIGTERM drains: stop accepting, let
 in-flight requests finish within the grace period, close, exit 0.
+
+With `workers: N` (proxy/workers.py) the same class plays two more roles: in each worker
+process (`role="worker"`: listeners with SO_REUSEPORT, no admin server, no file polling;
+the main process tells it what to apply), and in the main process (`role="main"`: a
+routing-only copy, namers and router snapshots without listeners, behind the admin
+server, whose reloads the supervisor fans out to the workers).
 """
 
 from __future__ import annotations
@@ -95,10 +101,15 @@ class Listener:
     __slots__ = (
         "settings", "loop", "connections", "server", "config", "address", "_idle_timeout",
         "_header_timeout", "_stream_idle_timeout", "_sweeper", "closed_event", "protocol", "in_flight", "_bound",
+        "reuse_port",
     )  # fmt: skip
 
-    def __init__(self, router: Router, rc: RouterConfig, sc: ServerConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, router: Router, rc: RouterConfig, sc: ServerConfig, loop: asyncio.AbstractEventLoop, *,
+        reuse_port: bool = False,
+    ) -> None:  # fmt: skip
         self.loop = loop
+        self.reuse_port = reuse_port  # a worker: the port is shared with the other workers
         self.connections: set[Any] = set()
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
@@ -154,7 +165,7 @@ class Listener:
         changes anything; `close_unstarted` gives the port back if it is undone."""
         sc = self.config
         ctx = server_context(sc.tls, alpn_for(self.protocol)) if sc.tls is not None else None
-        self._bound = (bind_socket(sc.ip, sc.port, BACKLOG), ctx)
+        self._bound = (bind_socket(sc.ip, sc.port, BACKLOG, reuse_port=self.reuse_port), ctx)
         self.address = self._bound[0].getsockname()[:2]
 
     def close_unstarted(self) -> None:
@@ -233,9 +244,21 @@ class Listener:
 
 
 class Runtime:
-    def __init__(self, config: Config, *, config_path: str | None = None) -> None:
+    """`role`: "single" (one process, as without workers), "worker" (one of N processes
+    behind SO_REUSEPORT listeners; no admin server, no polling) or "main" (the supervisor's
+    routing-only copy: no listeners). `dtabs`: base dtabs that replace the config's at
+    start (a restarted worker takes the ones the admin API set since)."""
+
+    def __init__(
+        self, config: Config, *, config_path: str | None = None, role: str = "single",
+        dtabs: dict[str, Dtab] | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.config_path = config_path
+        self.role = role
+        self._start_dtabs = dtabs or {}
+        #: The supervisor (proxy/workers.py) in the main process; None elsewhere.
+        self.workers: Any = None
         self.loop = asyncio.get_event_loop()
         self.namers: list[tuple[Any, Any]] = []
         self.routers: dict[str, Router] = {}
@@ -253,6 +276,7 @@ class Runtime:
         self._fingerprint: tuple[tuple[str, int, int], ...] = config.inputs
         self.reloads = 0  # completed reloads (tests and the admin server read it)
         self._reloaded = asyncio.Condition()
+        self.swapped = asyncio.Event()  # set, and replaced, at every router swap
         self.k8s: dict[str, RouterK8s] = {}  # router label -> its transformers, API routes, stored dtab
         if self.telemetry is not None:
             from .discovery.k8s_router import metric_lines
@@ -276,17 +300,19 @@ class Runtime:
             self.namers.append((namer.bind_prefix, namer))
         await self._prepare_k8s(self.config)
         for rc in self.config.routers:
-            self.routers[rc.label] = self._build_router(rc)
+            self.routers[rc.label] = self._build_router(rc, base=self._start_dtabs.get(rc.label))
+            if self.role == "main":
+                continue  # the workers listen
             for sc in rc.servers:
-                lst = Listener(self.routers[rc.label], rc, sc, self.loop)
+                lst = Listener(self.routers[rc.label], rc, sc, self.loop, reuse_port=self.role == "worker")
                 await lst.start()
                 self.listeners.append(lst)
                 log.info("router %s listening on %s:%d", rc.label, *lst.address)  # type: ignore[str-format]
-        if self.config.admin is not None:
+        if self.config.admin is not None and self.role != "worker":
             from .admin.app import start_admin
 
             self.admin = await start_admin(self, self.config.admin.ip, self.config.admin.port)
-        if self.config_path is not None:
+        if self.config_path is not None and self.role != "worker":
             self._watcher = self.loop.create_task(self._watch(), name="config watcher")
         self.ready = True
 
@@ -345,6 +371,8 @@ class Runtime:
         for lst in self.listeners:
             if lst.router is old:
                 lst.router = new  # one reference: new requests see the new snapshot
+        swapped, self.swapped = self.swapped, asyncio.Event()
+        swapped.set()  # wakes whoever waits for a router to change (a worker confirming a stored dtab)
 
     # -- Kubernetes: transformers, routing resources and stored dtabs (proxy/discovery/k8s_router.py)
 
@@ -407,7 +435,9 @@ class Runtime:
             except (NotImplementedError, RuntimeError):
                 pass
         try:
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            # A worker reloads when the main process says so (so all of them agree);
+            # a SIGHUP sent to it alone changes nothing.
+            loop.add_signal_handler(signal.SIGHUP, self.reload if self.role != "worker" else _ignore_hup)
         except (NotImplementedError, RuntimeError, AttributeError):
             pass
 
@@ -437,7 +467,10 @@ class Runtime:
                 self._fingerprint = _fingerprint(self.config_path, self.config)
                 return False
             try:
-                await self.apply_config(cfg)
+                if self.workers is not None:  # the main process: every worker, all or nothing
+                    await self.workers.apply_config(cfg)
+                else:
+                    await self.apply_config(cfg)
             except (OSError, ValueError) as exc:  # a listener, namer or TLS context failed
                 log.warning("reload refused, keeping the running config: %s", exc)
                 self._fingerprint = cfg.inputs  # tried again when a file changes, not on every poll
@@ -448,7 +481,8 @@ class Runtime:
                 return False
             self._fingerprint = cfg.inputs
             self.reloads += 1
-            log.info("reloaded %s (%d routers)", self.config_path, len(cfg.routers))
+            on = f", on {self.workers.count} workers" if self.workers is not None else ""
+            log.info("reloaded %s (%d routers%s)", self.config_path, len(cfg.routers), on)
         async with self._reloaded:
             self._reloaded.notify_all()
         return True
@@ -469,14 +503,35 @@ class Runtime:
         kept listeners' settings. Then listeners no longer wanted drain and replaced
         namers stop. Namers, listeners and client pools whose configuration is
         unchanged are kept."""
+        plan = await self.prepare_config(cfg)
+        await self.commit_config(cfg, plan)
+
+    async def prepare_config(self, cfg: Config) -> _Plan:
+        """The first half of `apply_config`: everything that can fail, undone if it does.
+        The workers' supervisor prepares every process before it commits any."""
         plan = _Plan()
         try:
             await self._prepare(cfg, plan)
         except BaseException:
             await self._undo(plan)
             raise
+        return plan
+
+    async def abort_config(self, plan: _Plan) -> None:
+        """Undo a prepared plan that will not be committed (another worker refused)."""
+        await self._undo(plan)
+
+    async def commit_config(self, cfg: Config, plan: _Plan) -> None:
+        """The second half: the swap (no await), then old resources are let go."""
+        self.commit_now(cfg, plan)
+        await self.release(cfg, plan)
+
+    def commit_now(self, cfg: Config, plan: _Plan) -> None:
+        """The swap of a prepared plan: one step of the loop, nothing can split it."""
         self._commit(cfg, plan)
-        # Past the swap: what is left only lets go of old resources.
+
+    async def release(self, cfg: Config, plan: _Plan) -> None:
+        """After the swap: listeners no longer wanted drain, replaced namers stop."""
         grace = (cfg.admin.shutdown_grace_ms if cfg.admin else 10_000) / 1000
         await asyncio.gather(*(lst.drain(grace) for lst in plan.retire))
         for _, namer in plan.old_namers:
@@ -491,6 +546,9 @@ class Runtime:
         if now is not None and then is not None and (now.ip, now.port) != (then.ip, then.port):
             log.warning("reload: a new admin.ip or admin.port takes effect at the next start "
                         "(admin.auth and admin.hosts apply now)")  # fmt: skip
+        if cfg.workers != self.config.workers and self.role != "worker":
+            log.warning("reload: workers: %s takes effect at the next start (running with %s)",
+                        cfg.workers, self.workers.count if self.workers is not None else 1)  # fmt: skip
         namers_changed = cfg.namers != self.config.namers
         plan.namers = self.namers
         if namers_changed:
@@ -520,7 +578,8 @@ class Runtime:
                     plan.keep.append((lst, rc, sc))
                 else:  # gone, or the same address with new TLS or protocol: rebind
                     plan.retire.append(lst)
-            plan.bind.extend((new, rc, sc) for sc in wanted)
+            if self.role != "main":  # the main process's copy has no listeners
+                plan.bind.extend((new, rc, sc) for sc in wanted)
         live = {rc.label for rc in cfg.routers}
         for label in [lb for lb in self.routers if lb not in live]:
             gone = self.routers[label]
@@ -530,7 +589,7 @@ class Runtime:
         # listened on twice); an undo makes the retiring one accept again.
         later = []
         for router, rc, sc in plan.bind:
-            lst = Listener(router, rc, sc, self.loop)
+            lst = Listener(router, rc, sc, self.loop, reuse_port=self.role == "worker")
             if sc.port and any(sc.port == x.config.port and _overlaps(sc.ip, x.config.ip) for x in plan.retire):
                 later.append(lst)
                 continue
@@ -622,6 +681,8 @@ class Runtime:
             self._watcher = None
         grace = (self.config.admin.shutdown_grace_ms if self.config.admin else 10_000) / 1000
         log.info("draining (grace %.1fs)", grace)
+        if self.workers is not None:
+            await self.workers.drain(grace)
         await asyncio.gather(*(lst.drain(grace) for lst in self.listeners))
         for r in self.routers.values():
             r.clients.close_idle()
@@ -701,16 +762,27 @@ def _fingerprint(config_path: str, cfg: Config) -> tuple[tuple[str, int, int], .
     return tuple(out)
 
 
-def bind_socket(ip: str, port: int, backlog: int) -> socket.socket:
+def _ignore_hup() -> None:
+    log.info("SIGHUP ignored in a worker: send it to the main process, which reloads every worker")
+
+
+def bind_socket(ip: str, port: int, backlog: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
     """A TCP socket bound to `ip:port` and listening, as `loop.create_server` makes one
-    (SO_REUSEADDR; IPv6 sockets IPv6-only). Raises OSError (a busy port, say)."""
+    (SO_REUSEADDR; IPv6 sockets IPv6-only). `reuse_port`: SO_REUSEPORT, so every worker
+    binds the same port and the kernel spreads connections over their listening sockets.
+    `listen=False`: only bound (the main process holds a port-0 choice for its workers:
+    a socket that does not listen receives no connection). Raises OSError (a busy port)."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((ip, port))
+        if not listen:
+            return sock
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:

@@ -17,6 +17,13 @@ Endpoints:
 It reads runtime snapshots and swaps dtabs through ``Runtime.set_dtab``; the data plane
 never imports this package.
 
+With worker processes (``workers: N``, proxy/workers.py) this server runs in the main
+process over its routing-only copy of the routers (dtabs, the delegator, the config), and
+``rt.workers`` reaches the workers for the rest: a PUT is answered once every worker
+applied it (the body's ``workers`` says which did, and why not), metrics are every
+worker's summed as if one process, decisions and what-if are merged, and the proxy is
+ready when every worker is.
+
 Writes (every method but GET, HEAD and OPTIONS, except the POSTs that only compute an
 answer: ``/delegator.json`` and ``/admin/whatif.json``) pass ``WriteGuard`` first: a
 ``Host`` that is an IP literal, ``localhost`` or a name in ``admin.hosts`` (a page on
@@ -249,6 +256,11 @@ class Handlers:
     def telemetry(self) -> Telemetry | None:
         return getattr(self.rt, "telemetry", None)
 
+    @property
+    def workers(self) -> Any:
+        """The supervisor of the worker processes (proxy/workers.py), or None."""
+        return getattr(self.rt, "workers", None)
+
     # -- health and config --------------------------------------------------------------
 
     async def ping(self, _: web.Request) -> web.Response:
@@ -260,6 +272,10 @@ class Handlers:
             return _text(503, "draining")
         if not rt.ready:
             return _text(503, "starting")
+        workers = self.workers
+        if workers is not None and not workers.is_ready():
+            waiting = ", ".join(str(w.index) for w in workers.workers if not w.ready)
+            return _text(503, f"starting: workers {waiting} not ready")
         return web.Response(text="ready")
 
     async def config_json(self, _: web.Request) -> web.Response:
@@ -343,7 +359,10 @@ class Handlers:
         self.rt.set_dtab(label, table)
         version = dtab_version(table)
         log.info("router %s: dtab replaced through the admin API (%d dentries, version %s)", label, len(table), version)
-        return web.json_response({"dtab": table.show(), "version": version}, headers={"ETag": version})
+        out: dict[str, Any] = {"dtab": table.show(), "version": version}
+        if self.workers is not None:  # answered once every worker swapped it too
+            out["workers"] = await self.workers.set_dtab(label, table)
+        return web.json_response(out, headers={"ETag": version})
 
     async def _put_stored(self, label: str, store: Any, text: str, if_match: str | None) -> web.Response:
         """A PUT on a router with a dtabStore: the DTab object's resourceVersion is the
@@ -363,7 +382,10 @@ class Handlers:
             return web.json_response({"error": str(exc)}, status=503)
         log.info("router %s: dtab stored in %s through the admin API (%d dentries, version %s)",
                  label, store.ref, len(table), version)  # fmt: skip
-        return web.json_response({"dtab": table.show(), "version": version}, headers={"ETag": version})
+        out: dict[str, Any] = {"dtab": table.show(), "version": version}
+        if self.workers is not None:  # each worker's own watch brings it: wait (bounded) for them
+            out["workers"] = await self.workers.await_dtab(label, table, version)
+        return web.json_response(out, headers={"ETag": version})
 
     # -- the delegator (spec §12) ----------------------------------------------------------
 
@@ -432,10 +454,11 @@ class Handlers:
             return web.json_response({"error": "limit and since are integers"}, status=400)
         tel = self.telemetry
         rate = tel.routers[label].decisions.sample_rate if tel is not None and label in tel.routers else None
-        return web.json_response(
-            {"router": label, "sample_rate": rate, "decisions": delegator.decisions_json(self._decisions(label), limit, since)},
-            dumps=_dumps,
-        )
+        if self.workers is not None:
+            rows = await self.workers.decisions(label, limit, since)
+        else:
+            rows = delegator.decisions_json(self._decisions(label), limit, since)
+        return web.json_response({"router": label, "sample_rate": rate, "decisions": rows}, dumps=_dumps)
 
     async def what_if(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":
@@ -454,7 +477,10 @@ class Handlers:
             proposed = dtab.read_dtab(text)
         except dtab.DtabSyntaxError as exc:
             return web.json_response(syntax_error_json("Invalid dtab", exc), status=400)
-        results = delegator.what_if(self._decisions(label), proposed, limit)
+        if self.workers is not None:
+            results = await self.workers.what_if(label, proposed, limit)
+        else:
+            results = delegator.what_if(self._decisions(label), proposed, limit)
         return web.json_response({"router": label, "results": results}, dumps=_dumps)
 
     async def sampling(self, request: web.Request) -> web.Response:
@@ -469,13 +495,18 @@ class Handlers:
             except (KeyError, ValueError):
                 return web.json_response({"error": "rate must be a number from 0 to 1"}, status=400)
             tel.set_sample_rate(rate)
+            if self.workers is not None:  # answered once every worker took it (one that did not is restarted)
+                await self.workers.set_sample_rate(rate)
         return web.json_response({label: rs.decisions.sample_rate for label, rs in tel.routers.items()})
 
     # -- metrics ---------------------------------------------------------------------------------
 
     async def prometheus(self, _: web.Request) -> web.Response:
         tel = self.telemetry
-        body = tel.render() if tel is not None else b""
+        if self.workers is not None:  # every worker's, summed as if one process
+            body = await self.workers.render_metrics()
+        else:
+            body = tel.render() if tel is not None else b""
         return web.Response(body=body, headers={"Content-Type": PROMETHEUS_TYPE})
 
     async def index(self, _: web.Request) -> web.Response:

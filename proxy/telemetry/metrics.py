@@ -641,3 +641,219 @@ def render(tel: Telemetry) -> bytes:
     out.append(f"{_PREFIX}_start_time_seconds {_num(tel.started)}")
     out.append("")
     return "\n".join(out).encode("utf-8")
+
+
+# -- workers: a compact snapshot per process, merged into one as if one process ----------------
+#
+# With `workers: N` each worker process counts its own requests; the main process asks each
+# for `snapshot(telemetry)` when Prometheus scrapes and renders `merge(...)` with the same
+# `render`. A snapshot holds plain lists and dicts (no objects), one row per label set:
+#
+#   {"routers": {label: {"services": [[labels, counts], ...],
+#                        "clients": [[labels, [[endpoint, counts], ...]], ...],
+#                        "unrouted": {class: n}, "sampled": n}},
+#    "collectors": [exposition lines of the parts that keep their own counters]}
+#
+# where `counts` is [started, successes, {class: n}, buckets (trailing zeros cut),
+# latency_sum_s, retries, bytes_in, bytes_out, connects, connect_failures, connections].
+
+Snapshot = dict[str, Any]
+
+
+def _counts(s: Stats) -> list[Any]:
+    b = s.buckets
+    end = len(b)
+    while end and not b[end - 1]:
+        end -= 1
+    return [s.started, s.successes, dict(s.failures), b[:end], s.latency_sum_s, s.retries, s.bytes_in,
+            s.bytes_out, s.connects, s.connect_failures, s.connections]  # fmt: skip
+
+
+def _add_counts(s: Stats, c: list[Any]) -> None:
+    started, successes, failures, buckets, latency_sum_s, retries, bytes_in, bytes_out, connects, cfail, conns = c
+    s.started += started
+    s.successes += successes
+    f = s.failures
+    for k, n in failures.items():
+        f[k] = f.get(k, 0) + n
+    b = s.buckets
+    for i, n in enumerate(buckets):
+        b[i] += n
+    s.latency_sum_s += latency_sum_s
+    s.retries += retries
+    s.bytes_in += bytes_in
+    s.bytes_out += bytes_out
+    s.connects += connects
+    s.connect_failures += cfail
+    s.connections += conns
+
+
+def snapshot(tel: Telemetry) -> Snapshot:
+    """This process's counters, as plain data (a worker sends it to the main process)."""
+    routers: dict[str, Any] = {}
+    for label, rs in tel.routers.items():
+        routers[label] = {
+            "services": [[list(s.labels), _counts(s)] for s in rs.services()],
+            "clients": [[list(cs.labels), [[e.labels[-1], _counts(e)] for e in cs.endpoints()]] for cs in rs.clients()],
+            "unrouted": dict(rs.unrouted),
+            "sampled": rs.decisions.seq,
+        }
+    return {"routers": routers, "collectors": [line for collect in tel.collectors for line in collect()]}
+
+
+class _MergedRouter(RouterStats):
+    """A router's stats summed over workers: label sets come from the snapshots (each
+    worker applied the caps already), so nothing here caps or folds."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(label)
+        self.merged_services: dict[tuple[str, ...], Stats] = {}
+        self.merged_clients: dict[tuple[str, ...], ClientStats] = {}
+
+    def services(self) -> list[Stats]:
+        return list(self.merged_services.values())
+
+    def clients(self) -> list[ClientStats]:
+        return list(self.merged_clients.values())
+
+
+def merge(snapshots: Iterable[Snapshot]) -> Telemetry:
+    """One `Telemetry` whose counters are the sums of the snapshots' (same labels, one
+    series), ready for `render`. Collector lines are merged by `merge_lines`."""
+    tel = Telemetry()
+    lines: list[list[str]] = []
+    for snap in snapshots:
+        lines.append(snap.get("collectors", []))
+        for label, r in snap["routers"].items():
+            rs = tel.routers.get(label)
+            if rs is None:
+                rs = tel.routers[label] = _MergedRouter(label)
+            assert isinstance(rs, _MergedRouter)
+            for labels, c in r["services"]:
+                key = tuple(labels)
+                s = rs.merged_services.get(key)
+                if s is None:
+                    s = rs.merged_services[key] = Stats(key)
+                _add_counts(s, c)
+            for labels, endpoints in r["clients"]:
+                key = tuple(labels)
+                cs = rs.merged_clients.get(key)
+                if cs is None:
+                    cs = rs.merged_clients[key] = ClientStats(key, cap=1 << 62)
+                for name, c in endpoints:
+                    if name == "none":
+                        _add_counts(cs.unpicked, c)
+                        continue
+                    e = cs._endpoints.get((name, 0))
+                    if e is None:
+                        e = cs._endpoints[(name, 0)] = Stats((*key, name))
+                    _add_counts(e, c)
+            for cls, n in r["unrouted"].items():
+                rs.unrouted[cls] = rs.unrouted.get(cls, 0) + n
+            rs.decisions.seq += r["sampled"]
+    merged = merge_lines(lines)
+    tel.collectors.append(lambda: merged)
+    return tel
+
+
+def retired(snap: Snapshot) -> Snapshot:
+    """What a worker that exited leaves to the sums: its counters (so a total never goes
+    down when a worker is restarted), with nothing in flight, no connection open and no
+    gauge from its collectors."""
+    out: dict[str, Any] = {}
+    for label, r in snap["routers"].items():
+        def done(c: list[Any]) -> list[Any]:
+            c = list(c)
+            c[0] = c[1] + sum(c[2].values())  # started = finished: nothing in flight
+            c[10] = 0  # connections
+            return c
+
+        out[label] = {
+            "services": [[labels, done(c)] for labels, c in r["services"]],
+            "clients": [[labels, [[n, done(c)] for n, c in eps]] for labels, eps in r["clients"]],
+            "unrouted": dict(r["unrouted"]),
+            "sampled": r["sampled"],
+        }
+    return {"routers": out, "collectors": _counters_only(snap.get("collectors", []))}
+
+
+def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
+    """Several snapshots as one (the main process keeps what exited workers left this way)."""
+    return snapshot(merge(snapshots))
+
+
+def totals(snap: Snapshot) -> tuple[int, int]:
+    """(requests, in flight) of one snapshot over its routers: the per-worker series."""
+    requests = started = finished = 0
+    for r in snap["routers"].values():
+        for _, c in r["services"]:
+            started += c[0]
+            finished += c[1] + sum(c[2].values())
+        requests += sum(r["unrouted"].values())
+    return requests + finished, started - finished
+
+
+#: How a gauge of the collectors (state every worker keeps a copy of, e.g. a Kubernetes
+#: watch) reads as if one process: the worst worker's. `synced`/`applied`: the fewest;
+#: anything else (errors, invalid, untranslated): the most. Counters are summed.
+_GAUGE_MIN: Final = ("_synced", "_applied")
+
+
+def _sample_name(line: str) -> str:
+    end = line.find("{")
+    return line[: end if end >= 0 else line.find(" ")]
+
+
+def _counters_only(lines: list[str]) -> list[str]:
+    kinds: dict[str, str] = {}
+    out = []
+    for line in lines:
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            kinds[name] = kind
+        if line.startswith("#") or kinds.get(_sample_name(line)) == "counter":
+            out.append(line)
+    return out
+
+
+def merge_lines(groups: Iterable[list[str]]) -> list[str]:
+    """Exposition lines from several processes as one: the same series once, counters
+    summed, gauges the worst process's (`_GAUGE_MIN`); families in first-seen order."""
+    helps: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    series: dict[str, dict[str, float]] = {}
+    for lines in groups:
+        for line in lines:
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) == 4 and parts[1] in ("HELP", "TYPE"):
+                    fam = helps.setdefault(parts[2], [])
+                    if len(fam) < 2 and line not in fam:
+                        fam.append(line)
+                    if parts[1] == "TYPE":
+                        kinds[parts[2]] = parts[3]
+                    series.setdefault(parts[2], {})
+                continue
+            key, _, value_text = line.rpartition(" ")
+            name = _sample_name(line)
+            try:
+                value = float(value_text)
+            except ValueError:
+                continue
+            fam_series = series.setdefault(name, {})
+            if key not in fam_series:
+                fam_series[key] = value
+            elif kinds.get(name) == "counter":
+                fam_series[key] += value
+            elif name.endswith(_GAUGE_MIN):
+                fam_series[key] = min(fam_series[key], value)
+            else:
+                fam_series[key] = max(fam_series[key], value)
+    out: list[str] = []
+    for name, samples in series.items():
+        out.extend(helps.get(name, []))
+        out.extend(f"{key} {_num(int(v) if math.isfinite(v) and v == int(v) and abs(v) < 1 << 53 else v)}"
+                   for key, v in samples.items())  # fmt: skip
+    return out

@@ -16,12 +16,12 @@ _ADMIN = re.compile(rb"admin on http://([\d.]+):(\d+)/")
 
 
 class ProxyProcess:
-    def __init__(self, config_text: str, tmp: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_text: str, tmp: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         self.config = tmp / "config.yaml"
         self.config.write_text(config_text)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "run", "-c", str(self.config)],
+            [sys.executable, "-m", "proxy", "run", "-c", str(self.config), *(args or [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         )
         self.ports: dict[str, int] = {}
