@@ -817,8 +817,9 @@ class _Loader:
         if m.has("tls"):
             self.fail(m.get("tls"), m.key("tls"), "TLS on the admin server is not supported yet")
         auth = None
-        if m.get("auth") is not None:
-            auth = self.admin_auth(self.mapping(m.get("auth"), m.key("auth"), ("token", "tokenFile")))
+        auth_node = m.get("auth")
+        if auth_node is not None:
+            auth = self.admin_auth(self.mapping(auth_node, m.key("auth"), ("token", "tokenFile")))
         hosts = []
         for i, n in enumerate(self.seq(m, "hosts")):
             text = self.scalar(n)
