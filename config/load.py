@@ -986,7 +986,7 @@ class _Loader:
         for path, node, key in (*self._top_resources, *own):
             imported.extend(self.imported_rules(path, node, key))
         # Unconditional entries (weighted splits, default routes) first, so a
-        # resource's conditional rules are appended after them and win (spec §10).
+        # resource's conditional rules are appended after them and win (docs/dtab.md §10).
         imported.sort(key=lambda r: bool(r.match))
         rules.extend(imported)
         self.check_rule_names(rules, m)

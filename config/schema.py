@@ -97,7 +97,7 @@ class NamerConfig:
 
 @dataclass(frozen=True, slots=True)
 class IdentifierConfig:
-    """One identifier of a router's chain (spec §11). Only the fields of its `kind` are
+    """One identifier of a router's chain (docs/dtab.md §11). Only the fields of its `kind` are
     meaningful; the others keep their defaults.
 
     - `io.l5d.header.token`: `header` (default `host`; `:authority` on h2)
@@ -277,7 +277,7 @@ class HashOn:
 @dataclass(frozen=True, slots=True)
 class RuleConfig:
     """A match rule: when any block of `match` holds (an empty `match` always holds),
-    `dtab` is appended after the base dtab for that request (spec §10 order:
+    `dtab` is appended after the base dtab for that request (docs/dtab.md §10 order:
     base ++ rules ++ ctx ++ user) and the rewrites apply. Within a `group` only the
     first matching rule applies; rules outside a group apply independently."""
 

@@ -1,7 +1,7 @@
 """dtab: the routing language (Finagle-style delegation tables), pure standard library.
 
 Read and show paths, prefixes, name trees and dtabs; look up, bind and explain names;
-compile a table for the data plane. See ../shared/spec/dtab.md; nothing here does I/O.
+compile a table for the data plane. See docs/dtab.md; nothing here does I/O.
 """
 
 from .bind import MAX_DEPTH, bind, lookup_chain

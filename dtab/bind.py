@@ -1,4 +1,4 @@
-"""Binding (spec §8): repeated lookup until only bound names and atoms remain. Pure.
+"""Binding (docs/dtab.md §8): repeated lookup until only bound names and atoms remain. Pure.
 
 `bind` is the one-shot form of Finagle's `Namer.bind`: the lookup chain is the dtab
 first, the namers only when the lookup is exactly `Neg`; an `Alt` falls through `Neg`
@@ -27,7 +27,7 @@ Namers = Sequence[tuple[Prefix | Path, Namer]]
 
 
 def lookup_chain(table: Table, namers: Namers, path: Path) -> NameTree:
-    """Spec §8.1: the dtab's answer, or the namers' when the dtab's is exactly `Neg`."""
+    """docs/dtab.md §8.1: the dtab's answer, or the namers' when the dtab's is exactly `Neg`."""
     tree = table.lookup(path)
     if tree is NEG:
         return namer_lookup(namers, path)

@@ -121,7 +121,7 @@ class CompiledDtab:
         return hit
 
     def lookup(self, path: Path) -> NameTree:
-        """Same answer as `Dtab.lookup` (spec §7), memoised per path."""
+        """Same answer as `Dtab.lookup` (docs/dtab.md §7), memoised per path."""
         return self.results(path)[1]
 
 

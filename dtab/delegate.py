@@ -1,9 +1,9 @@
-"""The delegator's explanation (spec §12): how a path was resolved, step by step. Pure.
+"""The delegator's explanation (docs/dtab.md §12): how a path was resolved, step by step. Pure.
 
 Unlike `bind`, the explanation expands every alternative and every union member, turns
 a namer error into an `exception` node where it happens, and remembers for each node
 the path being explained and the dentry that produced it. `delegate_json` renders the
-simplified tree as the plain dicts `/delegator.json` returns (spec §12.5).
+simplified tree as the plain dicts `/delegator.json` returns (docs/dtab.md §12.5).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .path import Path
 from .table import Dentry, Dtab
 from .tree import EMPTY, FAIL, NEG, Alt, Bound, Leaf, NameTree, Union
 
-#: Linkerd's delegator uses its own depth limit and message (spec §8.2, last lines).
+#: Linkerd's delegator uses its own depth limit and message (docs/dtab.md §8.2, last lines).
 MAX_DEPTH: Final = 100
 MAX_DEPTH_MESSAGE: Final = "Max recursion level reached."
 
@@ -47,7 +47,7 @@ class DNode:
 
 
 def explain(table: Table, path: Path, *, namers: Namers = (), max_depth: int = MAX_DEPTH) -> DNode:
-    """The simplified explanation tree of `path` (spec §12.3, §12.4)."""
+    """The simplified explanation tree of `path` (docs/dtab.md §12.3, §12.4)."""
     return simplify_explanation(_Explainer(table, namers, max_depth).explain(path, None, 0))
 
 
@@ -84,7 +84,7 @@ class _Explainer:
         return DNode("alt", path, dentry, converted)
 
     def convert(self, tree: NameTree, path: Path, dentry: Dentry | None, depth: int) -> DNode:
-        """A lookup's answer as nodes that carry `path` and `dentry` (spec §12.3 step 1)."""
+        """A lookup's answer as nodes that carry `path` and `dentry` (docs/dtab.md §12.3 step 1)."""
         if isinstance(tree, Leaf):
             if isinstance(tree.value, Bound):
                 return DNode("leaf", path, dentry, bound=tree.value)
@@ -114,7 +114,7 @@ class _Explainer:
 
 
 def simplify_explanation(node: DNode) -> DNode:
-    """Spec §12.4, applied once at the end."""
+    """docs/dtab.md §12.4, applied once at the end."""
     kind = node.kind
     if kind == "delegate":
         child = simplify_explanation(node.children[0])
@@ -143,7 +143,7 @@ def simplify_explanation(node: DNode) -> DNode:
     return node
 
 
-# -- JSON (spec §12.5) -------------------------------------------------------------------------
+# -- JSON (docs/dtab.md §12.5) -----------------------------------------------------------------
 
 AddrJson = Callable[[Bound], dict[str, Any]]
 
@@ -210,9 +210,9 @@ def delegate_json(
     addr_json: AddrJson = default_addr_json,
     max_depth: int = MAX_DEPTH,
 ) -> dict[str, Any]:
-    """The `/delegator.json` body for `path` through `table` (spec §12.5).
+    """The `/delegator.json` body for `path` through `table` (docs/dtab.md §12.5).
 
     Raises `DelegationDepthExceeded` when a chain with no enclosing alt or union goes
-    deeper than the limit (the whole request fails, spec §12.2).
+    deeper than the limit (the whole request fails, docs/dtab.md §12.2).
     """
     return node_json(explain(table, path, namers=namers, max_depth=max_depth), addr_json)

@@ -10,7 +10,7 @@ class DtabError(Exception):
 class DtabSyntaxError(DtabError, ValueError):
     """Text that does not read as a path, prefix, tree or dtab.
 
-    `str(err)` is Finagle's wording (spec §2.4), which the delegator's 400 bodies echo:
+    `str(err)` is Finagle's wording (docs/dtab.md §2.4), which the delegator's 400 bodies echo:
     `'/' expected but 'i' found at '[i]nvalid-param'`.
     """
 
@@ -33,7 +33,7 @@ class UnknownNamer(NamerError):
 
 
 class MaxDepthExceeded(BindError):
-    """A rewrite chain went deeper than the limit (spec §8.2): loops always end here."""
+    """A rewrite chain went deeper than the limit (docs/dtab.md §8.2): loops always end here."""
 
     def __init__(self, max_depth: int) -> None:
         super().__init__(f"Max recursion level: {max_depth} reached in Namer lookup")

@@ -1,4 +1,4 @@
-"""Per-request tables (spec §10): `l5d-ctx-dtab` values, then `l5d-dtab` values. Pure."""
+"""Per-request tables (docs/dtab.md §10): `l5d-ctx-dtab` values, then `l5d-dtab` values. Pure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Namers that need no configuration: the `/$` system namer of spec §6.2. Pure.
+"""Namers that need no configuration: the `/$` system namer of docs/dtab.md §6.2. Pure.
 
 `system_lookup(path)` answers for every path whose first element is `$`:
 `/$/inet/<host>/<port>` and `/$/fixedinet/…` bind (the address is an `Inet`, resolved
@@ -55,7 +55,7 @@ def _inet(kind: bytes, elems: tuple[bytes, ...]) -> NameTree | None:
 
 
 def system_lookup(path: Path) -> NameTree:
-    """The global namer (spec §6.2): `Neg` for paths not under `/$`."""
+    """The global namer (docs/dtab.md §6.2): `Neg` for paths not under `/$`."""
     elems = path.elems
     if not elems or elems[0] != _DOLLAR or len(elems) < 2:
         return NEG
@@ -118,7 +118,7 @@ def _porthost(h: tuple[str, ...], _: tuple[bytes, ...]) -> tuple[str, ...] | Non
 
 
 def _subdomain(domain: str, host: str) -> str | None:
-    """`sub` when `host` is `sub.domain`, with or without a `:port` (spec §6.2)."""
+    """`sub` when `host` is `sub.domain`, with or without a `:port` (docs/dtab.md §6.2)."""
     name, colon, port = host.rpartition(":")
     if colon and port.isdigit():
         host = name
@@ -181,7 +181,7 @@ SYSTEM_NAMERS: Final[dict[str, Callable[[Path], NameTree]]] = {
 
 
 def namer_lookup(namers: Sequence[tuple[Prefix | Path, Namer]], path: Path) -> NameTree:
-    """Spec §8.1 step 2: configured namers in order (a `Neg` answer passes to the next
+    """docs/dtab.md §8.1 step 2: configured namers in order (a `Neg` answer passes to the next
     one whose prefix matches), then the system namer."""
     for prefix, namer in namers:
         n = len(prefix.elems)

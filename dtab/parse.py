@@ -1,4 +1,4 @@
-"""A recursive-descent reader for paths, prefixes, name trees and dtabs (spec §2–§5).
+"""A recursive-descent reader for paths, prefixes, name trees and dtabs (docs/dtab.md §2–§5).
 
 Grammar (whitespace and `#` comments may stand between tokens, never inside `=>` and
 never between path elements):
@@ -33,7 +33,7 @@ _LABEL_RUN: Final = re.compile(r"[0-9A-Za-z_:.#$%\-]+")
 _SHOWABLE: Final = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_:.#$%-")
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
 _DIGITS: Final = frozenset("0123456789")
-# Java's Character.isWhitespace (spec §4.1): ASCII controls 9-13 and 28-31, space, and the
+# Java's Character.isWhitespace (docs/dtab.md §4.1): ASCII controls 9-13 and 28-31, space, and the
 # Unicode space separators except the no-break ones (U+00A0, U+2007, U+202F).
 _WS: Final = frozenset(
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
@@ -162,7 +162,7 @@ class _Reader:
         while self.maybe_eat("&"):
             members.append(self.weighted())
             self.skip_ws()
-        # A lone member's weight is dropped at parse time (spec §4.3).
+        # A lone member's weight is dropped at parse time (docs/dtab.md §4.3).
         return members[0].tree if len(members) == 1 else Union(tuple(members))
 
     def weighted(self) -> Weighted:
@@ -235,7 +235,7 @@ class _Reader:
 
 
 def read_path(text: str) -> Path:
-    """A standalone path; surrounding whitespace and comments are skipped (spec §2.2)."""
+    """A standalone path; surrounding whitespace and comments are skipped (docs/dtab.md §2.2)."""
     r = _Reader(text)
     p = r.path()
     r.skip_ws()

@@ -1,4 +1,4 @@
-"""Paths and prefixes (spec §2, §3): values, printing and matching. Pure.
+"""Paths and prefixes (docs/dtab.md §2, §3): values, printing and matching. Pure.
 
 A path is a tuple of non-empty byte strings. Printing escapes a whole element when any
 of its bytes is outside the 69 showable characters, so printing then reading is exact.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-#: The 69 characters a label may show unescaped (spec §2.2).
+#: The 69 characters a label may show unescaped (docs/dtab.md §2.2).
 SHOWABLE_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_:.#$%-"
 SHOWABLE = frozenset(SHOWABLE_CHARS.encode())
 
@@ -105,7 +105,7 @@ class Prefix:
         return len(self.elems)
 
     def matches(self, path: Path) -> bool:
-        """Spec §3.2: element-wise, byte-exact; `*` is exactly one element."""
+        """docs/dtab.md §3.2: element-wise, byte-exact; `*` is exactly one element."""
         elems = path.elems
         if len(self.elems) > len(elems):
             return False

@@ -1,4 +1,4 @@
-"""Dentries and dtabs (spec §5, §7): values, printing, concatenation and lookup. Pure.
+"""Dentries and dtabs (docs/dtab.md §5, §7): values, printing, concatenation and lookup. Pure.
 
 `Dtab.lookup` is the reference rewrite step: it walks the entries last to first and is
 linear in the table; the data plane uses `compile.CompiledDtab`, which gives the same
@@ -30,14 +30,14 @@ class Dentry:
         return read_dentry(text)
 
     def show(self) -> str:
-        return f"{self.prefix.show()}=>{show_tree(self.dst)}"  # no spaces (spec §5.2)
+        return f"{self.prefix.show()}=>{show_tree(self.dst)}"  # no spaces (docs/dtab.md §5.2)
 
     def __str__(self) -> str:
         return self.show()
 
 
 def rewrite(dst: NameTree, residual: Path) -> NameTree:
-    """The destination with the unmatched suffix appended to every leaf (spec §7 step 1)."""
+    """The destination with the unmatched suffix appended to every leaf (docs/dtab.md §7 step 1)."""
     if not residual.elems:
         return dst
     if isinstance(dst, Leaf) and isinstance(dst.value, Path):  # the common case, made cheap
@@ -80,7 +80,7 @@ class Dtab:
         return Dtab(self.dentries + other.dentries)
 
     def lookup(self, path: Path) -> NameTree:
-        """One rewrite step (spec §7): every matching entry, last first, as an Alt."""
+        """One rewrite step (docs/dtab.md §7): every matching entry, last first, as an Alt."""
         results: list[NameTree] = []
         elems = path.elems
         for d in reversed(self.dentries):

@@ -1,6 +1,6 @@
-"""Name trees (spec §4, §9): Leaf, Alt, Union of Weighted, and the atoms NEG, FAIL, EMPTY.
+"""Name trees (docs/dtab.md §4, §9): Leaf, Alt, Union of Weighted, and the atoms NEG, FAIL, EMPTY.
 
-Values are immutable and compare by value. `show()` follows spec §4.4 exactly (weights
+Values are immutable and compare by value. `show()` follows docs/dtab.md §4.4 exactly (weights
 with two decimals, rounded half-up from the shortest decimal form of the double, as
 Java's `%.2f` does); `simplify` and `evaluate` follow §9. Pure: no I/O.
 """
@@ -52,7 +52,7 @@ def _numeric_ip(host: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Bound:
-    """A bound name (spec §6.1). `id` names the replica set (the client); `residual` is
+    """A bound name (docs/dtab.md §6.1). `id` names the replica set (the client); `residual` is
     what the namer did not consume. `addr` is the namer's live address set (an `Inet`, or
     an object with `to_json()`); it is not part of equality, since a client is its id."""
 
@@ -138,7 +138,7 @@ def show_weight(weight: float) -> str:
 
 
 def show(tree: NameTree) -> str:
-    """Spec §4.4, rule 2 (top level)."""
+    """docs/dtab.md §4.4, rule 2 (top level)."""
     if isinstance(tree, Alt):
         if len(tree.trees) == 1:
             return show(tree.trees[0])
@@ -201,7 +201,7 @@ def leaves(tree: NameTree) -> Iterator[Path | Bound]:
 
 
 def simplify(tree: NameTree) -> NameTree:
-    """Spec §9.1. Evaluation-preserving and idempotent: simplify(simplify(t)) == simplify(t).
+    """docs/dtab.md §9.1. Evaluation-preserving and idempotent: simplify(simplify(t)) == simplify(t).
     No flattening of nested nodes, no de-duplication, no renormalised weights."""
     if isinstance(tree, Alt):
         kept: list[NameTree] = []
@@ -226,7 +226,7 @@ def simplify(tree: NameTree) -> NameTree:
 
 
 def evaluate(tree: NameTree) -> frozenset[Path | Bound] | None:
-    """Spec §9.2: the set of leaves a tree can reach, or None when negative or failed."""
+    """docs/dtab.md §9.2: the set of leaves a tree can reach, or None when negative or failed."""
     result = _eval(tree)
     return result if isinstance(result, frozenset) else None
 
@@ -254,5 +254,5 @@ def _eval(tree: NameTree) -> frozenset[Path | Bound] | object | None:
         return _eval(tree.weighted[0].tree)
     sets = [r for w in tree.weighted if isinstance(r := _eval(w.tree), frozenset)]
     if not sets:
-        return None  # negative even when every member failed (spec §9.2)
+        return None  # negative even when every member failed (docs/dtab.md §9.2)
     return frozenset().union(*sets)

@@ -78,7 +78,7 @@ class RequestTooLarge(ProxyError):
 
 
 class NoRoute(ProxyError):
-    """The name bound to nothing (Neg, Fail, Empty) or a naming error (spec §13.4: 502)."""
+    """The name bound to nothing (Neg, Fail, Empty) or a naming error (docs/dtab.md §13.4: 502)."""
 
     status, grpc_status, stage = 502, 12, "bind"  # 12: UNIMPLEMENTED
     retryable = True
@@ -113,7 +113,7 @@ class BadResponse(UpstreamFailed):
 
 
 class Timeout(ProxyError):
-    """A deadline passed (spec §13.4: 503)."""
+    """A deadline passed (docs/dtab.md §13.4: 503)."""
 
     status, grpc_status, stage = 503, 4, "timeout"  # 4: DEADLINE_EXCEEDED
     kind = "timeout"

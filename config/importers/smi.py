@@ -39,7 +39,7 @@ def translate_split(doc: dict[str, Any], t: Translation, index: Index, names: Na
         t.skip("spec.backends", "no usable backend")
         return
     if all(w == 0 for _, w in branches):
-        t.notes.append(f"{t.ref}: every weight is 0; a dtab union then spreads traffic uniformly (spec §9.3)")
+        t.notes.append(f"{t.ref}: every weight is 0; a dtab union then spreads traffic uniformly (docs/dtab.md §9.3)")
     if routes_to_itself(t, "spec.backends", names.service(apex), branches):
         return
     entry = dentry(names.service(apex), union(branches))

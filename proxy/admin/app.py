@@ -8,7 +8,7 @@ Endpoints:
   ``GET|PUT /admin/dtabs/<router>``: one dtab, versioned by ``ETag``; a PUT with
   ``If-Match`` is a compare-and-swap (412 on conflict, 400 naming the parse error's
   offset, line and column) and takes effect at once
-* ``GET|POST /delegator.json`` (spec §12.1, byte for byte) and ``GET /delegator``, the page
+* ``GET|POST /delegator.json`` (docs/dtab.md §12.1, byte for byte) and ``GET /delegator``, the page
 * ``GET /admin/decisions.json``: recent routing decisions of real requests, explained;
   ``POST /admin/whatif.json``: where those requests would go under a proposed dtab;
   ``GET|PUT /admin/sampling``: the decision sampling rate
@@ -387,7 +387,7 @@ class Handlers:
             out["workers"] = await self.workers.await_dtab(label, table, version)
         return web.json_response(out, headers={"ETag": version})
 
-    # -- the delegator (spec §12) ----------------------------------------------------------
+    # -- the delegator (docs/dtab.md §12) --------------------------------------------------
 
     async def delegator_json(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST":
@@ -427,7 +427,7 @@ class Handlers:
             result = await delegator.delegate(table, path, namers, self.delegate_timeout_s)
         except TimeoutError:
             return _text(503, "Request timed out.")
-        except dtab.DtabError as exc:  # the depth limit outside any alt/union (spec §12.2)
+        except dtab.DtabError as exc:  # the depth limit outside any alt/union (docs/dtab.md §12.2)
             return _text(500, str(exc))
         return web.json_response(result, dumps=_dumps)
 

@@ -233,7 +233,7 @@ _COLOURS = {"success": "32", "negative": "90", "failed": "31", "empty": "34"}
 
 
 def node_status(node: dict[str, Any]) -> str:
-    """Spec §12.5's derived status, as the playground colours it."""
+    """docs/dtab.md §12.5's derived status, as the playground colours it."""
     t = node["type"]
     if t == "neg":
         return "negative"
@@ -410,7 +410,7 @@ _MARKED = re.compile(r"at '(?P<text>.*)'\s*$", re.S)
 
 def error_column(source_line: str, message: str) -> int | None:
     """The 1-based column, in the config file's line, of a dtab parse error: the message
-    shows the dtab with the offending character in [ ] (spec §2.4)."""
+    shows the dtab with the offending character in [ ] (docs/dtab.md §2.4)."""
     m = _MARKED.search(message)
     if m is None:
         return None

@@ -1,5 +1,5 @@
 """What the admin server says about routing: the delegator's tree with live addresses
-(spec §12), recent routing decisions of real requests with the path each one took
+(docs/dtab.md §12), recent routing decisions of real requests with the path each one took
 through the tree, and a what-if that re-binds those decisions under a proposed dtab.
 
 Runs on the admin's requests only, never per proxied request: decisions are stored as
@@ -20,7 +20,7 @@ from dtab.delegate import DNode, node_json
 
 log = logging.getLogger(__name__)
 
-#: Spec §12.1: the delegator waits this long for pending addresses, then answers 503.
+#: docs/dtab.md §12.1: the delegator waits this long for pending addresses, then answers 503.
 DELEGATE_TIMEOUT_S: Final = 2.0
 PENDING: Final = {"type": "pending"}
 
@@ -43,7 +43,7 @@ async def _addr_json(addr: Any) -> dict[str, Any]:
         known: dict[str, Any] = addr.to_json()
         if known.get("type") != "pending":
             return known
-        # A DNS name: resolve it as the data plane would (numeric addresses, spec §12.5).
+        # A DNS name: resolve it as the data plane would (numeric addresses, docs/dtab.md §12.5).
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM)
@@ -177,7 +177,7 @@ def decisions_json(entries: Iterable[tuple[Any, ...]], limit: int, since: int = 
 
 
 def shares(tree: NameTree) -> dict[str, float]:
-    """The fraction of requests each bound id gets under a bound tree (spec §9.3)."""
+    """The fraction of requests each bound id gets under a bound tree (docs/dtab.md §9.3)."""
     if isinstance(tree, Leaf):
         v = tree.value
         return {v.id.show(): 1.0} if isinstance(v, Bound) else {}

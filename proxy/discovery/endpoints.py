@@ -24,7 +24,7 @@ Addr = tuple[str, int]
 AddrMeta = Mapping[Addr, Mapping[str, str]]
 Callback = Callable[["EndpointSet"], None]
 
-# The states of an address set (spec §12.5's addr types).
+# The states of an address set (docs/dtab.md §12.5's addr types).
 BOUND: Final = "bound"  # known, possibly empty (a service that exists with no endpoints)
 NEG: Final = "neg"  # the name does not exist (any more)
 PENDING: Final = "pending"  # not known yet
@@ -109,7 +109,7 @@ class EndpointSet:
                 log.error("endpoint set subscriber %r failed", callback, exc_info=True)
 
     def to_json(self) -> dict[str, Any]:
-        """The delegator's addr shape (spec §12.5)."""
+        """The delegator's addr shape (docs/dtab.md §12.5)."""
         if self.state == BOUND:
             meta = self.meta
             return {

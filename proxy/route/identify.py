@@ -1,4 +1,4 @@
-"""Identification: a request head -> the logical name the router binds (spec §11).
+"""Identification: a request head -> the logical name the router binds (docs/dtab.md §11).
 
 Owns the identifier kinds (`io.l5d.header.token`, `io.l5d.header`, `io.l5d.methodAndHost`,
 `io.l5d.path`, `io.l5d.static`, `io.l5d.header.path`) and the chain that tries them in
@@ -109,7 +109,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 
 def url_segments(path: bytes) -> list[bytes]:
     """The `/`-separated pieces of a URL path without the leading piece and without
-    trailing empty pieces (spec §11): b"/a/b/" -> [b"a", b"b"]; b"/a//b" keeps the
+    trailing empty pieces (docs/dtab.md §11): b"/a/b/" -> [b"a", b"b"]; b"/a//b" keeps the
     middle b""."""
     pieces = path.split(b"/")
     while pieces and not pieces[-1]:
@@ -160,7 +160,7 @@ def _flag(options: Mapping[str, Any], key: str) -> bool:
 
 def _read_header_path(value: bytes) -> Path:
     # latin-1 keeps one character per byte, so the parser's offsets point at the byte
-    # that is wrong; any non-ASCII byte is a syntax error there (spec §2.2).
+    # that is wrong; any non-ASCII byte is a syntax error there (docs/dtab.md §2.2).
     try:
         return read_path(value.decode("latin-1"))
     except DtabSyntaxError as exc:
@@ -175,7 +175,7 @@ def _first_segments(
 ) -> Identified | None:
     """The name of the first `n` segments (memoised per segments), None when there are
     fewer. An empty one (`/a//b`) is an error, not a decline: a path element is never
-    empty (spec §2.1), so the name cannot exist; the URL is malformed."""
+    empty (docs/dtab.md §2.1), so the name cannot exist; the URL is malformed."""
     if len(segs) < n:
         return None
     head = segs[:n] if len(segs) > n else segs
@@ -277,7 +277,7 @@ class MethodAndHostIdentifier:
             if not host:
                 return "HTTP/1.1 request missing hostname"
         elif version == b"1.0":
-            host = b""  # HTTP/1.0 names carry no host (spec §11)
+            host = b""  # HTTP/1.0 names carry no host (docs/dtab.md §11)
         else:
             return f"Unknown HTTP version HTTP/{version.decode('latin-1')}"
         upath = split_target(req.target)[0] if self.http_uri_in_dst else b""
@@ -302,7 +302,7 @@ class PathIdentifier:
     """`io.l5d.path`: the first `segments` URL path segments, as raw bytes (only those
     are examined: `/a/b/!` identifies as `/svc/a/b`). With `consume` the forwarded
     target loses them: the rest joined with `/`, the original trailing slash kept,
-    `/` when nothing is left, the query re-appended unchanged (spec §11)."""
+    `/` when nothing is left, the query re-appended unchanged (docs/dtab.md §11)."""
 
     __slots__ = ("_memo", "_prefix", "_too_few", "consume", "kind", "segments")
 
@@ -468,7 +468,7 @@ def _describe(req: RequestView) -> str:
 
 
 class IdentifierChain:
-    """Identifiers tried in order (spec §11): the first that identifies wins, a decline
+    """Identifiers tried in order (docs/dtab.md §11): the first that identifies wins, a decline
     passes to the next, an error stops the chain. Nothing identified, or an error, is
     `BadRequest` (400) with `Unknown destination: Request("GET /x") / ⟨reason⟩`, the
     wording of Linkerd's UnknownDst; when several declined, every reason is listed,

@@ -1,4 +1,4 @@
-"""Linkerd's `l5d-*` headers: their values, read and written (spec §10, §13).
+"""Linkerd's `l5d-*` headers: their values, read and written (docs/dtab.md §10, §13).
 
 Owns the per-request dtab (`l5d-ctx-dtab` ++ `l5d-dtab`), the deadline and trace
 context headers, `l5d-sample`, the `l5d-err` value and body, the no-route message, and
@@ -50,7 +50,7 @@ ADDED_REQUEST_HEADERS: Final = frozenset(
 #: Response headers the proxy writes on its own errors (§13.4).
 ADDED_RESPONSE_HEADERS: Final = frozenset({ERR, RETRYABLE})
 
-#: `l5d-err` is cut to the default maximum header size (spec §13.4: 8 KiB).
+#: `l5d-err` is cut to the default maximum header size (docs/dtab.md §13.4: 8 KiB).
 MAX_ERR_HEADER_BYTES: Final = 8 * 1024
 #: The `l5d-err` body is cut to Linkerd's `maxErrResponseKB` default (5 MiB).
 MAX_ERR_BODY_BYTES: Final = 5 * 1024 * 1024
@@ -66,7 +66,7 @@ def is_l5d(name: bytes) -> bool:
 
 
 def strip_l5d(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The request headers without any `l5d-*` header (`clearContext`, spec §13.5)."""
+    """The request headers without any `l5d-*` header (`clearContext`, docs/dtab.md §13.5)."""
     return [h for h in headers if not is_l5d(h[0])]
 
 
@@ -75,7 +75,7 @@ def strip_l5d_response(
 ) -> tuple[list[tuple[bytes, bytes]], bool]:
     """The response headers without any `l5d-*` header, and whether an `l5d-err` was
     among them: with `clearContext` the body of such a response is cleared too
-    (spec §13.5), so the caller must drop it (and fix the framing)."""
+    (docs/dtab.md §13.5), so the caller must drop it (and fix the framing)."""
     kept: list[tuple[bytes, bytes]] = []
     had_err = False
     for h in headers:
@@ -88,7 +88,7 @@ def strip_l5d_response(
     return kept, had_err
 
 
-# -- per-request dtab (spec §10) ---------------------------------------------------------------
+# -- per-request dtab (docs/dtab.md §10) -------------------------------------------------------
 
 #: Parsed header values, value -> dentries. A mesh forwards the same `l5d-ctx-dtab` on
 #: every hop of a request tree, so the parse is worth remembering; bounded because the
@@ -99,7 +99,7 @@ _dtab_memo: dict[bytes, tuple[Dentry, ...]] = {}
 
 def parse_dtab_value(header: bytes, value: bytes) -> tuple[Dentry, ...]:
     """The dentries of one header value; each value is one dtab, never split on commas.
-    Raises BadRequest naming the header and quoting the parser (spec §10 step 3)."""
+    Raises BadRequest naming the header and quoting the parser (docs/dtab.md §10 step 3)."""
     dentries = _dtab_memo.get(value)
     if dentries is None:
         try:
@@ -114,7 +114,7 @@ def parse_dtab_value(header: bytes, value: bytes) -> tuple[Dentry, ...]:
 
 
 def read_local(ctx_values: Sequence[bytes], user_values: Sequence[bytes]) -> Dtab:
-    """`l5d-ctx-dtab` values ++ `l5d-dtab` values, each in header order (spec §10), so a
+    """`l5d-ctx-dtab` values ++ `l5d-dtab` values, each in header order (docs/dtab.md §10), so a
     user override beats upstream context. Raises BadRequest (400) on a parse error."""
     if not ctx_values and not user_values:
         return Dtab.EMPTY
@@ -128,13 +128,13 @@ def read_local(ctx_values: Sequence[bytes], user_values: Sequence[bytes]) -> Dta
 
 def format_local(local: Dtab) -> bytes | None:
     """The `l5d-ctx-dtab` value for a downstream request, or None to send none
-    (an empty local dtab sends no header, spec §10)."""
+    (an empty local dtab sends no header, docs/dtab.md §10)."""
     if not local.dentries:
         return None
     return local.show().encode("latin-1")  # show() escapes everything non-ASCII
 
 
-# -- l5d-ctx-deadline (spec §13.1) -------------------------------------------------------------
+# -- l5d-ctx-deadline (docs/dtab.md §13.1) -----------------------------------------------------
 
 
 class Deadline(NamedTuple):
@@ -190,7 +190,7 @@ def format_deadline(deadline: Deadline) -> bytes:
     return b"%d %d" % (deadline.timestamp_ns, deadline.deadline_ns)
 
 
-# -- l5d-ctx-trace, l5d-reqid, l5d-sample (spec §13.1-3) ----------------------------------------
+# -- l5d-ctx-trace, l5d-reqid, l5d-sample (docs/dtab.md §13.1-3) --------------------------------
 
 FLAG_DEBUG: Final = 1
 FLAG_SAMPLING_KNOWN: Final = 2
@@ -303,7 +303,7 @@ def parse_sample(value: bytes | None) -> float | None:
     return 0.0 if rate < 0.0 else 1.0 if rate > 1.0 else rate
 
 
-# -- l5d-err (spec §13.4) -------------------------------------------------------------------------
+# -- l5d-err (docs/dtab.md §13.4) -----------------------------------------------------------------
 
 
 def encode_l5d_err(message: str, max_bytes: int = MAX_ERR_HEADER_BYTES) -> bytes:
@@ -332,7 +332,7 @@ def err_body(message: str, max_bytes: int = MAX_ERR_BODY_BYTES) -> bytes:
     return body
 
 
-# -- the no-route message (spec §13.4) ------------------------------------------------------------
+# -- the no-route message (docs/dtab.md §13.4) ----------------------------------------------------
 
 
 def _dentry_lines(table: Dtab) -> str:

@@ -49,7 +49,7 @@ F_CONNECTION: Final = 6  # Connection: its tokens name more hop-by-hop fields
 F_UPGRADE: Final = 7  # Upgrade: forwarded only with a real upgrade (HTTP/1.1)
 F_GRPC_TIMEOUT: Final = 8  # grpc-timeout: a deadline, re-written with the time left
 
-#: The request fields every protocol consumes or re-writes (spec §10, §13; RFC 9110
+#: The request fields every protocol consumes or re-writes (docs/dtab.md §10, §13; RFC 9110
 #: §7.6.1's hop-by-hop fields; gRPC's deadline). HTTP/2 never carries the hop-by-hop ones
 #: (its codec refuses them), so one table serves both.
 REQUEST_FIELDS: Final[dict[bytes, int]] = {
@@ -162,7 +162,7 @@ class RoutedRequest:
                         sig = value
                     continue  # another l5d- field: forwarded (or cleared) by the protocol
                 if clear and name[0] == _L and kind != F_DTAB:
-                    continue  # spec §13.5: no l5d-ctx- field from an edge's caller is read
+                    continue  # docs/dtab.md §13.5: no l5d-ctx- field from an edge's caller is read
                 if kind == F_DTAB:
                     if user_vals is None:
                         user_vals = []
@@ -193,7 +193,7 @@ class RoutedRequest:
                 if sig is not None:
                     out[:] = [h for h in out if h[0] != sig_header]
 
-        # Local dtab (spec §10): trusted override sources only, within limits.
+        # Local dtab (docs/dtab.md §10): trusted override sources only, within limits.
         if ctx_vals or user_vals:
             local, local_key = settings.check_override(peer_ip, ctx_vals or [], user_vals or [], sig)
         else:
@@ -222,7 +222,7 @@ class RoutedRequest:
         if svc is not None:
             self._bound = bound
 
-        # Linkerd's informational and context headers (spec §13.1, §13.3).
+        # Linkerd's informational and context headers (docs/dtab.md §13.1, §13.3).
         tc = decode_trace(trace_val) if trace_val is not None else None
         if tc is not None:
             tc = tc.child()

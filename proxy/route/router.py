@@ -3,7 +3,7 @@
 Everything per destination is cached by (local dtab, path) in a bounded dict, so the
 per-request work after the first request for a name is a dict lookup and a weighted
 pick. A router with match rules (`proxy.route.rules`) routes through `select`, which
-adds the matched rules' overlay (base ++ rules ++ ctx ++ user, spec §10) and keys the
+adds the matched rules' overlay (base ++ rules ++ ctx ++ user, docs/dtab.md §10) and keys the
 cache by the set of matched rules too; a router without rules has `rules is None`,
 and the wire layer keeps its plain path. The snapshot is immutable once built; a config change builds a new one and the
 server swaps one reference. No I/O here; `proxy.wire` does that.
@@ -82,7 +82,7 @@ class Route:
                         self.cstats[c] = stats.client(c.id_show, override)
 
     def pick(self, u: float | None = None) -> tuple[Client, Bound, bytes | None, RequestPolicy] | None:
-        """A client for this request: a weighted choice through the unions (spec §9.3);
+        """A client for this request: a weighted choice through the unions (docs/dtab.md §9.3);
         None when the branch taken is empty, negative or failed. `u` in [0, 1) makes
         the choice deterministic (sticky splits); None draws a random number."""
         p = self._pick

@@ -2,7 +2,7 @@
 overlay those rules add, and the request/response rewrites they carry.
 
 DESIGN.md's one idea holds here: a rule never routes by itself. A matching rule
-appends its dentries after the base dtab (spec §10: base ++ rules ++ ctx ++ user), so
+appends its dentries after the base dtab (docs/dtab.md §10: base ++ rules ++ ctx ++ user), so
 the one resolver and the delegator explain every decision. What this module owns:
 
 * `RuleSet.compile(rules)`: once per router snapshot. Each rule's match blocks become

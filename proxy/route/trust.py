@@ -152,7 +152,7 @@ class OverridePolicy:
     any source whose signature verifies when `hmac_header`/`hmac_key` are set.
 
     From an untrusted source, a `clear_context` server ignores the override (it strips
-    outside context by definition, spec §13.5) unless the request carries a signature,
+    outside context by definition, docs/dtab.md §13.5) unless the request carries a signature,
     which then must verify; any other server refuses it (403), so a misplaced override
     is an error the caller sees rather than a silent drop. A trusted or signed override
     is honoured on either kind of server, within the limits and allowed prefixes and
@@ -253,14 +253,14 @@ class OverridePolicy:
         user_values: Sequence[bytes],
         sig_value: bytes | None = None,
     ) -> Dtab:
-        """The local dtab (`ctx ++ user`, spec §10) this request may use.
+        """The local dtab (`ctx ++ user`, docs/dtab.md §10) this request may use.
 
         Raises OverrideRefused (403) for an untrusted source, a bad signature, a disallowed
         prefix or destination, RequestTooLarge (431) past `max_bytes` or `max_entries`,
         BadRequest (400) when a value does not parse. Returns the empty dtab when there
         is nothing to honour (no values, or an unsigned override from outside on a
         `clear_context` server). On a `clear_context` server `ctx_values` are ignored:
-        an edge takes no context from its callers (spec §13.5), only an override.
+        an edge takes no context from its callers (docs/dtab.md §13.5), only an override.
         """
         if ctx_values and self.clear_context:
             ctx_values = ()

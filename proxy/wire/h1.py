@@ -372,7 +372,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
             # The codec listed the few hop-by-hop and l5d- fields while it scanned the
             # head; everything else is filtered in one comprehension, not a Python loop.
             drop = drop_set(settings.sig_header)
-            if settings.clear_context:  # spec §13.5: no l5d- field from the caller goes on
+            if settings.clear_context:  # docs/dtab.md §13.5: no l5d- field from the caller goes on
                 out = [h for h in head.headers if h[0] not in drop and not h[0].startswith(b"l5d-")]
             else:
                 out = [h for h in head.headers if h[0] not in drop]

@@ -428,7 +428,7 @@ class _Stream(RoutedRequest):
 
     def respond_error(self, exc: ProxyError) -> None:
         """Answer a failure the proxy found itself: trailers-only for gRPC, else a
-        status with `l5d-err` and a text body (spec §13.4)."""
+        status with `l5d-err` and a text body (docs/dtab.md §13.4)."""
         conn = self.conn
         up, self._up = self._up, None
         if up is not None:

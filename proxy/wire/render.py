@@ -1,6 +1,6 @@
 """Rendering the proxy's own answers: one function for every error response.
 
-Status, `l5d-err` and `l5d-retryable` come from the `ProxyError` class (spec §13.4).
+Status, `l5d-err` and `l5d-retryable` come from the `ProxyError` class (docs/dtab.md §13.4).
 At a `clearContext` edge an untrusted caller gets a terse answer instead (`terse`):
 the status and `public_message`, never `l5d-*`, a dtab, a bound name or an address.
 Imported by the wire protocols only.
@@ -48,7 +48,7 @@ def public_message(exc: ProxyError) -> str:
 def error_response(exc: ProxyError, *, close: bool, terse: bool = False, head: bool = False) -> bytes:
     """The whole HTTP/1.1 response for a proxy failure. `terse` (an edge's untrusted
     caller, `OverridePolicy.terse_for`): the status and `public_message` as the body,
-    no `l5d-*` field (spec §13.5)."""
+    no `l5d-*` field (docs/dtab.md §13.5)."""
     status = exc.status
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
     if terse:

@@ -1,5 +1,5 @@
 """The admin server of a running proxy: health, config, versioned dtabs (compare-and-swap),
-the delegator's JSON API exactly as spec §12.1, decisions, what-if and metrics."""
+the delegator's JSON API exactly as docs/dtab.md §12.1, decisions, what-if and metrics."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ WORKED_DTAB = (
     "/foo => /bah | /beh | /$/fail; /foo => /bar; /boo => /foo;\n"
     "/meh => /heh; /neg => ~"
 )
-# Spec §12.5's worked example, compact (the way the delegator sends it).
+# Linkerd's DelegateApiHandlerTest example, compact (the way the delegator sends it);
+# docs/dtab.md §12.5 has a worked example of our own (tests/unit/test_docs.py).
 WORKED_JSON = (
     '{"type":"delegate","path":"/boo/humbug","delegate":{"type":"alt","path":"/foo/humbug",'
     '"dentry":{"prefix":"/boo","dst":"/foo"},"alt":['
@@ -197,7 +198,7 @@ def test_dtab_put_errors(run) -> None:
     run(go())
 
 
-# -- /delegator.json (spec §12.1) -----------------------------------------------------------------
+# -- /delegator.json (docs/dtab.md §12.1) ---------------------------------------------------------
 
 
 def test_delegator_json_worked_example_byte_exact_get_and_post(run) -> None:
@@ -267,7 +268,7 @@ def test_delegator_json_times_out_on_pending_addresses(run) -> None:
     async def go() -> None:
         async with running(proxy_yaml("/svc => /$/inet/127.0.0.1/1")) as a:
             a.rt.routers["web"].namers = (namer_entry("/#/pending", PendingNamer()),)
-            a.rt.admin.handlers.delegate_timeout_s = 0.2  # 2 s in production (spec §12.1)
+            a.rt.admin.handlers.delegate_timeout_s = 0.2  # 2 s in production (docs/dtab.md §12.1)
             q = urlencode({"namespace": "web", "path": "/svc/x", "dtab": "/svc => /#/pending"})
             assert (await a.call("GET", "/delegator.json?" + q))[::2] == (503, "Request timed out.")
 

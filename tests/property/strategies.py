@@ -84,7 +84,7 @@ def name_trees(
 
     canonical=True: every Alt/Union has at least two members, which is what the parser
     makes (so read(show(t)) == t holds when weights are exact). canonical=False also makes
-    zero- and one-member nodes (hand-built trees; spec §4.4 rule 1, §9.1).
+    zero- and one-member nodes (hand-built trees; docs/dtab.md §4.4 rule 1, §9.1).
     """
     leaf = (leaf_paths if leaf_paths is not None else paths()).map(Leaf)
     weight = weights if weights is not None else exact_weights()

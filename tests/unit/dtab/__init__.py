@@ -1,7 +1,7 @@
-"""Conformance tests for `dtab` against spec/dtab.md, plus the small helpers they share.
+"""Conformance tests for `dtab` against docs/dtab.md, plus the small helpers they share.
 
 The helpers build trees tersely (`L("/a")`, `A(...)`, `U(...)`), print bound trees with
-each leaf shown as its bound id (the way spec §8.4 writes results), and provide test
+each leaf shown as its bound id (the way docs/dtab.md §8.4 writes results), and provide test
 namers (one that always errors, one that rewrites, one that binds). They never touch
 the implementation's internals: only the public API of `dtab`.
 """
@@ -64,7 +64,7 @@ def ids(tree: NameTree) -> NameTree:
 
 
 def show_bound(tree: NameTree) -> str:
-    """Spec §8.4 prints bind results as trees whose leaves show the bound id."""
+    """docs/dtab.md §8.4 prints bind results as trees whose leaves show the bound id."""
     return ids(tree).show()
 
 

@@ -1,4 +1,4 @@
-"""Spec §8 (binding) and §6.3 (configured namers): the lookup chain, the case-by-case bind
+"""docs/dtab.md §8 (binding) and §6.3 (configured namers): the lookup chain, the case-by-case bind
 rules, the depth limit, and every worked example of §8.4."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Spec §12: the delegator's explanation tree and its JSON rendering (§12.3–§12.5),
+"""docs/dtab.md §12: the delegator's explanation tree and its JSON rendering (§12.3–§12.5),
 including the byte-exact DelegateApiHandlerTest worked example and the 'other shapes'."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ WORKED_DTAB = (
     "/meh => /heh; /neg => ~"
 )
 
-# The §12.5 worked example, exactly as printed in the spec (whitespace between tokens only).
+# Linkerd's DelegateApiHandlerTest example (§12.5 shapes), laid out with whitespace between tokens only.
 WORKED_JSON = """
 {"type":"delegate","path":"/boo/humbug","delegate":{
   "type":"alt","path":"/foo/humbug","dentry":{"prefix":"/boo","dst":"/foo"},"alt":[

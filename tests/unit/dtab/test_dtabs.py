@@ -1,4 +1,4 @@
-"""Spec §5: dentry and dtab syntax, printing, concatenation and order-based precedence."""
+"""docs/dtab.md §5: dentry and dtab syntax, printing, concatenation and order-based precedence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spec §10: the per-request dtab from `l5d-ctx-dtab` (ctx) and `l5d-dtab` (user) values:
+"""docs/dtab.md §10: the per-request dtab from `l5d-ctx-dtab` (ctx) and `l5d-dtab` (user) values:
 local = ctx ++ user, each header value one dtab, parse errors reported, printed form on the wire."""
 
 from __future__ import annotations

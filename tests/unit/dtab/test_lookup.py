@@ -1,4 +1,4 @@
-"""Spec §7: one rewrite step (`Dtab.lookup`), and §8 / DESIGN: `compile` gives the same answer."""
+"""docs/dtab.md §7: one rewrite step (`Dtab.lookup`), and §8 / DESIGN: `compile` gives the same answer."""
 
 from __future__ import annotations
 

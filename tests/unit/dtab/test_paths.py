@@ -1,4 +1,4 @@
-"""Spec §2 (paths): the byte model, reading, printing and the §2.4 parse-error format."""
+"""docs/dtab.md §2 (paths): the byte model, reading, printing and the §2.4 parse-error format."""
 
 from __future__ import annotations
 

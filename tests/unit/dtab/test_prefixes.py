@@ -1,4 +1,4 @@
-"""Spec §3: prefix syntax and printing, and matching (observed through `Dtab.lookup`)."""
+"""docs/dtab.md §3: prefix syntax and printing, and matching (observed through `Dtab.lookup`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spec §9: `simplify` (evaluation-preserving, idempotent) and `evaluate` (address-set view)."""
+"""docs/dtab.md §9: `simplify` (evaluation-preserving, idempotent) and `evaluate` (address-set view)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spec §6.2: the `/$` global namer — inet shapes, fail/nil, unknown names, and Linkerd's
+"""docs/dtab.md §6.2: the `/$` global namer — inet shapes, fail/nil, unknown names, and Linkerd's
 optional `io.buoyant.*` rewriting namers (the re-entry mechanism itself is required)."""
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def _optional(path: str) -> NameTree:
     try:
         return system_lookup(P(path))
     except UnknownNamer:
-        pytest.skip("io.buoyant.* namers are optional (spec §6.2) and not implemented")
+        pytest.skip("io.buoyant.* namers are optional (docs/dtab.md §6.2) and not implemented")
 
 
 @pytest.mark.parametrize(("name", "residual", "expected"), REWRITES)

@@ -1,4 +1,4 @@
-"""Spec §4: name-tree lexing, grammar, single-term rules, printing and weight rounding."""
+"""docs/dtab.md §4: name-tree lexing, grammar, single-term rules, printing and weight rounding."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Identifiers and the identifier chain (spec §11): every example of the spec and of
+"""Identifiers and the identifier chain (docs/dtab.md §11): every example of the spec and of
 Linkerd's identifier tests, the decline/error semantics, and the memo bound."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`l5d-*` header semantics (spec §10, §13): local dtab, deadline, trace, sample,
+"""`l5d-*` header semantics (docs/dtab.md §10, §13): local dtab, deadline, trace, sample,
 `l5d-err`, the no-route message, and clearContext stripping."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from proxy.route.l5d import (
     strip_l5d_response,
 )
 
-# -- local dtab (spec §10) ----------------------------------------------------------------------------
+# -- local dtab (docs/dtab.md §10) --------------------------------------------------------------------
 
 
 def test_headers_test_worked_example():
@@ -82,7 +82,7 @@ def test_format_local_escapes_non_ascii():
     assert format_local(local) == b"/a=>/\\x62\\xc3\\xa9"
 
 
-# -- l5d-ctx-deadline (spec §13.1) ---------------------------------------------------------------------
+# -- l5d-ctx-deadline (docs/dtab.md §13.1) -------------------------------------------------------------
 
 NOW = 1_700_000_000_000_000_000
 S = 1_000_000_000
@@ -185,7 +185,7 @@ def test_sample_parse_and_clamp(value, rate):
     assert parse_sample(value) == rate
 
 
-# -- l5d-err (spec §13.4) ------------------------------------------------------------------------------
+# -- l5d-err (docs/dtab.md §13.4) ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ def test_err_body_is_utf8_and_cut_on_a_character_boundary():
     assert len(err_body("x" * (6 * 1024 * 1024))) == 5 * 1024 * 1024
 
 
-# -- no-route message (spec §13.4) -----------------------------------------------------------------------
+# -- no-route message (docs/dtab.md §13.4) ---------------------------------------------------------------
 
 
 def test_no_route_message_layout():
@@ -249,7 +249,7 @@ def test_no_route_message_empty_tables_and_interpreter_dtab():
     )
 
 
-# -- clearContext and header sets (spec §13.5) -------------------------------------------------------------
+# -- clearContext and header sets (docs/dtab.md §13.5) -----------------------------------------------------
 
 
 def test_strip_l5d_removes_every_l5d_header_any_case():
@@ -288,5 +288,5 @@ def test_header_sets():
         b"l5d-ctx-dtab",
     }
     assert added == l5d.ADDED_REQUEST_HEADERS
-    assert b"l5d-dtab" not in l5d.ADDED_REQUEST_HEADERS  # never forwarded (spec §10)
+    assert b"l5d-dtab" not in l5d.ADDED_REQUEST_HEADERS  # never forwarded (docs/dtab.md §10)
     assert all(l5d.is_l5d(n) for n in l5d.CONSUMED_REQUEST_HEADERS | l5d.ADDED_REQUEST_HEADERS)

@@ -189,7 +189,7 @@ def test_rules_overlay_is_not_forwarded_downstream() -> None:
     assert sel.route.rules_dtab == read_dtab("/svc/web => /svc/web-v2")
     assert sel.route.pick()[1].id.show() == "/$/inet/127.0.0.1/2000"
     assert r.select(view, hs, local, b"k").route is sel.route  # cached by (rules, local, name)
-    # The override is appended after the rules (spec §10 order): it wins.
+    # The override is appended after the rules (docs/dtab.md §10 order): it wins.
     win = read_dtab("/svc/web => /svc/web-v3")
     assert r.select(view, hs, win, b"w").route.pick()[1].id.show() == "/$/inet/127.0.0.1/3000"
 
