@@ -21,6 +21,7 @@ with one regex match, because an `l5d-dtab` header is parsed per request.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Final
 
@@ -189,7 +190,13 @@ class _Reader:
         text = s[start : self.i]
         if text == ".":  # Finagle reports the lone dot with the marker after it
             raise self.illegal("weight", "'.'")
-        return float(text)
+        weight = float(text)
+        if weight == math.inf:
+            # A Java double would be Infinity, which prints as no weight reads back; a
+            # weight that large says nothing a smaller one cannot, so it is refused.
+            self.i = start
+            raise self.illegal("finite weight", f"'{text[:20]}{'...' if len(text) > 20 else ''}'")
+        return weight
 
     def simple(self) -> NameTree:
         self.skip_ws()

@@ -186,3 +186,16 @@ def test_order_decides_precedence(text: str, path: str, bound_id: str, residual:
     assert isinstance(result, Leaf)
     assert result.value.id == P(bound_id)
     assert result.value.residual == P(residual)
+
+
+def test_a_weight_too_large_for_a_double_is_a_syntax_error_at_the_number() -> None:
+    """A 400-digit weight would be infinite, which no dtab can print back (and an
+    override carrying one used to crash the connection while being printed)."""
+    import pytest
+
+    from dtab import DtabSyntaxError, read_dtab
+
+    text = "/a => " + "9" * 400 + " * /b & /c"
+    with pytest.raises(DtabSyntaxError) as err:
+        read_dtab(text)
+    assert err.value.offset == len("/a => ") and "finite weight expected" in str(err.value)
