@@ -130,11 +130,12 @@ class ConfigError(ValueError):
     the parts that are unknown left out."""
 
     def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
-                 key: str | None = None) -> None:  # fmt: skip
+                 key: str | None = None, column: int | None = None) -> None:  # fmt: skip
         self.message = message
         self.source = source
         self.line = line
         self.key = key
+        self.column = column  # 1-based, of the offending node (`dtabproxy check` prints it)
         where = ":".join(str(p) for p in (source, line) if p is not None)
         parts = [p for p in (where, key) if p]
         super().__init__(": ".join([*parts, message]))
@@ -143,9 +144,9 @@ class ConfigError(ValueError):
 # -- the public API ---------------------------------------------------------------------
 
 
-def load_file(path: str | os.PathLike[str]) -> Config:
+def load_file(path: str | os.PathLike[str], *, log_notes: bool = True) -> Config:
     """Read and validate a config file. Relative paths inside it are taken from the
-    file's directory."""
+    file's directory. `log_notes=False`: the caller shows `Config.notes` itself."""
     name = os.fspath(path)
     try:
         with open(name, encoding="utf-8") as f:
@@ -156,10 +157,10 @@ def load_file(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(
             f"config is not UTF-8 text: {exc.reason} at byte {exc.start}", source=name
         ) from None
-    return load_text(text, source=name, base_dir=os.path.dirname(os.path.abspath(name)))
+    return load_text(text, source=name, base_dir=os.path.dirname(os.path.abspath(name)), log_notes=log_notes)
 
 
-def load_text(text: str, source: str = "<string>", base_dir: str | None = None) -> Config:
+def load_text(text: str, source: str = "<string>", base_dir: str | None = None, *, log_notes: bool = True) -> Config:
     """Validate config text. `base_dir` anchors relative paths (default: the current
     directory); `source` names the text in errors."""
     loader = _Loader(text, source, os.path.abspath(base_dir if base_dir is not None else os.getcwd()))
@@ -167,8 +168,9 @@ def load_text(text: str, source: str = "<string>", base_dir: str | None = None) 
     if os.path.isfile(source):  # a file: watched for changes along with its resources
         st = os.stat(source)
         config = dataclasses.replace(config, inputs=tuple(sorted(((os.path.abspath(source), st.st_mtime_ns, st.st_size), *config.inputs))))
-    for note in config.notes:
-        log.warning("%s", note)
+    if log_notes:
+        for note in config.notes:
+            log.warning("%s", note)
     return config
 
 
@@ -301,6 +303,8 @@ def rule_json(r: RuleConfig) -> dict[str, Any]:
         blocks.append(bo)
     if blocks:
         out["match"] = blocks[0] if len(blocks) == 1 else blocks
+    if r.service is not None:
+        out["service"] = r.service.show()
     if r.dtab.dentries:
         out["dtab"] = r.dtab.show()
     rw: dict[str, Any] = {}
@@ -419,9 +423,11 @@ class _Loader:
     def fail(
         self, node: yaml.Node | None, key: str | None, message: str, line: int | None = None
     ) -> NoReturn:
+        column = None
         if line is None and node is not None:
             line = node.start_mark.line + 1
-        raise ConfigError(message, source=self.source, line=line, key=key or None)
+            column = node.start_mark.column + 1
+        raise ConfigError(message, source=self.source, line=line, key=key or None, column=column)
 
     def note(self, node: yaml.Node, key: str, message: str) -> None:
         """A key that is accepted but has no effect: kept in `Config.notes`, logged once."""
@@ -753,7 +759,8 @@ class _Loader:
             imported.extend(self.imported_rules(path, node, key))
         # Unconditional entries (weighted splits, default routes) first, so a
         # resource's conditional rules are appended after them and win (spec §10).
-        imported.sort(key=lambda r: bool(r.match))
+        # A group keeps its order: only its first matching rule applies.
+        imported.sort(key=lambda r: bool(r.match) or r.group is not None)
         rules.extend(imported)
         self.check_rule_names(rules, m)
         hash_node = m.get("hashOn")
@@ -774,7 +781,8 @@ class _Loader:
             seen.add(r.name)
 
     def rule(self, node: yaml.Node, path: str, *, default_name: str | None = None) -> RuleConfig:
-        known = ("name", "group", "match", "dtab", "rewrite", "requestHeaders", "responseHeaders", "hashOn", "source")
+        known = ("name", "group", "match", "dtab", "rewrite", "requestHeaders", "responseHeaders", "hashOn", "source",
+                 "service")  # fmt: skip
         m = self.mapping(node, path, known)
         name = self.str_(m, "name", default_name or path)
         blocks: list[MatchBlock] = []
@@ -805,12 +813,15 @@ class _Loader:
         resp = self.header_edits(m.get("responseHeaders"), m.key("responseHeaders"))
         hash_node = m.get("hashOn")
         hash_on = self.hash_on(hash_node, m.key("hashOn")) if hash_node is not None else None
-        if not dtab.dentries and uri is None and authority is None and not req and not resp and hash_on is None:
-            self.fail(node, path, "a rule needs 'dtab', 'rewrite', 'requestHeaders', 'responseHeaders' or 'hashOn' (it does nothing)")
+        service = self.parsed(m, "service", read_path, "path")
+        if service is not None and not service.elems:
+            self.fail(m.get("service"), m.key("service"), "a service name must not be the empty path")
+        if not dtab.dentries and uri is None and authority is None and not req and not resp and hash_on is None and service is None:
+            self.fail(node, path, "a rule needs 'dtab', 'service', 'rewrite', 'requestHeaders', 'responseHeaders' or 'hashOn' (it does nothing)")
         return RuleConfig(
             name=name, match=tuple(blocks), dtab=dtab, group=self.str_(m, "group"), uri=uri,
             authority=authority, request_headers=req, response_headers=resp, hash_on=hash_on,
-            source=self.str_(m, "source"),
+            source=self.str_(m, "source"), service=service,
         )  # fmt: skip
 
     def match_block(self, node: yaml.Node, path: str) -> MatchBlock:

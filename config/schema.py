@@ -246,6 +246,9 @@ class RuleConfig:
     response_headers: HeaderEdits = HeaderEdits()
     hash_on: HashOn | None = None
     source: str | None = None  # where an imported rule came from (`TrafficSplit ns/name`)
+    #: The logical name a matching request is routed by instead of its identified one
+    #: (a wildcard-host resource names every request of its router this way).
+    service: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,7 +217,8 @@ class Router:
         if authority is None:
             authority = lookup(b"host")
         overlay = rules.overlay(rules.match(view.method, view.target, authority, headers))
-        route = self.route_with(overlay, ident.path, local, local_key)
+        name = ident.path if overlay.service is None else overlay.service  # a rule may name the request
+        route = self.route_with(overlay, name, local, local_key)
         acts = overlay.actions
         u = None
         if acts is not None and acts.hash_on is not None:
