@@ -65,12 +65,13 @@ class Route:
         self.cstats: dict[Client, Any] = {}
         if stats is not None:
             override = bool(local.dentries)
-            self.stats = stats.service(self.service_hdr, override)
-            if tree is not None:
-                for leaf in dtab.evaluate(tree) or ():
-                    if isinstance(leaf, Bound):
-                        c = clients.get(leaf)
-                        self.cstats[c] = stats.client(c.id_show, override)
+            leaves = [b for b in dtab.evaluate(tree) or () if isinstance(b, Bound)] if tree is not None else []
+            # A name that binds to nothing is counted under one shared label, so random
+            # names (a scan, typos) cannot use up the service label slots.
+            self.stats = stats.service(self.service_hdr, override) if leaves else stats.unbound(override)
+            for leaf in leaves:
+                c = clients.get(leaf)
+                self.cstats[c] = stats.client(c.id_show, override)
 
     def pick(self, u: float | None = None) -> tuple[Client, Bound, bytes | None] | None:
         """A client for this request: a weighted choice through the unions (spec §9.3);

@@ -66,6 +66,9 @@ MAX_CLIENTS: Final = 500
 MAX_ENDPOINTS: Final = 200  # per client: a large Kubernetes service has a few hundred pods
 
 OTHER: Final = "other"
+#: The service label of requests whose name bound to nothing (no route): one series
+#: however many such names arrive, never a slot each. Not a path, so no name collides.
+UNBOUND: Final = "unbound"
 DECISIONS_SIZE: Final = 256  # enough rows for a screen of the playground; ~60 KB of refs
 SERVER_ERROR: Final = "5xx"  # the failure class of an upstream 5xx answer
 
@@ -345,7 +348,7 @@ class RouterStats:
     that never got a service, and the decision ring."""
 
     __slots__ = ("label", "_services", "_clients", "_other_services", "_other_clients", "unrouted",
-                 "decisions", "_max_services", "_max_clients", "_max_endpoints", "_pairs")  # fmt: skip
+                 "decisions", "_max_services", "_max_clients", "_max_endpoints", "_pairs", "_unbound")  # fmt: skip
 
     def __init__(
         self,
@@ -367,6 +370,7 @@ class RouterStats:
         self._max_clients = max_clients
         self._max_endpoints = max_endpoints
         self._pairs: list[Pair] = []
+        self._unbound: dict[bool, Stats] = {}
 
     def pair(self, svc: Stats, es: Stats) -> Pair:
         """The pair of a service and an endpoint (cached on the endpoint's stats)."""
@@ -400,6 +404,13 @@ class RouterStats:
         s = self._services[key] = Stats((self.label, service.decode("latin-1"), self._traffic(override)))
         return s
 
+    def unbound(self, override: bool) -> Stats:
+        """The shared stats of every name that bound to nothing (label `unbound`)."""
+        s = self._unbound.get(override)
+        if s is None:
+            s = self._unbound[override] = Stats((self.label, UNBOUND, self._traffic(override)))
+        return s
+
     def client(self, client_id: bytes, override: bool) -> ClientStats:
         """A bound client (by id); `.endpoint(host, port)` gives the per-request object."""
         key = (client_id, override)
@@ -424,7 +435,7 @@ class RouterStats:
 
     def services(self) -> list[Stats]:
         self.fold()
-        return [*self._services.values(), *self._other_services.values()]
+        return [*self._services.values(), *self._other_services.values(), *self._unbound.values()]
 
     def clients(self) -> list[ClientStats]:
         self.fold()
