@@ -42,7 +42,7 @@ class Route:
 
     __slots__ = (
         "service", "service_hdr", "tree", "_pick", "local", "local_hdr", "error", "actions", "rules_dtab",
-        "stats", "cstats",
+        "stats", "cstats", "rules",
     )
 
     def __init__(self, service: Path, tree: NameTree | None, local: Dtab, clients: ClientRegistry, error: str | None = None,
@@ -53,6 +53,7 @@ class Route:
         # that is what travels downstream in l5d-ctx-dtab; rule entries never do.
         self.actions: Actions | None = overlay.actions if overlay is not None else None
         self.rules_dtab = overlay.dtab if overlay is not None else Dtab.EMPTY
+        self.rules: tuple[Any, ...] = overlay.rules if overlay is not None else ()  # the matched RuleConfigs
         self.service_hdr = service.show().encode("latin-1")
         self.tree = tree
         self.local = local
@@ -253,9 +254,10 @@ class Router:
     def no_route(self, route: Route) -> NoRoute:
         from .l5d import no_route_message
 
-        # The rules' entries are part of the table the name was bound with.
-        base = self.base.dtab + route.rules_dtab if route.rules_dtab.dentries else self.base.dtab
-        msg = no_route_message(route.service, base, route.local)
+        # The rules' entries are part of the table the name was bound with: each matched
+        # rule is listed under its own name, between the base and the override.
+        rules = [(r.name, r.dtab) for r in route.rules if r.dtab.dentries]
+        msg = no_route_message(route.service, self.base.dtab, route.local, rules=rules)
         if route.error:
             msg = f"{msg}\n{route.error}" if msg else route.error
         return NoRoute(msg)

