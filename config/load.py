@@ -32,6 +32,7 @@ from dtab import Dtab, DtabSyntaxError, Path, read_dtab, read_path, read_prefix
 
 from .schema import (
     IDENTIFIER_KINDS,
+    AccessLogConfig,
     Admin,
     ClientConfig,
     ClientTls,
@@ -51,6 +52,7 @@ from .schema import (
     ServerConfig,
     ServerTls,
     StringMatch,
+    TelemeterConfig,
     UriRewrite,
 )
 
@@ -81,10 +83,23 @@ MIN_HMAC_KEY_BYTES = 16
 # Keys Linkerd accepts that have no effect here. They are accepted, so a Linkerd config
 # loads, and each occurrence is logged once and kept in `Config.notes`.
 _IGNORED_ROOT = {
-    "telemetry": "Linkerd telemetry plugins are not used; metrics are served at /admin/metrics/prometheus",
     "usage": "usage reporting is not implemented",
-    "tracers": "tracers are not implemented",
 }
+#: `telemetry` kinds: exporters we run, and Linkerd kinds accepted as a note because
+#: what they do is done anyway. Any other kind is refused.
+TELEMETER_KINDS = ("io.l5d.otlp", "io.l5d.zipkin")
+_NOTED_TELEMETERS = {
+    "io.l5d.prometheus": "metrics are always served at /admin/metrics/prometheus",
+    "io.l5d.recentRequests": "recent requests are the playground's decisions (/delegator, /admin/sampling)",
+}
+LINKERD_TELEMETERS = frozenset(
+    {"io.l5d.statsd", "io.l5d.influxdb", "io.l5d.tracelog", "io.zipkin.http", "io.zipkin.kafka",
+     "io.zipkin.scribe", "io.l5d.adminMetricsExport", "io.l5d.commonMetrics", "io.l5d.usage"}
+)  # fmt: skip
+ACCESS_LOG_FORMATS = ("combined", "json")
+TRACE_PROPAGATORS = ("io.l5d.default", "io.l5d.zipkin", "io.l5d.w3c")
+# Twitter util's log roll policies, as Linkerd's *AccessLogRollPolicy takes them.
+_ROLL = re.compile(r"never|hourly|daily|weekly|\d+\.(?:bytes?|kilobytes?|megabytes?|gigabytes?)")
 _IGNORED_ADMIN = {
     "workerThreads": "the admin server runs on the proxy's event loop",
     "socketOptions": "socket options are not configurable",
@@ -93,9 +108,7 @@ _IGNORED_NAMER = {"experimental": "no namer here is experimental"}
 _IGNORED_ROUTER = {
     k: "not implemented; the default behaviour applies"
     for k in (
-        "bindingCache", "announcers", "httpAccessLog", "httpAccessLogRollPolicy", "httpAccessLogAppend",
-        "httpAccessLogRotateCount", "h2AccessLog", "h2AccessLogRollPolicy", "h2AccessLogAppend",
-        "h2AccessLogRotateCount", "tracePropagator", "maxInitialLineKB", "maxRequestKB", "maxResponseKB",
+        "bindingCache", "announcers", "maxInitialLineKB", "maxRequestKB", "maxResponseKB",
         "maxChunkKB", "maxErrResponseKB", "streamingEnabled", "compressionLevel", "service",
         "originator", "loggers", "responseClassifier", "failFast", "socketOptions", "experimental",
     )
@@ -197,6 +210,20 @@ def to_json(config: Config) -> dict[str, Any]:
         for n in config.namers
     ]
     out["routers"] = [_router_json(r) for r in config.routers]
+    out["telemetry"] = [_telemeter_json(t) for t in config.telemetry]
+    return out
+
+
+def _telemeter_json(t: TelemeterConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": t.kind}
+    if t.kind == "io.l5d.otlp":
+        out["endpoint"] = t.url
+    else:
+        m = re.fullmatch(r"http://\[?(.*?)\]?:(\d+)/api/v2/spans", t.url)
+        if m is not None:
+            out["host"], out["port"] = m.group(1), int(m.group(2))
+    out.update({"sampleRate": t.sample_rate, "maxQueueSize": t.max_queue, "maxBatchSize": t.max_batch,
+                "flushIntervalMs": t.flush_interval_ms, "timeoutMs": t.timeout_ms})  # fmt: skip
     return out
 
 
@@ -250,7 +277,18 @@ def _router_json(r: RouterConfig) -> dict[str, Any]:
         "rules": [rule_json(x) for x in r.rules],
         "hashOn": _hash_json(r.hash_on),
         "resources": list(r.resources),
-    }
+        **_access_log_json(r),
+        "tracePropagator": {"kind": r.trace_propagator},
+    }  # fmt: skip
+
+
+def _access_log_json(r: RouterConfig) -> dict[str, Any]:
+    a = r.access_log
+    if a is None:
+        return {}
+    k = "httpAccessLog" if r.protocol == "http" else "h2AccessLog"
+    return {k: a.path, k + "Format": a.format, k + "RollPolicy": a.roll_policy, k + "Append": a.append,
+            k + "RotateCount": a.rotate_count}  # fmt: skip
 
 
 def _string_match_json(m: StringMatch) -> Any:
@@ -632,9 +670,10 @@ class _Loader:
             raise ConfigError(f"YAML error: {exc}", source=self.source) from None
         if root is None:
             raise ConfigError("empty config: expected a mapping with 'routers'", source=self.source)
-        m = self.mapping(root, "", ("admin", "namers", "routers", "resources"), _IGNORED_ROOT)
+        m = self.mapping(root, "", ("admin", "namers", "routers", "resources", "telemetry", "tracers"), _IGNORED_ROOT)
         self._top_resources = self.resource_paths(m)
         admin = self.admin(m)
+        telemetry = self.telemeters(m, "telemetry") + self.telemeters(m, "tracers")
         namers = tuple(self.namer(n, f"namers[{i}]") for i, n in enumerate(self.seq(m, "namers")))
         self.check_namer_prefixes(namers, self.seq(m, "namers"))
         router_nodes = self.seq(m, "routers")
@@ -645,7 +684,82 @@ class _Loader:
         self.check_addresses(admin, routers, router_nodes)
         return Config(
             admin=admin, namers=namers, routers=routers, source=self.source, notes=tuple(self.notes),
-            inputs=tuple((p, mt, size) for p, (mt, size) in sorted(self.inputs.items())),
+            inputs=tuple((p, mt, size) for p, (mt, size) in sorted(self.inputs.items())), telemetry=telemetry,
+        )
+
+    # -- telemetry, tracing and access logs (README "Seeing what it does") ---------------
+
+    def telemeters(self, root: _Map, name: str) -> tuple[TelemeterConfig, ...]:
+        """`telemetry: [{kind: ...}]` (and Linkerd 0.x's `tracers`, the same entries)."""
+        out = []
+        for i, node in enumerate(self.seq(root, name, single_ok=True)):
+            path = f"{name}[{i}]"
+            kind_m = self.mapping(node, path, ("kind",), check=False)
+            kind = self.str_(kind_m, "kind", required=True)
+            if kind in _NOTED_TELEMETERS and name == "telemetry":
+                self.note(node, path, f"{kind}: accepted, nothing to do: {_NOTED_TELEMETERS[kind]}")
+                continue
+            kind = self.choice(kind_m, "kind", TELEMETER_KINDS, unsupported=LINKERD_TELEMETERS | set(_NOTED_TELEMETERS),
+                               what=f"{name} kind")  # fmt: skip
+            batching = ("sampleRate", "maxQueueSize", "maxBatchSize", "flushIntervalMs", "timeoutMs")
+            if kind == "io.l5d.otlp":
+                m = self.mapping(node, path, ("kind", "endpoint", *batching))
+                url = self.http_url(m, "endpoint", "http://127.0.0.1:4318", "/v1/traces")
+            else:
+                m = self.mapping(node, path, ("kind", "host", "port", *batching))
+                host = self.str_(m, "host", "127.0.0.1")
+                port = self.int_(m, "port", 9411, 1, 65535, "a port 1-65535")
+                url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/api/v2/spans"
+            rate = self.scalar(m.get("sampleRate")) if m.has("sampleRate") else 0.001
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+                self.fail(m.get("sampleRate"), m.key("sampleRate"), f"expected a number from 0 to 1, got {_describe(m.get('sampleRate'))}")  # type: ignore[arg-type]
+            max_queue: int = self.int_(m, "maxQueueSize", 2048, 1, 1_000_000)
+            out.append(TelemeterConfig(
+                kind=kind, url=url, sample_rate=float(rate), max_queue=max_queue,
+                max_batch=self.int_(m, "maxBatchSize", min(512, max_queue), 1, max_queue, f"an integer 1-{max_queue} (maxQueueSize)"),
+                flush_interval_ms=self.ms(m, "flushIntervalMs", 1000), timeout_ms=self.ms(m, "timeoutMs", 10_000),
+            ))  # fmt: skip
+        return tuple(out)
+
+    def http_url(self, m: _Map, name: str, default: str, default_path: str) -> str:
+        text = self.str_(m, name, default)
+        match = re.fullmatch(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?(/[^\s?#]*)?", text)
+        if match is None or (match.group(2) is not None and not 0 < int(match.group(2)) < 65536):
+            what = "https is not supported yet; " if text.startswith("https://") else ""
+            self.fail(m.get(name), m.key(name), f"{what}expected a URL like http://collector:4318, got {text!r}")
+        path = match.group(3)
+        return text if path not in (None, "/") else text.rstrip("/") + default_path
+
+    def access_log(self, m: _Map, protocol: str) -> AccessLogConfig | None:
+        """`httpAccessLog` (http routers) or `h2AccessLog` (h2 routers), with the
+        `...Format`, `...RollPolicy`, `...Append` and `...RotateCount` keys."""
+        mine, other = ("httpAccessLog", "h2AccessLog") if protocol == "http" else ("h2AccessLog", "httpAccessLog")
+        for key in m.items:
+            if key.startswith(other):
+                self.fail(m.get(key), m.key(key), f"{key} is for {'h2' if protocol == 'http' else 'http'} routers; "
+                          f"this {protocol} router takes {mine}{key[len(other):]}")  # fmt: skip
+        if not m.has(mine):
+            for key in m.items:
+                if key.startswith(mine):
+                    self.fail(m.get(key), m.key(key), f"{key} without {mine} (the log's path)")
+            return None
+        text = self.str_(m, mine)
+        path = os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(text)))
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            self.fail(m.get(mine), m.key(mine), f"directory '{parent}' does not exist")
+        if os.path.isdir(path):
+            self.fail(m.get(mine), m.key(mine), f"'{path}' is a directory; name a file")
+        roll = self.str_(m, mine + "RollPolicy", "never")
+        if not _ROLL.fullmatch(roll):
+            self.fail(m.get(mine + "RollPolicy"), m.key(mine + "RollPolicy"),
+                      f"expected never, hourly, daily, weekly or a size like 100.megabytes, got {roll!r}")  # fmt: skip
+        return AccessLogConfig(
+            path=path,
+            format=self.choice(m, mine + "Format", ACCESS_LOG_FORMATS, "combined", what="access log format"),
+            roll_policy=roll,
+            append=self.bool_(m, mine + "Append", True),
+            rotate_count=self.int_(m, mine + "RotateCount", -1, -1, 100_000, "-1 (keep all) or a count 0-100000"),
         )
 
     def admin(self, root: _Map) -> Admin | None:
@@ -711,6 +825,9 @@ class _Loader:
             "protocol", "label", "dstPrefix", "identifier", "dtab", "baseDtab", "servers", "client",
             "timeoutMs", "bindingTimeoutMs", "overrides", "limits", "addForwarded", "addVia",
             "addForwardedHeader", "maxHeadersKB", "interpreter", "rules", "hashOn", "resources",
+            "httpAccessLog", "httpAccessLogFormat", "httpAccessLogRollPolicy", "httpAccessLogAppend",
+            "httpAccessLogRotateCount", "h2AccessLog", "h2AccessLogFormat", "h2AccessLogRollPolicy",
+            "h2AccessLogAppend", "h2AccessLogRotateCount", "tracePropagator",
         )  # fmt: skip
         m = self.mapping(node, path, known, _IGNORED_ROUTER)
         protocol = self.choice(m, "protocol", PROTOCOLS, unsupported=LINKERD_PROTOCOLS, what="protocol")
@@ -745,7 +862,17 @@ class _Loader:
             add_forwarded=self.forwarded(m),
             add_via=self.bool_(m, "addVia", False),
             **self.router_rules(m, protocol),
+            access_log=self.access_log(m, protocol),
+            trace_propagator=self.trace_propagator(m),
         )
+
+    def trace_propagator(self, m: _Map) -> str:
+        node = m.get("tracePropagator")
+        if node is None:
+            return "io.l5d.default"
+        p = self.mapping(node, m.key("tracePropagator"), ("kind",))
+        kind: str = self.choice(p, "kind", TRACE_PROPAGATORS, what="trace propagator")
+        return kind
 
     # -- rules and resources (docs/rules.md) ---------------------------------------------
 

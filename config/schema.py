@@ -252,6 +252,31 @@ class RuleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """A router's access log (Linkerd's `httpAccessLog*` / `h2AccessLog*` keys)."""
+
+    path: str  # absolute
+    format: str = "combined"  # combined | json (one JSON object per line)
+    roll_policy: str = "never"  # never | hourly | daily | weekly | <n>.<unit> (e.g. 100.megabytes)
+    append: bool = True  # False: truncate at start
+    rotate_count: int = -1  # rolled files kept; -1: all
+
+
+@dataclass(frozen=True, slots=True)
+class TelemeterConfig:
+    """A root `telemetry` (or `tracers`) entry that exports spans: `io.l5d.otlp` (OTLP over
+    HTTP, JSON) or `io.l5d.zipkin` (Zipkin v2 JSON)."""
+
+    kind: str
+    url: str  # where the spans are POSTed: http://host:port/v1/traces or /api/v2/spans
+    sample_rate: float = 0.001  # Linkerd's default for its zipkin telemeter
+    max_queue: int = 2048  # spans waiting; past it new spans are dropped (counted)
+    max_batch: int = 512  # spans per POST
+    flush_interval_ms: int = 1000
+    timeout_ms: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class RouterConfig:
     label: str
     protocol: str  # "http" | "h2"
@@ -270,6 +295,8 @@ class RouterConfig:
     rules: tuple[RuleConfig, ...] = ()  # own rules first, then those from `resources`
     hash_on: HashOn | None = None
     resources: tuple[str, ...] = ()  # the resource directories read into `rules`
+    access_log: AccessLogConfig | None = None
+    trace_propagator: str = "io.l5d.default"  # io.l5d.default | io.l5d.zipkin | io.l5d.w3c
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +314,7 @@ class Config:
     #: Every file the config was built from (the config file, resource files), with its
     #: modification time and size at load: the runtime polls these to reload.
     inputs: tuple[tuple[str, int, int], ...] = ()
+    telemetry: tuple[TelemeterConfig, ...] = ()  # span exporters (root `telemetry` and `tracers`)
 
     def router(self, label: str) -> RouterConfig | None:
         for r in self.routers:

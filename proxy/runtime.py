@@ -26,6 +26,7 @@ from .route.identify import IdentifierChain, make_identifier
 from .route.router import Router
 from .route.trust import OverridePolicy
 from .telemetry.metrics import Telemetry
+from .telemetry.observe import Observability
 from .wire.detect import protocol_factory
 from .wire.h1 import ServerH1
 from .wire.tls import alpn_for, server_context
@@ -212,6 +213,7 @@ class Runtime:
         # Request metrics and sampled decisions (the admin server renders them). The
         # environment switch exists to measure what telemetry costs; it is not a feature.
         self.telemetry: Telemetry | None = None if os.environ.get("DTABPROXY_TELEMETRY") == "off" else Telemetry()
+        self.observe = Observability(self.telemetry)  # access logs and span exporters
         self.ready = False
         self.draining = False
         self._stop = asyncio.Event()
@@ -223,6 +225,7 @@ class Runtime:
         self._reloaded = asyncio.Condition()
 
     async def start(self) -> None:
+        await self.observe.apply(self.config, self.loop)
         for nc in self.config.namers:
             if nc.kind == "io.l5d.fs":
                 namer = FsNamer.from_config(nc)
@@ -255,6 +258,7 @@ class Runtime:
             rules=rc.rules,
             hash_on=rc.hash_on,
             stats=self.telemetry.router(rc.label) if self.telemetry is not None else None,
+            obs=self.observe.router(rc),
         )
         unsubs = getattr(self, "_unsubscribe", None)
         old = unsubs.pop(rc.label, ()) if unsubs is not None else ()
@@ -338,6 +342,7 @@ class Runtime:
         """Make the running process match `cfg`. Every router is rebuilt (rules and
         dtab compile once per snapshot) and swapped by one reference per listener;
         namers, listeners and client pools whose configuration is unchanged are kept."""
+        await self.observe.apply(cfg, self.loop)  # before the routers that use them
         namers_changed = cfg.namers != self.config.namers
         old_namers = self.namers
         if namers_changed:
@@ -428,6 +433,7 @@ class Runtime:
             stop = getattr(namer, "stop", None)
             if stop is not None:
                 await stop()
+        await self.observe.close()  # the last lines and spans of the requests just drained
         if self.admin is not None:
             await self.admin.cleanup()
         log.info("drained")

@@ -81,7 +81,7 @@ _RTSP_ONLY = frozenset(
 )
 # Fields that decide framing or connection handling; everything else passes through.
 # The small ints keep the per-field test to one dict probe and int comparisons.
-_CL, _TE, _HOST, _CONN, _EXPECT, _HOP = 1, 2, 3, 4, 5, 6
+_CL, _TE, _HOST, _CONN, _EXPECT, _HOP, _TRACE = 1, 2, 3, 4, 5, 6, 7
 _FRAMING = {
     b"content-length": _CL,
     b"transfer-encoding": _TE,
@@ -94,6 +94,15 @@ _FRAMING = {
     b"te": _HOP,
     b"trailer": _HOP,
     b"upgrade": _HOP,
+    # Trace context a proxy re-writes (W3C Trace Context, B3): listed with the extras
+    # too, so a head without them stays plain; the dict probe above already happens.
+    b"traceparent": _TRACE,
+    b"b3": _TRACE,
+    b"x-b3-traceid": _TRACE,
+    b"x-b3-spanid": _TRACE,
+    b"x-b3-parentspanid": _TRACE,
+    b"x-b3-sampled": _TRACE,
+    b"x-b3-flags": _TRACE,
 }
 _L = 0x6C  # b"l": the first byte of an l5d- field name
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ] -- unreserved, pct-encoded,
@@ -180,7 +189,7 @@ class RequestHead(_Event):
         self.content_length = content_length
         self.upgrade = upgrade
         self.expect_continue = expect_continue
-        # The hop-by-hop and l5d- fields (also in `headers`), None when there are none;
+        # The hop-by-hop, trace-context and l5d- fields (also in `headers`), None when there are none;
         # `plain` says the same as a flag (see _scan).
         self.extras = extras
         self.plain = extras is None

@@ -150,7 +150,7 @@ class Router:
 
     __slots__ = (
         "label", "base", "namers", "identifier", "policy", "clients", "_routes", "dst_prefix",
-        "config", "rules", "stats",
+        "config", "rules", "stats", "obs",
     )
 
     def __init__(
@@ -167,9 +167,13 @@ class Router:
         rules: Sequence[RuleConfig] = (),
         hash_on: HashOn | None = None,
         stats: Any = None,
+        obs: Any = None,
     ) -> None:
         self.label = label
         self.stats = stats  # telemetry.RouterStats, kept across snapshots; None: telemetry off
+        # telemetry.observe.RouterObs: access log, tracing, propagator; None: all off
+        # (the wire's per-request hooks test this one attribute).
+        self.obs = obs
         self.base = dtab.compile(base)
         self.namers = tuple(namers)
         self.identifier = identifier

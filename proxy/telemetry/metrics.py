@@ -469,6 +469,8 @@ class Telemetry:
     ) -> None:
         self.routers: dict[str, RouterStats] = {}
         self.started = time.time()
+        #: More families for the scrape: objects with `metric_lines(out)` (access logs, exporters).
+        self.extra: list[Any] = []
         self._caps = (max_services, max_clients, max_endpoints)
         self._decisions = (decisions_size, sample_rate)
 
@@ -627,6 +629,8 @@ def render(tel: Telemetry) -> bytes:
     service.write(out)
     client.write(out)
     endpoint.write(out)
+    for extra in tel.extra:
+        extra.metric_lines(out)
     out.append(f"# HELP {_PREFIX}_start_time_seconds When the process started (Unix time).")
     out.append(f"# TYPE {_PREFIX}_start_time_seconds gauge")
     out.append(f"{_PREFIX}_start_time_seconds {_num(tel.started)}")

@@ -38,7 +38,16 @@ from ..errors import (
     Timeout,
 )
 from .render import error_response
-from .routing import H_CTX_DTAB, H_DEADLINE, H_DROP, H_DTAB, H_TRACE, L5D_REQUEST_FIELDS, RoutedRequest
+from .routing import (
+    H_CTX_DTAB,
+    H_DEADLINE,
+    H_DROP,
+    H_DTAB,
+    H_TRACE,
+    H_TRACE_EXT,
+    L5D_REQUEST_FIELDS,
+    RoutedRequest,
+)
 from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
 log = logging.getLogger(__name__)
@@ -46,6 +55,7 @@ log = logging.getLogger(__name__)
 # Request fields the proxy consumes or re-writes: the l5d- ones every protocol has, and
 # HTTP/1.1's hop-by-hop ones (RFC 9110 §7.6.1).
 _H_DTAB, _H_CTX_DTAB, _H_DEADLINE, _H_TRACE, _H_DROP = H_DTAB, H_CTX_DTAB, H_DEADLINE, H_TRACE, H_DROP
+_H_TRACE_EXT = H_TRACE_EXT
 _H_CONNECTION: Final = 6
 _H_UPGRADE: Final = 7
 _REQ_SPECIAL: Final = {
@@ -320,6 +330,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         user_vals: list[bytes] = []
         deadline_vals: list[bytes] | None = None
         trace_val: bytes | None = None
+        trace_ext: list[tuple[bytes, bytes]] | None = None
         conn_tokens: bytes | None = None
         upgrade: bytes | None = None
         special = _REQ_SPECIAL
@@ -355,6 +366,10 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
                     deadline_vals.append(value)
                 elif kind == _H_TRACE:
                     trace_val = value
+                elif kind == _H_TRACE_EXT:  # W3C/B3 context (telemetry/tracing.py)
+                    if trace_ext is None:
+                        trace_ext = []
+                    trace_ext.append((name, value))
                 elif kind == _H_CONNECTION:
                     conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
                 elif kind == _H_UPGRADE:
@@ -375,7 +390,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
 
         endpoint, acts, ident = self._route_request(
             server, self._view.point(head), headers, local, local_key, out, trace_val, deadline_vals,
-            self._peer_ip, self._view.headers(b"host"),
+            self._peer_ip, self._view.headers(b"host"), trace_ext=trace_ext,
         )
         if head.upgrade and upgrade is not None:
             out.append(_CONN_UPGRADE)
@@ -558,6 +573,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         if self._busy:
             self._status = exc.status
             self._fclass = exc.stage
+            self._ferr = exc  # the error log's cause (telemetry/observe.py)
         t = self._transport
         if t is None:
             return

@@ -39,7 +39,16 @@ from ..route.l5d import (
     encode_l5d_err,
     err_body,
 )
-from .routing import H_CTX_DTAB, H_DEADLINE, H_DROP, H_DTAB, H_TRACE, L5D_REQUEST_FIELDS, RoutedRequest
+from .routing import (
+    H_CTX_DTAB,
+    H_DEADLINE,
+    H_DROP,
+    H_DTAB,
+    H_TRACE,
+    H_TRACE_EXT,
+    L5D_REQUEST_FIELDS,
+    RoutedRequest,
+)
 from .upstream_h1 import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, set_nodelay
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_STREAMS: Final = 1000
 
 _H_DTAB, _H_CTX_DTAB, _H_DEADLINE, _H_TRACE, _H_DROP = H_DTAB, H_CTX_DTAB, H_DEADLINE, H_TRACE, H_DROP
+_H_TRACE_EXT = H_TRACE_EXT
 _H_GRPC_TIMEOUT: Final = 6
 _H_HOST: Final = 7
 _H_COOKIE: Final = 8
@@ -136,6 +146,7 @@ class _Stream(RoutedRequest):
         user_vals: list[bytes] = []
         deadline_vals: list[bytes] | None = None
         trace_val: bytes | None = None
+        trace_ext: list[tuple[bytes, bytes]] | None = None
         grpc_timeout: bytes | None = None
         host: bytes | None = req.authority
         cookies: list[bytes] | None = None
@@ -166,6 +177,10 @@ class _Stream(RoutedRequest):
                 deadline_vals.append(item[1])
             elif kind == _H_TRACE:
                 trace_val = item[1]
+            elif kind == _H_TRACE_EXT:  # W3C/B3 context (telemetry/tracing.py)
+                if trace_ext is None:
+                    trace_ext = []
+                trace_ext.append(item)
             elif kind == _H_GRPC_TIMEOUT:
                 grpc_timeout = item[1]
             elif kind == _H_HOST:
@@ -192,7 +207,7 @@ class _Stream(RoutedRequest):
 
         endpoint, acts, ident = self._route_request(
             server, _View(req), req.headers, local, local_key, out, trace_val, deadline_vals,
-            conn._peer_ip, host, conn._scheme, _VIA,
+            conn._peer_ip, host, conn._scheme, _VIA, trace_ext,
         )
         timeout_s = server.timeout
         if grpc_timeout is not None:
@@ -394,6 +409,7 @@ class _Stream(RoutedRequest):
         self.resp_started = True
         self.resp_done = True
         self._status, self._fclass = exc.status, exc.stage
+        self._ferr = exc  # the error log's cause (telemetry/observe.py)
         if self.is_grpc:
             codec.send_headers(self.sid, grpc.error_trailers(exc, None if clear else encode_l5d_err(message)), end_stream=True)
         else:

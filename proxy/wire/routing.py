@@ -14,24 +14,28 @@ from typing import Any, Final
 
 from ..errors import NoRoute
 from ..route.l5d import decode_trace, format_deadline, new_root_trace, parse_deadline
+from ..telemetry import observe
 from ..telemetry.metrics import record as record_stats
 from ..telemetry.metrics import record_pair
+from ..telemetry.tracing import FIELDS as TRACE_FIELDS
 
 _VIA: Final = (b"via", b"1.1 dtabproxy")
 
-# The l5d- request fields the proxy reads or rewrites (spec §10, §13), whatever the
-# protocol; each wire adds its own protocol's fields to this table.
+# The request fields the proxy reads or rewrites whatever the protocol: the l5d- ones
+# (spec §10, §13) and the W3C/B3 trace context (telemetry/tracing.py); each wire adds
+# its own protocol's fields to this table.
 H_DTAB: Final = 1
 H_CTX_DTAB: Final = 2
 H_DEADLINE: Final = 3
 H_TRACE: Final = 4
 H_DROP: Final = 5  # never forwarded
+H_TRACE_EXT: Final = 20  # traceparent, b3, x-b3-*, l5d-sample: collected for observe.propagate
 L5D_REQUEST_FIELDS: Final[dict[bytes, int]] = {
     b"l5d-dtab": H_DTAB,
     b"l5d-ctx-dtab": H_CTX_DTAB,
     b"l5d-ctx-deadline": H_DEADLINE,
     b"l5d-ctx-trace": H_TRACE,
-    b"l5d-sample": H_DROP,
+    **dict.fromkeys(TRACE_FIELDS, H_TRACE_EXT),  # re-written by observe.propagate
     # Informational headers an earlier hop added describe that hop, not this one.
     b"l5d-dst-service": H_DROP,
     b"l5d-dst-client": H_DROP,
@@ -45,7 +49,7 @@ class RoutedRequest:
 
     __slots__ = (
         "_router", "_route", "_svc", "_pair", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out",
-        "_bound", "_ep_key",
+        "_bound", "_ep_key", "_rec", "_ferr",
     )
 
     def _init_routing(self, router: Any) -> None:
@@ -60,6 +64,8 @@ class RoutedRequest:
         self._bytes_out = 0
         self._bound: Any = None
         self._ep_key: Any = None
+        self._rec: Any = None  # observe.RouterObs.begin's record (access log, span)
+        self._ferr: Any = None  # the ProxyError the proxy answered this request with
 
     def _route_request(
         self,
@@ -75,11 +81,18 @@ class RoutedRequest:
         authority: bytes | None,
         scheme: bytes = b"http",
         via: tuple[bytes, bytes] = _VIA,
+        trace_ext: list[tuple[bytes, bytes]] | None = None,
     ) -> tuple[Any, Any, Any]:
         """Route one request: returns (endpoint, matched rule actions or None, identified
         name) and appends the headers the upstream gets from the proxy to `out`. Raises a
-        ProxyError (400 unidentifiable, 502 no route or no hosts)."""
+        ProxyError (400 unidentifiable, 502 no route or no hosts). `trace_ext`: the
+        request's W3C/B3/l5d-sample fields, None when it had none."""
         router = self._router
+        # -- access log / tracing (telemetry/observe.py): one attribute test when off --
+        obs = router.obs
+        if obs is not None:
+            self._rec = obs.begin(view, headers, peer_ip)
+        # --
         acts = None
         if router.rules is None:  # no match rules: the plain path, one attribute check
             ident = router.identifier.identify(view)
@@ -118,12 +131,15 @@ class RoutedRequest:
             self._ep_key = endpoint.addr_key
 
         # Linkerd's informational and context headers (spec §13.1, §13.3).
-        tc = decode_trace(trace_val) if trace_val is not None else None
-        if tc is not None:
-            tc = tc.child()
-            reqid, trace = tc.reqid(), tc.encode()
-        else:
-            reqid, trace = new_root_trace()
+        if trace_ext is None and (obs is None or obs.plain_trace):
+            tc = decode_trace(trace_val) if trace_val is not None else None
+            if tc is not None:
+                tc = tc.child()
+                reqid, trace = tc.reqid(), tc.encode()
+            else:
+                reqid, trace = new_root_trace()
+        else:  # W3C/B3 context, sampling, spans (telemetry/observe.py, telemetry/tracing.py)
+            reqid, trace = observe.propagate(self, obs, trace_val, trace_ext, out)
         out.append((b"l5d-dst-service", route.service_hdr))
         out.append((b"l5d-dst-client", client.id_show))
         if residual_hdr is not None:
@@ -150,6 +166,12 @@ class RoutedRequest:
     def _account(self) -> None:
         """Telemetry for the request that just ended, exactly once: plain increments on
         the counters bound to its route and endpoint, and a sampled decision."""
+        # -- access log, span, proxy-error warning (telemetry/observe.py) --
+        rec = self._rec
+        if rec is not None or self._ferr is not None:
+            observe.end(self, rec)
+            self._rec = self._ferr = None
+        # --
         svc = self._svc
         if svc is not None:
             self._svc = None

@@ -115,11 +115,14 @@ def test_linkerd_daemonset_hello_world_config(disco, caplog):
     assert len(cfg.routers[0].dtab) == 4
     # the Linkerd-only blocks are accepted, noted with their lines, and logged
     assert cfg.notes == (
-        "config.yaml:8: telemetry: ignored: Linkerd telemetry plugins are not used; "
-        "metrics are served at /admin/metrics/prometheus",
         "config.yaml:12: usage: ignored: usage reporting is not implemented",
+        "config.yaml:9: telemetry[0]: io.l5d.prometheus: accepted, nothing to do: "
+        "metrics are always served at /admin/metrics/prometheus",
+        "config.yaml:10: telemetry[1]: io.l5d.recentRequests: accepted, nothing to do: "
+        "recent requests are the playground's decisions (/delegator, /admin/sampling)",
         "config.yaml:27: routers[0].service: ignored: not implemented; the default behaviour applies",
     )
+    assert cfg.telemetry == ()
     assert [r.getMessage() for r in caplog.records] == list(cfg.notes)
 
 
