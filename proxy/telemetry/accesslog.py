@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from itertools import chain
 from typing import Any, Final
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ FLUSH_S: Final = 0.1
 #: holds the loop for long (the rest follows on the next turn).
 SLICE: Final = 1024
 
+_wall, _perf_counter = time.time, time.perf_counter  # module names, so tests can pin them
 _ESC: Final = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
 _MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _UNITS: Final = {"byte": 1, "bytes": 1, "kilobyte": 1 << 10, "kilobytes": 1 << 10, "megabyte": 1 << 20,
@@ -56,17 +57,10 @@ def _escape(value: bytes) -> bytes:
     return _ESC.sub(one, value)
 
 
-def _q(value: bytes | None) -> bytes:
-    if not value:
-        return b"-"
-    return _escape(value) if _ESC.search(value) else value
+# combined: `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i"` (with the body bytes
+# a number, as nginx prints them), then the service, the client and the duration in ms.
+_LINE: Final = b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s" "%s" "%s" %.3f\n'
 
-
-def _find(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for n, v in headers:
-        if n == name:
-            return v
-    return None
 
 
 class _Clock:
@@ -86,27 +80,6 @@ class _Clock:
             self._text = b"%02d/%s/%04d:%02d:%02d:%02d +0000" % (
                 g.tm_mday, _MONTHS[g.tm_mon - 1].encode(), g.tm_year, g.tm_hour, g.tm_min, g.tm_sec)  # fmt: skip
         return self._text
-
-
-class _Names:
-    """Printed client ids (`Bound.id.show()`), remembered: a few distinct clients."""
-
-    __slots__ = ("_memo",)
-
-    def __init__(self) -> None:
-        self._memo: dict[int, tuple[Any, bytes]] = {}
-
-    def show(self, bound: Any) -> bytes:
-        if bound is None:
-            return b"-"
-        hit = self._memo.get(id(bound))
-        if hit is not None and hit[0] is bound:
-            return hit[1]
-        text = bound.id.show().encode("latin-1")
-        if len(self._memo) > 4096:
-            self._memo.clear()
-        self._memo[id(bound)] = (bound, text)
-        return text
 
 
 class _Writer:
@@ -188,12 +161,14 @@ class _Writer:
 class AccessLog:
     """One router's access log. `add` is the whole per-request cost."""
 
-    __slots__ = ("pending", "path", "json", "router", "lines", "dropped", "write_errors", "_writer", "_clock",
-                 "_names", "_loop", "_timer", "_executor", "_writing", "_closed", "_ready", "_iso")  # fmt: skip
+    __slots__ = ("pending", "max_pending", "names", "path", "json", "router", "lines", "dropped", "write_errors", "_writer", "_clock",
+                 "_loop", "_timer", "_executor", "_writing", "_closed", "_ready", "_iso")  # fmt: skip
 
     def __init__(self, path: str, *, fmt: str = "combined", router: str = "", roll_policy: str = "never",
                  append: bool = True, rotate_count: int = -1) -> None:  # fmt: skip
         self.pending: list[tuple[Any, ...]] = []
+        self.max_pending = MAX_PENDING
+        self.names: dict[int, tuple[Any, bytes]] = {}  # id(Bound) -> (Bound, printed id): see name_of
         self.path = path
         self.json = fmt == "json"
         self.router = router
@@ -202,21 +177,30 @@ class AccessLog:
         self.write_errors = 0
         self._writer = _Writer(path, append, roll_policy, rotate_count)
         self._clock = _Clock()
-        self._names = _Names()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"access-log-{router}")
         self._writing: asyncio.Future[Any] | None = None
         self._closed = False
-        self._ready: list[bytes] = []  # formatted, waiting for the writer
+        self._ready: list[tuple[bytes, int]] = []  # formatted (text, lines), waiting for the writer
         self._iso = (-1, "")
 
     # -- the request path --------------------------------------------------------------------
 
+    def name_of(self, bound: Any) -> bytes:
+        """A bound client's printed id, remembered by identity (a few clients per router;
+        `observe.end` looks in `names` first)."""
+        text: bytes = bound.id.show().encode("latin-1")
+        if len(self.names) > 4096:
+            self.names.clear()
+        self.names[id(bound)] = (bound, text)
+        return text
+
     def add(self, entry: tuple[Any, ...]) -> None:
-        """One request's fields (see `observe.end`); dropped and counted when full."""
+        """One request's fields (`observe.end` does the same inline); dropped and counted
+        when full. The first field is a perf_counter() time."""
         p = self.pending
-        if len(p) < MAX_PENDING:
+        if len(p) < self.max_pending:
             p.append(entry)
         else:
             self.dropped += 1
@@ -241,7 +225,7 @@ class AccessLog:
         if p:
             batch = p[:SLICE]
             del p[:SLICE]
-            self._ready.append(self.format(batch))
+            self._ready.append((self.format(batch), len(batch)))
             if p and self._loop is not None and not self._closed:
                 self._loop.call_soon(self.flush)
         self._write_ready()
@@ -249,8 +233,8 @@ class AccessLog:
     def _write_ready(self) -> None:
         if self._writing is not None or not self._ready or self._loop is None:
             return
-        data = b"".join(self._ready)
-        n = sum(c.count(b"\n") for c in self._ready)
+        data = b"".join(c for c, _ in self._ready)
+        n = sum(k for _, k in self._ready)
         self._ready = []
         fut = self._loop.run_in_executor(self._executor, self._writer.write, data)
         self._writing = fut
@@ -269,44 +253,60 @@ class AccessLog:
         fut.add_done_callback(done)
 
     def format(self, batch: list[tuple[Any, ...]]) -> bytes:
-        """The lines of a batch of entries (off the request path)."""
-        stamp = self._clock.stamp
-        show = self._names.show
-        out = []
+        """The lines of a batch of entries (off the request path).
+
+        An entry is `(start, peer, method, target, version, user agent, referer, status,
+        body bytes, service, client, end, failure)`, atoms only, times from perf_counter()
+        (`observe.end` appends it). This loop is the access log's main cost, so it keeps
+        to locals, an inline memo and one escape check per line (measured with callgrind:
+        bench/micro/wire_h1.py accesslog)."""
+        offset = _wall() - _perf_counter()  # perf_counter() -> wall clock, once per batch
         if self.json:
-            enc = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # the C encoder
-            router = enc(self.router)
-            for t, peer, method, target, version, headers, status, nbytes, service, bound, dur_s, fclass in batch:
-                ref = _find(headers, b"referer")
-                ua = _find(headers, b"user-agent")
-                nul = "null"
-                out.append(
-                    f'{{"time":"{self._iso_time(t)}","router":{router},"remote":"{peer}",'
-                    f'"method":{enc(method.decode("latin-1"))},"uri":{enc(target.decode("latin-1"))},'
-                    f'"protocol":"HTTP/{"2.0" if version == b"2" else version.decode("latin-1")}","status":{status},'
-                    f'"bytes":{nbytes},"referer":{enc(ref.decode("latin-1")) if ref is not None else nul},'
-                    f'"user_agent":{enc(ua.decode("latin-1")) if ua is not None else nul},'
-                    f'"service":{enc(service.decode("latin-1")) if service is not None else nul},'
-                    f'"client":{enc(show(bound).decode("latin-1")) if bound is not None else nul},'
-                    f'"duration_ms":{dur_s * 1000:.3f},"failure":{enc(fclass) if fclass is not None else nul}}}\n'
-                )
-            return "".join(out).encode("ascii")
-        for t, peer, method, target, version, headers, status, nbytes, service, bound, dur_s, _fclass in batch:
-            ref = ua = None
-            for n, v in headers:  # one pass for both fields
-                if n == b"user-agent":
-                    ua = v
-                elif n == b"referer":
-                    ref = v
-            out.append(
-                b'%s - - [%s] "%s %s HTTP/%s" %d %s "%s" "%s" "%s" "%s" %.3f\n'
-                % (
-                    peer.encode("latin-1") if peer else b"-", stamp(t), method, _q(target),
-                    b"2.0" if version == b"2" else version, status, b"%d" % nbytes if nbytes else b"-",
-                    _q(ref), _q(ua), service or b"-", show(bound), dur_s * 1000,
-                )  # fmt: skip
-            )
+            return self._json_lines(batch, offset)
+        # One escape check for the whole batch, in C: the targets, user agents and
+        # referers joined (a check per line was a fifth of the cost); a batch with
+        # something to escape (rare) is formatted escaping field by field.
+        columns = list(zip(*batch, strict=True))
+        clean = _ESC.search(b" ".join(chain(columns[3], columns[5], columns[6]))) is None
+        esc = _escape
+        stamp = self._clock.stamp
+        fmt = _LINE
+        peers: dict[str, bytes] = {}
+        last_sec, stamp_text = -1, b""
+        out = []
+        for t0, peer, method, target, version, ua, ref, status, nbytes, service, client, t1, _ in batch:
+            if not clean:
+                target, ua, ref = esc(target), esc(ua), esc(ref)
+            t = t0 + offset
+            sec = int(t)
+            if sec != last_sec:
+                last_sec, stamp_text = sec, stamp(t)
+            p = peers.get(peer)
+            if p is None:
+                p = peers[peer] = peer.encode("latin-1") if peer else b"-"
+            out.append(fmt % (
+                p, stamp_text, method, target, b"2.0" if version == b"2" else version, status, nbytes, ref, ua,
+                service, client, (t1 - t0) * 1000,
+            ))  # fmt: skip
         return b"".join(out)
+
+    def _json_lines(self, batch: list[tuple[Any, ...]], offset: float) -> bytes:
+        enc = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # the C encoder
+        router = enc(self.router)
+        nul = "null"
+        out = []
+        for t0, peer, method, target, version, ua, ref, status, nbytes, service, client, t1, fclass in batch:
+            out.append(
+                f'{{"time":"{self._iso_time(t0 + offset)}","router":{router},"remote":"{peer}",'
+                f'"method":{enc(method.decode("latin-1"))},"uri":{enc(target.decode("latin-1"))},'
+                f'"protocol":"HTTP/{"2.0" if version == b"2" else version.decode("latin-1")}","status":{status},'
+                f'"bytes":{nbytes},"referer":{enc(ref.decode("latin-1")) if ref != b"-" else nul},'
+                f'"user_agent":{enc(ua.decode("latin-1")) if ua != b"-" else nul},'
+                f'"service":{enc(service.decode("latin-1")) if service != b"-" else nul},'
+                f'"client":{enc(client.decode("latin-1")) if client != b"-" else nul},'
+                f'"duration_ms":{(t1 - t0) * 1000:.3f},"failure":{enc(fclass) if fclass is not None else nul}}}\n'
+            )
+        return "".join(out).encode("ascii")
 
     def _iso_time(self, t: float) -> str:
         sec = int(t)

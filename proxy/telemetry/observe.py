@@ -28,12 +28,16 @@ from typing import Any
 from .accesslog import AccessLog
 from .errorlog import ERRORS
 from .export import Exporter, make_exporter
-from .tracing import PROPAGATORS, Span, child_context, read_fields, write_fields
+from .tracing import PROPAGATORS, Span, child_context, encode_l5d, read_fields, write_fields
 
 log = logging.getLogger(__name__)
 
-# The per-request record (a list: the cheapest object to build on the request path).
-_OBS, _T, _T0, _PEER, _METHOD, _TARGET, _VERSION, _HEADERS, _SPAN = range(9)
+#: The per-request record the wire builds (a tuple of fields it already has, so the
+#: request path makes no call for it): the start (a perf_counter() time; the log's
+#: flush turns it into wall time once per batch), the peer, method, target, version and
+#: header list; `propagate` appends the span of a sampled request.
+RECORD = ("start", "peer", "method", "target", "version", "headers", "span")
+_T0, _PEER, _METHOD, _TARGET, _VERSION, _HEADERS, _SPAN = range(7)
 
 
 class RouterObs:
@@ -53,8 +57,9 @@ class RouterObs:
         # Nothing to decide or write beyond l5d-ctx-trace: the wire keeps its fast path.
         self.plain_trace = self.rate is None and not always
 
-    def begin(self, view: Any, headers: Any, peer_ip: str) -> list[Any]:
-        return [self, time(), perf_counter(), peer_ip, view.method, view.target, view.version, headers, None]
+    def begin(self, view: Any, headers: Any, peer_ip: str) -> tuple[Any, ...]:
+        """The record the wire builds inline (for tests and tools)."""
+        return (perf_counter(), peer_ip, view.method, view.target, view.version, headers)
 
 
 def propagate(req: Any, obs: RouterObs | None, l5d_value: bytes | None,
@@ -71,33 +76,52 @@ def propagate(req: Any, obs: RouterObs | None, l5d_value: bytes | None,
     if rate is not None and ctx.sampled:
         rec = req._rec
         if rec is not None:
-            rec[_SPAN] = Span(ctx.trace_id_high, ctx.trace_id, ctx.span_id, parent_id)
-    return b"%016x" % ctx.trace_id, ctx.encode()
+            req._rec = (*rec[:_SPAN], Span(ctx.trace_id_high, ctx.trace_id, ctx.span_id, parent_id))
+    return b"%016x" % ctx.trace_id, encode_l5d(ctx)
 
 
-def end(req: Any, rec: list[Any] | None) -> None:
-    """A request ended (called once, from `_account`, while its fields are still set)."""
-    route = req._route
+def end(req: Any, rec: tuple[Any, ...] | None, _clock: Any = perf_counter) -> None:
+    """A request ended (called once, from `_account`, while its fields are still set).
+    The access log gets references only; `AccessLog.format` does the rest, in batches."""
     if rec is not None:
-        obs: RouterObs = rec[_OBS]
-        dur = perf_counter() - rec[_T0]
-        service = route.service_hdr if route is not None else None
+        obs: RouterObs = req._router.obs
         alog = obs.alog
-        if alog is not None:
-            alog.add((rec[_T], rec[_PEER], rec[_METHOD], rec[_TARGET], rec[_VERSION], rec[_HEADERS], req._status,
-                      req._bytes_out, service, req._bound, dur, req._fclass))  # fmt: skip
-        span = rec[_SPAN]
-        if span is not None:
-            _finish_span(span, obs, rec, req, service, dur)
+        if alog is not None:  # AccessLog.add, inlined: this runs per request
+            pending = alog.pending
+            if len(pending) < alog.max_pending:
+                # Atoms only (bytes, ints, floats): a tuple the collector stops tracking, and
+                # nothing of the request (its header list) kept alive until the flush.
+                ua = ref = b"-"
+                for n, v in rec[_HEADERS]:
+                    if n == b"user-agent":
+                        ua = v
+                    elif n == b"referer":
+                        ref = v
+                route = req._route
+                bound = req._bound
+                if bound is None:
+                    client = b"-"
+                else:
+                    hit = alog.names.get(id(bound))
+                    client = hit[1] if hit is not None and hit[0] is bound else alog.name_of(bound)
+                pending.append((rec[0], rec[1], rec[2], rec[3], rec[4], ua, ref, req._status, req._bytes_out,
+                                route.service_hdr if route is not None else b"-", client, _clock(), req._fclass))  # fmt: skip
+            else:
+                alog.dropped += 1
+        if len(rec) > _SPAN:  # a sampled trace's span
+            _finish_span(rec[_SPAN], obs, rec, req, _clock() - rec[_T0])
     exc = req._ferr
     if exc is not None and req._status >= 500:  # a failure the proxy answered itself (l5d-err)
+        route = req._route
         service_text = route.service.show() if route is not None else "(no service)"
         message = (str(exc) or type(exc).__name__).split("\n", 1)[0]  # the no-route message's headline
         ERRORS.note(req._router.label, service_text, exc.stage, req._status, message)
 
 
-def _finish_span(span: Span, obs: RouterObs, rec: list[Any], req: Any, service: bytes | None, dur: float) -> None:
-    span.start_s = rec[_T]
+def _finish_span(span: Span, obs: RouterObs, rec: tuple[Any, ...], req: Any, dur: float) -> None:
+    route = req._route
+    service = route.service_hdr if route is not None else None
+    span.start_s = time() - dur
     span.duration_s = dur
     method = rec[_METHOD].decode("latin-1")
     svc = service.decode("latin-1") if service is not None else "(unrouted)"

@@ -23,11 +23,21 @@ exporters are in `proxy.telemetry.export`).
 
 from __future__ import annotations
 
+import base64
 import random
+import re
+import struct
 from collections.abc import Sequence
 from typing import Any, Final
 
-from ..route.l5d import FLAG_DEBUG, FLAG_SAMPLED, FLAG_SAMPLING_KNOWN, TraceContext, decode_trace
+from ..route.l5d import (
+    FLAG_DEBUG,
+    FLAG_SAMPLED,
+    FLAG_SAMPLING_KNOWN,
+    TraceContext,
+    decode_trace,
+    parse_sample,
+)
 
 # Formats, as bits: which ones the request carried (and so gets back).
 W3C: Final = 1
@@ -46,6 +56,8 @@ PROPAGATORS: Final = {"io.l5d.default": 0, "io.l5d.zipkin": B3_MULTI, "io.l5d.w3
 
 _HEX: Final = frozenset(b"0123456789abcdef")
 _MASK63: Final = (1 << 63) - 1
+_SAMPLED: Final = FLAG_SAMPLING_KNOWN | FLAG_SAMPLED
+_NOT_SAMPLED: Final = FLAG_SAMPLING_KNOWN
 
 
 def _hex(text: bytes, width: int) -> int | None:
@@ -73,24 +85,27 @@ def _flags(sampled: bool | None, debug: bool = False) -> int:
     return FLAG_SAMPLING_KNOWN | (FLAG_SAMPLED if sampled else 0)
 
 
+# version "-" trace-id "-" parent-id "-" trace-flags, lower-case hex (W3C Trace Context §3.2.2);
+# a later version may append "-" and more.
+_TRACEPARENT: Final = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.S)
+
+
 def parse_traceparent(value: bytes) -> TraceContext | None:
     """`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` (W3C Trace Context §3.2).
     A later version is read by its first four fields; version ff and anything
     malformed are ignored (a new trace starts)."""
-    v = value.strip()
-    if len(v) < 55 or v[2:3] != b"-" or v[35:36] != b"-" or v[52:53] != b"-":
+    m = _TRACEPARENT.fullmatch(value.strip())
+    if m is None:
         return None
-    version = v[:2]
-    if not _HEX.issuperset(version) or version == b"ff" or (version == b"00" and len(v) != 55):
+    version, tid_hex, sid_hex, fl, rest = m.groups()
+    if version == b"ff" or (rest is not None and version == b"00"):
         return None
-    if len(v) > 55 and v[55:56] != b"-":
+    tid = int(tid_hex, 16)
+    sid = int(sid_hex, 16)
+    if not tid or not sid:
         return None
-    tid = _hex(v[3:35], 32)
-    sid = _hex(v[36:52], 16)
-    fl = v[53:55]
-    if tid is None or sid is None or not _HEX.issuperset(fl):
-        return None
-    return TraceContext(sid, sid, tid & 0xFFFFFFFFFFFFFFFF, _flags(bool(int(fl, 16) & 1)), tid >> 64)
+    flags = _SAMPLED if int(fl, 16) & 1 else _NOT_SAMPLED
+    return TraceContext(sid, sid, tid & 0xFFFFFFFFFFFFFFFF, flags, tid >> 64)
 
 
 def _b3_sampled(text: bytes) -> tuple[bool | None, bool]:
@@ -126,26 +141,28 @@ def read_fields(fields: Sequence[tuple[bytes, bytes]] | None, l5d_value: bytes |
     `l5d-ctx-trace` value. Unreadable values are ignored, never an error."""
     inb = Inbound()
     w3c = b3 = None
-    multi: dict[bytes, bytes] = {}
+    multi: dict[bytes, bytes] | None = None
     for name, value in fields or ():
         if name == b"traceparent":
-            w3c = value if w3c is None else w3c  # RFC: one field; the first one counts
+            if w3c is None:  # one field (W3C §3.2); the first one counts
+                w3c = value
         elif name == b"b3":
-            b3 = value if b3 is None else b3
+            if b3 is None:
+                b3 = value
         elif name == b"l5d-sample":
-            from ..route.l5d import parse_sample
-
             inb.rate = parse_sample(value)
         else:
+            if multi is None:
+                multi = {}
             multi.setdefault(name, value)
     if w3c is not None:
-        inb.formats |= W3C
+        inb.formats = W3C
         inb.ctx = parse_traceparent(w3c)
     if b3 is not None:
         inb.formats |= B3_SINGLE
         if inb.ctx is None:
             inb.ctx = _parse_b3(b3, inb)
-    if multi.get(b"x-b3-traceid") is not None or multi.get(b"x-b3-sampled") is not None or multi.get(b"x-b3-flags"):
+    if multi is not None and (b"x-b3-traceid" in multi or b"x-b3-sampled" in multi or b"x-b3-flags" in multi):
         inb.formats |= B3_MULTI
         if inb.ctx is None:
             inb.ctx = _parse_b3_multi(multi, inb)
@@ -210,16 +227,27 @@ def child_context(inb: Inbound, rate: float | None) -> tuple[TraceContext, int |
     parent = inb.ctx
     if parent is None:
         i = _new_id()
+        span, parent_span, trace, flags = i, i, i, 0
         high = _new_id() if rate is not None else None
-        ctx = TraceContext(i, i, i, 0, high)
         parent_id = None
     else:
-        ctx = TraceContext(_new_id(), parent.span_id, parent.trace_id, parent.flags, parent.trace_id_high)
-        parent_id = parent.span_id
-    sampled = decide(inb, rate, ctx.trace_id)
+        span, parent_span, trace, flags, high = _new_id(), parent.span_id, parent.trace_id, parent.flags, parent.trace_id_high
+        parent_id = parent_span
+    sampled = decide(inb, rate, trace)
     if sampled is not None:
-        ctx = ctx._replace(flags=_flags(sampled, inb.debug or ctx.debug))
-    return ctx, parent_id
+        flags = _flags(sampled, inb.debug or bool(flags & FLAG_DEBUG))
+    return TraceContext(span, parent_span, trace, flags, high), parent_id
+
+
+_L5D: Final = struct.Struct(">QQQQ")
+_L5D_HIGH: Final = struct.Struct(">QQQQQ")
+
+
+def encode_l5d(ctx: TraceContext) -> bytes:
+    """`l5d-ctx-trace` for a context (the packed form of TraceContext.encode)."""
+    if ctx.trace_id_high is None:
+        return base64.b64encode(_L5D.pack(ctx.span_id, ctx.parent_id, ctx.trace_id, ctx.flags))
+    return base64.b64encode(_L5D_HIGH.pack(ctx.span_id, ctx.parent_id, ctx.trace_id, ctx.flags, ctx.trace_id_high))
 
 
 def write_fields(ctx: TraceContext, formats: int, out: list[tuple[bytes, bytes]]) -> None:

@@ -64,7 +64,7 @@ class RoutedRequest:
         self._bytes_out = 0
         self._bound: Any = None
         self._ep_key: Any = None
-        self._rec: Any = None  # observe.RouterObs.begin's record (access log, span)
+        self._rec: Any = None  # the request's fields for the access log and its span (observe.RECORD)
         self._ferr: Any = None  # the ProxyError the proxy answered this request with
 
     def _route_request(
@@ -90,8 +90,8 @@ class RoutedRequest:
         router = self._router
         # -- access log / tracing (telemetry/observe.py): one attribute test when off --
         obs = router.obs
-        if obs is not None:
-            self._rec = obs.begin(view, headers, peer_ip)
+        if obs is not None:  # the fields at hand, as observe.RECORD lists them
+            self._rec = (perf_counter(), peer_ip, view.method, view.target, view.version, headers)
         # --
         acts = None
         if router.rules is None:  # no match rules: the plain path, one attribute check

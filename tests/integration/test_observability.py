@@ -65,8 +65,8 @@ def test_access_log_combined_and_json(run, tmp_path) -> None:
         assert len(lines) == 3
         assert lines[0].startswith('127.0.0.1 - - [')
         assert f'] "GET /a?b=1 HTTP/1.1" 200 {len(b"web GET /a?b=1")} "http://r/" "test/1" "/svc/web" "/$/inet/127.0.0.1/{web.port}" ' in lines[0]
-        assert '"GET /b HTTP/1.1" 502 - "-" "-" "/svc/down" "/$/inet/127.0.0.1/1" ' in lines[1]
-        assert '"GET /c HTTP/1.1" 502 - "-" "-" "/svc/nowhere" "-" ' in lines[2]
+        assert '"GET /b HTTP/1.1" 502 0 "-" "-" "/svc/down" "/$/inet/127.0.0.1/1" ' in lines[1]
+        assert '"GET /c HTTP/1.1" 502 0 "-" "-" "/svc/nowhere" "-" ' in lines[2]
         assert all(float(x.rsplit(" ", 1)[1]) > 0 for x in lines)  # the duration, in ms
         (j,) = [json.loads(x) for x in (tmp_path / "access.json").read_text().splitlines()]
         assert j["router"] == "jsonlog" and j["method"] == "POST" and j["uri"] == "/j" and j["status"] == 200
@@ -320,5 +320,49 @@ def test_grpc_metadata_carries_the_trace_through_an_h2_router(run) -> None:
         ch.close()
         await rt.drain()
         srv.stop()
+
+    run(go())
+
+
+def test_trace_propagator_writes_its_format_on_every_request(run) -> None:
+    async def go() -> None:
+        web = await Backend("web").start()
+        rt = await start_proxy(one_hop_yaml(web.port, "  []\n", "  tracePropagator: {kind: io.l5d.zipkin}\n"))
+        c = await Client.connect(proxy_port(rt))
+        assert (await c.request("GET", "/", {"host": "web"})).status == 200  # nothing inbound
+        assert (await c.request("GET", "/", {"host": "web", "traceparent": TP})).status == 200
+        await c.close()
+        plain, w3c = web.seen
+        assert plain.header("x-b3-traceid") == plain.header("l5d-reqid")  # one 64-bit trace, both formats
+        assert plain.header("x-b3-spanid") is not None and plain.header("traceparent") is None
+        assert w3c.header("x-b3-traceid") == TRACE_HEX and w3c.header("traceparent").startswith(f"00-{TRACE_HEX}-")  # type: ignore[union-attr]
+        await rt.drain()
+        await web.close()
+
+    run(go())
+
+
+def test_a_reload_keeps_an_unchanged_access_log_and_reopens_a_changed_one(run, tmp_path) -> None:
+    from config import load_text
+    from proxy.telemetry.observe import Observability
+
+    async def go() -> None:
+        obs = Observability()
+        loop = asyncio.get_running_loop()
+
+        def cfg(path: str, fmt: str = "combined") -> Any:
+            return load_text(f"routers:\n- protocol: http\n  label: web\n  httpAccessLog: {path}\n"
+                             f"  httpAccessLogFormat: {fmt}\n  servers: [{{port: 0}}]\n")  # fmt: skip
+
+        await obs.apply(cfg(str(tmp_path / "a.log")), loop)
+        first = obs.access_log("web")
+        await obs.apply(cfg(str(tmp_path / "a.log")), loop)
+        assert obs.access_log("web") is first
+        await obs.apply(cfg(str(tmp_path / "a.log"), "json"), loop)
+        second = obs.access_log("web")
+        assert second is not None and second is not first and second.json
+        await obs.apply(load_text("routers:\n- protocol: http\n  label: web\n  servers: [{port: 0}]\n"), loop)
+        assert obs.access_log("web") is None
+        await obs.close()
 
     run(go())
