@@ -258,7 +258,7 @@ class Runtime:
             rules=rc.rules,
             hash_on=rc.hash_on,
             stats=self.telemetry.router(rc.label) if self.telemetry is not None else None,
-            obs=self.observe.router(rc),
+            obs=observe.router(rc) if (observe := getattr(self, "observe", None)) is not None else None,
         )
         unsubs = getattr(self, "_unsubscribe", None)
         old = unsubs.pop(rc.label, ()) if unsubs is not None else ()
