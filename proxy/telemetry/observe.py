@@ -25,10 +25,22 @@ import logging
 from time import perf_counter, time
 from typing import Any
 
+from ..route.l5d import FLAG_SAMPLED
 from .accesslog import AccessLog
 from .errorlog import ERRORS
 from .export import Exporter, make_exporter
-from .tracing import PROPAGATORS, Span, child_context, encode_l5d, read_fields, write_fields
+from .tracing import (
+    FLAGS,
+    HIGH,
+    PROPAGATORS,
+    SPAN,
+    TRACE,
+    Span,
+    child_context,
+    encode_l5d,
+    read_fields,
+    write_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +85,11 @@ def propagate(req: Any, obs: RouterObs | None, l5d_value: bytes | None,
     formats = inb.formats | (obs.always if obs is not None else 0)
     if formats:
         write_fields(ctx, formats, out)
-    if rate is not None and ctx.sampled:
+    if rate is not None and ctx[FLAGS] & FLAG_SAMPLED:
         rec = req._rec
         if rec is not None:
-            req._rec = (*rec[:_SPAN], Span(ctx.trace_id_high, ctx.trace_id, ctx.span_id, parent_id))
-    return b"%016x" % ctx.trace_id, encode_l5d(ctx)
+            req._rec = (*rec[:_SPAN], Span(ctx[HIGH], ctx[TRACE], ctx[SPAN], parent_id))
+    return b"%016x" % ctx[TRACE], encode_l5d(ctx)
 
 
 def end(req: Any, rec: tuple[Any, ...] | None, _clock: Any = perf_counter) -> None:
