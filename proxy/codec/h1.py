@@ -273,8 +273,8 @@ def _scan(
     headers: Headers, http10: bool, status: int
 ) -> tuple[bool, int | None, bool, int, bytes | None, bytes | None, Headers | None]:
     """Framing fields of a header section: (chunked, content_length, keep_alive,
-    number of Host fields, first Host, Expect, extras). `extras` lists the hop-by-hop
-    and `l5d-` fields, None when there are none (the head is `plain`): this loop already
+    number of Host fields, first Host, Expect, extras). `extras` lists the hop-by-hop,
+    trace-context and `l5d-` fields, None when there are none (the head is `plain`): this loop already
     looks at every name, so a proxy need not walk the fields again to find the few it
     must drop or read. Raises PeerProtocolError(status)."""
     length: int | None = None
