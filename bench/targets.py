@@ -344,6 +344,11 @@ class DtabProxy(Target):
             "  - ip: 127.0.0.1",
             f"    port: {ports['h1']}",
         ]
+        # To measure what the access log costs (README: "Seeing what it does"):
+        # DTABPROXY_BENCH_ACCESS_LOG=combined|json writes one for the h1 router.
+        access_log = os.environ.get("DTABPROXY_BENCH_ACCESS_LOG")
+        if access_log:
+            lines += [f"  httpAccessLog: {ctx.workdir / 'access.log'}", f"  httpAccessLogFormat: {access_log}"]
         if with_h2:
             # h2c from clients to the h1 backend (as every peer here does), and gRPC
             # through an h2 client to the backend's h2c port.

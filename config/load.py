@@ -55,6 +55,7 @@ from .policy import (
 )
 from .schema import (
     IDENTIFIER_KINDS,
+    AccessLogConfig,
     Admin,
     AdminAuth,
     ClientConfig,
@@ -78,6 +79,7 @@ from .schema import (
     ServerConfig,
     ServerTls,
     StringMatch,
+    TelemeterConfig,
     TransformerConfig,
     UriRewrite,
 )
@@ -142,17 +144,28 @@ def read_token_file(path: str) -> bytes:
 
 # Keys Linkerd accepts that have no effect here. They are accepted, so a Linkerd config
 # loads, and each occurrence is logged once and kept in `Config.notes`.
-_IGNORED_ROOT = {
-    "telemetry": "Linkerd telemetry plugins are not used; metrics are served at /admin/metrics/prometheus",
-    "tracers": "tracers are not implemented",
+_IGNORED_ROOT: dict[str, str] = {
 }
+#: `telemetry` kinds: exporters we run, and Linkerd kinds accepted as a note because
+#: what they do is done anyway. Any other kind is refused.
+TELEMETER_KINDS = ("io.l5d.otlp", "io.l5d.zipkin")
+_NOTED_TELEMETERS = {
+    "io.l5d.prometheus": "metrics are always served at /admin/metrics/prometheus",
+    "io.l5d.recentRequests": "recent requests are the playground's decisions (/delegator, /admin/sampling)",
+}
+LINKERD_TELEMETERS = frozenset(
+    {"io.l5d.statsd", "io.l5d.influxdb", "io.l5d.tracelog", "io.zipkin.http", "io.zipkin.kafka",
+     "io.zipkin.scribe", "io.l5d.adminMetricsExport", "io.l5d.commonMetrics", "io.l5d.usage"}
+)  # fmt: skip
+ACCESS_LOG_FORMATS = ("combined", "json")
+TRACE_PROPAGATORS = ("io.l5d.default", "io.l5d.zipkin", "io.l5d.w3c")
+# Twitter util's log roll policies, as Linkerd's *AccessLogRollPolicy takes them.
+_ROLL = re.compile(r"never|hourly|daily|weekly|\d+\.(?:bytes?|kilobytes?|megabytes?|gigabytes?)")
 _IGNORED_NAMER = {"experimental": "no namer here is experimental"}
 _IGNORED_ROUTER = {
     k: "not implemented; the default behaviour applies"
     for k in (
-        "httpAccessLog", "httpAccessLogRollPolicy", "httpAccessLogAppend",
-        "httpAccessLogRotateCount", "h2AccessLog", "h2AccessLogRollPolicy", "h2AccessLogAppend",
-        "h2AccessLogRotateCount", "tracePropagator", "loggers", "experimental",
+        "loggers", "experimental",
     )
 }  # fmt: skip
 _IGNORED_CLIENT: dict[str, str] = {}  # every client key is implemented or refused
@@ -227,11 +240,12 @@ class ConfigError(ValueError):
     the parts that are unknown left out."""
 
     def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
-                 key: str | None = None) -> None:  # fmt: skip
+                 key: str | None = None, column: int | None = None) -> None:  # fmt: skip
         self.message = message
         self.source = source
         self.line = line
         self.key = key
+        self.column = column  # 1-based, of the offending node (`dtabproxy check` prints it)
         where = ":".join(str(p) for p in (source, line) if p is not None)
         parts = [p for p in (where, key) if p]
         super().__init__(": ".join([*parts, message]))
@@ -240,9 +254,9 @@ class ConfigError(ValueError):
 # -- the public API ---------------------------------------------------------------------
 
 
-def load_file(path: str | os.PathLike[str]) -> Config:
+def load_file(path: str | os.PathLike[str], *, log_notes: bool = True) -> Config:
     """Read and validate a config file. Relative paths inside it are taken from the
-    file's directory."""
+    file's directory. `log_notes=False`: the caller shows `Config.notes` itself."""
     name = os.fspath(path)
     try:
         with open(name, encoding="utf-8") as f:
@@ -253,10 +267,10 @@ def load_file(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(
             f"config is not UTF-8 text: {exc.reason} at byte {exc.start}", source=name
         ) from None
-    return load_text(text, source=name, base_dir=os.path.dirname(os.path.abspath(name)))
+    return load_text(text, source=name, base_dir=os.path.dirname(os.path.abspath(name)), log_notes=log_notes)
 
 
-def load_text(text: str, source: str = "<string>", base_dir: str | None = None) -> Config:
+def load_text(text: str, source: str = "<string>", base_dir: str | None = None, *, log_notes: bool = True) -> Config:
     """Validate config text. `base_dir` anchors relative paths (default: the current
     directory); `source` names the text in errors."""
     loader = _Loader(text, source, os.path.abspath(base_dir if base_dir is not None else os.getcwd()))
@@ -264,8 +278,9 @@ def load_text(text: str, source: str = "<string>", base_dir: str | None = None) 
     if os.path.isfile(source):  # a file: watched for changes along with its resources
         st = os.stat(source)
         config = dataclasses.replace(config, inputs=tuple(sorted(((os.path.abspath(source), st.st_mtime_ns, st.st_size), *config.inputs))))
-    for note in config.notes:
-        log.warning("%s", note)
+    if log_notes:
+        for note in config.notes:
+            log.warning("%s", note)
     return config
 
 
@@ -289,6 +304,20 @@ def to_json(config: Config) -> dict[str, Any]:
     out["workers"] = config.workers
     out["namers"] = [_namer_json(n) for n in config.namers]
     out["routers"] = [_router_json(r) for r in config.routers]
+    out["telemetry"] = [_telemeter_json(t) for t in config.telemetry]
+    return out
+
+
+def _telemeter_json(t: TelemeterConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": t.kind}
+    if t.kind == "io.l5d.otlp":
+        out["endpoint"] = t.url
+    else:
+        m = re.fullmatch(r"http://\[?(.*?)\]?:(\d+)/api/v2/spans", t.url)
+        if m is not None:
+            out["host"], out["port"] = m.group(1), int(m.group(2))
+    out.update({"sampleRate": t.sample_rate, "maxQueueSize": t.max_queue, "maxBatchSize": t.max_batch,
+                "flushIntervalMs": t.flush_interval_ms, "timeoutMs": t.timeout_ms})  # fmt: skip
     return out
 
 
@@ -379,7 +408,18 @@ def _router_json(r: RouterConfig) -> dict[str, Any]:
             **_api_json(r.dtab_store.api),
         },
         "service": service_json(r),
-    }
+        **_access_log_json(r),
+        "tracePropagator": {"kind": r.trace_propagator},
+    }  # fmt: skip
+
+
+def _access_log_json(r: RouterConfig) -> dict[str, Any]:
+    a = r.access_log
+    if a is None:
+        return {}
+    k = "httpAccessLog" if r.protocol == "http" else "h2AccessLog"
+    return {k: a.path, k + "Format": a.format, k + "RollPolicy": a.roll_policy, k + "Append": a.append,
+            k + "RotateCount": a.rotate_count}  # fmt: skip
 
 
 def _string_match_json(m: StringMatch) -> Any:
@@ -432,6 +472,8 @@ def rule_json(r: RuleConfig) -> dict[str, Any]:
         blocks.append(bo)
     if blocks:
         out["match"] = blocks[0] if len(blocks) == 1 else blocks
+    if r.service is not None:
+        out["service"] = r.service.show()
     if r.dtab.dentries:
         out["dtab"] = r.dtab.show()
     rw: dict[str, Any] = {}
@@ -551,9 +593,11 @@ class _Loader:
     def fail(
         self, node: yaml.Node | None, key: str | None, message: str, line: int | None = None
     ) -> NoReturn:
+        column = None
         if line is None and node is not None:
             line = node.start_mark.line + 1
-        raise ConfigError(message, source=self.source, line=line, key=key or None)
+            column = node.start_mark.column + 1
+        raise ConfigError(message, source=self.source, line=line, key=key or None, column=column)
 
     def note(self, node: yaml.Node, key: str, message: str) -> None:
         """A key that is accepted but has no effect: kept in `Config.notes`, logged once."""
@@ -781,11 +825,13 @@ class _Loader:
             raise ConfigError(f"YAML error: {exc}", source=self.source) from None
         if root is None:
             raise ConfigError("empty config: expected a mapping with 'routers'", source=self.source)
-        m = self.mapping(root, "", ("admin", "namers", "routers", "resources", "usage", "workers"), _IGNORED_ROOT)
+        m = self.mapping(root, "", ("admin", "namers", "routers", "resources", "usage", "workers", "telemetry",
+                                    "tracers"), _IGNORED_ROOT)  # fmt: skip
         self.usage(m)
         workers = self.workers(m)
         self._top_resources = self.resource_paths(m, top=True)
         admin = self.admin(m)
+        telemetry = self.telemeters(m, "telemetry") + self.telemeters(m, "tracers")
         namers = tuple(self.namer(n, f"namers[{i}]") for i, n in enumerate(self.seq(m, "namers")))
         self.check_namer_prefixes(namers, self.seq(m, "namers"))
         router_nodes = self.seq(m, "routers")
@@ -798,6 +844,83 @@ class _Loader:
             admin=admin, namers=namers, routers=routers, source=self.source, notes=tuple(self.notes),
             inputs=tuple((p, mt, size) for p, (mt, size) in sorted(self.inputs.items())),
             workers=workers,
+            telemetry=telemetry,
+        )
+
+    # -- telemetry, tracing and access logs (README "Seeing what it does") ---------------
+
+    def telemeters(self, root: _Map, name: str) -> tuple[TelemeterConfig, ...]:
+        """`telemetry: [{kind: ...}]` (and Linkerd 0.x's `tracers`, the same entries)."""
+        out = []
+        for i, node in enumerate(self.seq(root, name, single_ok=True)):
+            path = f"{name}[{i}]"
+            kind_m = self.mapping(node, path, ("kind",), check=False)
+            kind = self.str_(kind_m, "kind", required=True)
+            if kind in _NOTED_TELEMETERS and name == "telemetry":
+                self.note(node, path, f"{kind}: accepted, nothing to do: {_NOTED_TELEMETERS[kind]}")
+                continue
+            kind = self.choice(kind_m, "kind", TELEMETER_KINDS, unsupported=LINKERD_TELEMETERS | set(_NOTED_TELEMETERS),
+                               what=f"{name} kind")  # fmt: skip
+            batching = ("sampleRate", "maxQueueSize", "maxBatchSize", "flushIntervalMs", "timeoutMs")
+            if kind == "io.l5d.otlp":
+                m = self.mapping(node, path, ("kind", "endpoint", *batching))
+                url = self.http_url(m, "endpoint", "http://127.0.0.1:4318", "/v1/traces")
+            else:
+                m = self.mapping(node, path, ("kind", "host", "port", *batching))
+                host = self.str_(m, "host", "127.0.0.1")
+                port = self.int_(m, "port", 9411, 1, 65535, "a port 1-65535")
+                url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/api/v2/spans"
+            rate_node = m.get("sampleRate")
+            rate = self.scalar(rate_node) if rate_node is not None else 0.001
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+                self.fail(rate_node, m.key("sampleRate"), f"expected a number from 0 to 1, got {_describe(rate_node)}")  # type: ignore[arg-type]
+            max_queue: int = self.int_(m, "maxQueueSize", 2048, 1, 1_000_000)
+            out.append(TelemeterConfig(
+                kind=kind, url=url, sample_rate=float(rate), max_queue=max_queue,
+                max_batch=self.int_(m, "maxBatchSize", min(512, max_queue), 1, max_queue, f"an integer 1-{max_queue} (maxQueueSize)"),
+                flush_interval_ms=self.ms(m, "flushIntervalMs", 1000), timeout_ms=self.ms(m, "timeoutMs", 10_000),
+            ))  # fmt: skip
+        return tuple(out)
+
+    def http_url(self, m: _Map, name: str, default: str, default_path: str) -> str:
+        text: str = self.str_(m, name, default)
+        match = re.fullmatch(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?(/[^\s?#]*)?", text)
+        if match is None or (match.group(2) is not None and not 0 < int(match.group(2)) < 65536):
+            what = "https is not supported yet; " if text.startswith("https://") else ""
+            self.fail(m.get(name), m.key(name), f"{what}expected a URL like http://collector:4318, got {text!r}")
+        path = match.group(3)
+        return text if path not in (None, "/") else text.rstrip("/") + default_path
+
+    def access_log(self, m: _Map, protocol: str) -> AccessLogConfig | None:
+        """`httpAccessLog` (http routers) or `h2AccessLog` (h2 routers), with the
+        `...Format`, `...RollPolicy`, `...Append` and `...RotateCount` keys."""
+        mine, other = ("httpAccessLog", "h2AccessLog") if protocol == "http" else ("h2AccessLog", "httpAccessLog")
+        for key in m.items:
+            if key.startswith(other):
+                self.fail(m.get(key), m.key(key), f"{key} is for {'h2' if protocol == 'http' else 'http'} routers; "
+                          f"this {protocol} router takes {mine}{key[len(other):]}")  # fmt: skip
+        if not m.has(mine):
+            for key in m.items:
+                if key.startswith(mine):
+                    self.fail(m.get(key), m.key(key), f"{key} without {mine} (the log's path)")
+            return None
+        text = self.str_(m, mine)
+        path = os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(text)))
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            self.fail(m.get(mine), m.key(mine), f"directory '{parent}' does not exist")
+        if os.path.isdir(path):
+            self.fail(m.get(mine), m.key(mine), f"'{path}' is a directory; name a file")
+        roll = self.str_(m, mine + "RollPolicy", "never")
+        if not _ROLL.fullmatch(roll):
+            self.fail(m.get(mine + "RollPolicy"), m.key(mine + "RollPolicy"),
+                      f"expected never, hourly, daily, weekly or a size like 100.megabytes, got {roll!r}")  # fmt: skip
+        return AccessLogConfig(
+            path=path,
+            format=self.choice(m, mine + "Format", ACCESS_LOG_FORMATS, "combined", what="access log format"),
+            roll_policy=roll,
+            append=self.bool_(m, mine + "Append", True),
+            rotate_count=self.int_(m, mine + "RotateCount", -1, -1, 100_000, "-1 (keep all) or a count 0-100000"),
         )
 
     def workers(self, root: _Map) -> int | str:
@@ -928,6 +1051,9 @@ class _Loader:
             "timeoutMs", "bindingTimeoutMs", "overrides", "limits", "addForwarded", "addVia",
             "addForwardedHeader", "maxHeadersKB", "interpreter", "rules", "hashOn", "resources", "dtabStore",
             "service", "responseClassifier", "maxRequestKB", "maxInitialLineKB", *_REFUSED_ROUTER, *_ONLY_ROUTER,
+            "httpAccessLog", "httpAccessLogFormat", "httpAccessLogRollPolicy", "httpAccessLogAppend",
+            "httpAccessLogRotateCount", "h2AccessLog", "h2AccessLogFormat", "h2AccessLogRollPolicy",
+            "h2AccessLogAppend", "h2AccessLogRotateCount", "tracePropagator",
         )  # fmt: skip
         m = self.mapping(node, path, known, _IGNORED_ROUTER)
         self.refuse(m, _REFUSED_ROUTER)
@@ -973,7 +1099,17 @@ class _Loader:
             dtab_store=self.dtab_store(m, label),
             **self.router_rules(m, protocol),
             service=self.service(m, protocol),
+            access_log=self.access_log(m, protocol),
+            trace_propagator=self.trace_propagator(m),
         )
+
+    def trace_propagator(self, m: _Map) -> str:
+        node = m.get("tracePropagator")
+        if node is None:
+            return "io.l5d.default"
+        p = self.mapping(node, m.key("tracePropagator"), ("kind",))
+        kind: str = self.choice(p, "kind", TRACE_PROPAGATORS, what="trace propagator")
+        return kind
 
     # -- rules and resources (docs/rules.md) ---------------------------------------------
 
@@ -987,7 +1123,8 @@ class _Loader:
             imported.extend(self.imported_rules(path, node, key))
         # Unconditional entries (weighted splits, default routes) first, so a
         # resource's conditional rules are appended after them and win (docs/dtab.md §10).
-        imported.sort(key=lambda r: bool(r.match))
+        # A group keeps its order: only its first matching rule applies.
+        imported.sort(key=lambda r: bool(r.match) or r.group is not None)
         rules.extend(imported)
         self.check_rule_names(rules, m)
         hash_node = m.get("hashOn")
@@ -1008,7 +1145,8 @@ class _Loader:
             seen.add(r.name)
 
     def rule(self, node: yaml.Node, path: str, *, default_name: str | None = None) -> RuleConfig:
-        known = ("name", "group", "match", "dtab", "rewrite", "requestHeaders", "responseHeaders", "hashOn", "source")
+        known = ("name", "group", "match", "dtab", "rewrite", "requestHeaders", "responseHeaders", "hashOn", "source",
+                 "service")  # fmt: skip
         m = self.mapping(node, path, known)
         name = self.str_(m, "name", default_name or path)
         blocks: list[MatchBlock] = []
@@ -1039,12 +1177,15 @@ class _Loader:
         resp = self.header_edits(m.get("responseHeaders"), m.key("responseHeaders"))
         hash_node = m.get("hashOn")
         hash_on = self.hash_on(hash_node, m.key("hashOn")) if hash_node is not None else None
-        if not dtab.dentries and uri is None and authority is None and not req and not resp and hash_on is None:
-            self.fail(node, path, "a rule needs 'dtab', 'rewrite', 'requestHeaders', 'responseHeaders' or 'hashOn' (it does nothing)")
+        service = self.parsed(m, "service", read_path, "path")
+        if service is not None and not service.elems:
+            self.fail(m.get("service"), m.key("service"), "a service name must not be the empty path")
+        if not dtab.dentries and uri is None and authority is None and not req and not resp and hash_on is None and service is None:
+            self.fail(node, path, "a rule needs 'dtab', 'service', 'rewrite', 'requestHeaders', 'responseHeaders' or 'hashOn' (it does nothing)")
         return RuleConfig(
             name=name, match=tuple(blocks), dtab=dtab, group=self.str_(m, "group"), uri=uri,
             authority=authority, request_headers=req, response_headers=resp, hash_on=hash_on,
-            source=self.str_(m, "source"),
+            source=self.str_(m, "source"), service=service,
         )  # fmt: skip
 
     def match_block(self, node: yaml.Node, path: str) -> MatchBlock:

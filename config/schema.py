@@ -291,6 +291,34 @@ class RuleConfig:
     response_headers: HeaderEdits = HeaderEdits()
     hash_on: HashOn | None = None
     source: str | None = None  # where an imported rule came from (`TrafficSplit ns/name`)
+    #: The logical name a matching request is routed by instead of its identified one
+    #: (a wildcard-host resource names every request of its router this way).
+    service: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """A router's access log (Linkerd's `httpAccessLog*` / `h2AccessLog*` keys)."""
+
+    path: str  # absolute
+    format: str = "combined"  # combined | json (one JSON object per line)
+    roll_policy: str = "never"  # never | hourly | daily | weekly | <n>.<unit> (e.g. 100.megabytes)
+    append: bool = True  # False: truncate at start
+    rotate_count: int = -1  # rolled files kept; -1: all
+
+
+@dataclass(frozen=True, slots=True)
+class TelemeterConfig:
+    """A root `telemetry` (or `tracers`) entry that exports spans: `io.l5d.otlp` (OTLP over
+    HTTP, JSON) or `io.l5d.zipkin` (Zipkin v2 JSON)."""
+
+    kind: str
+    url: str  # where the spans are POSTed: http://host:port/v1/traces or /api/v2/spans
+    sample_rate: float = 0.001  # Linkerd's default for its zipkin telemeter
+    max_queue: int = 2048  # spans waiting; past it new spans are dropped (counted)
+    max_batch: int = 512  # spans per POST
+    flush_interval_ms: int = 1000
+    timeout_ms: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +383,8 @@ class RouterConfig:
     #: Linkerd's `service` block: per-logical-name policies (timeouts, retries, the
     #: response classifier); `config.policy.service_policy` resolves one name.
     service: ServiceConfig = ServiceConfig()
+    access_log: AccessLogConfig | None = None
+    trace_propagator: str = "io.l5d.default"  # io.l5d.default | io.l5d.zipkin | io.l5d.w3c
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +405,7 @@ class Config:
     #: Worker processes (`workers:`): an integer, or "auto" (the CPUs the process may use,
     #: cgroup-aware; proxy/workers.py). 1: one process.
     workers: int | str = 1
+    telemetry: tuple[TelemeterConfig, ...] = ()  # span exporters (root `telemetry` and `tracers`)
 
     def router(self, label: str) -> RouterConfig | None:
         for r in self.routers:

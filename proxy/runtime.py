@@ -37,6 +37,7 @@ from .route.router import Router
 from .route.settings import ListenerSettings
 from .route.trust import OverridePolicy
 from .telemetry.metrics import Telemetry
+from .telemetry.observe import Observability
 from .wire.detect import protocol_factory
 from .wire.h1 import ServerH1
 from .wire.tls import alpn_for, server_context
@@ -267,6 +268,7 @@ class Runtime:
         # Request metrics and sampled decisions (the admin server renders them). The
         # environment switch exists to measure what telemetry costs; it is not a feature.
         self.telemetry: Telemetry | None = None if os.environ.get("DTABPROXY_TELEMETRY") == "off" else Telemetry()
+        self.observe = Observability(self.telemetry)  # access logs and span exporters
         self.ready = False
         self.draining = False
         self._stop = asyncio.Event()
@@ -292,9 +294,11 @@ class Runtime:
         rt.k8s = {}
         rt._unsubscribe = {}
         rt.telemetry = Telemetry() if telemetry else None
+        rt.observe = Observability(rt.telemetry)
         return rt
 
     async def start(self) -> None:
+        await self.observe.apply(self.config, self.loop)
         for nc in self.config.namers:
             namer = await _start_namer(nc)
             self.namers.append((namer.bind_prefix, namer))
@@ -345,6 +349,7 @@ class Runtime:
             hash_on=rc.hash_on,
             stats=self.telemetry.router(rc.label) if self.telemetry is not None else None,
             transform=rk.transform if rk is not None else None,
+            obs=observe.router(rc) if (observe := getattr(self, "observe", None)) is not None else None,
         )
         fresh = []
         for _, namer in namers:
@@ -542,6 +547,10 @@ class Runtime:
             await k.stop()
 
     async def _prepare(self, cfg: Config, plan: _Plan) -> None:
+        # Access logs and span exporters first: the new routers use them. An undo puts
+        # the running config's back (telemetry/observe.py keeps what did not change).
+        plan.observe = True
+        await self.observe.apply(cfg, self.loop)
         now, then = self.config.admin, cfg.admin
         if now is not None and then is not None and (now.ip, now.port) != (then.ip, then.port):
             log.warning("reload: a new admin.ip or admin.port takes effect at the next start "
@@ -629,6 +638,8 @@ class Runtime:
             await namer.stop()
         for k in plan.k8s_new:
             await k.stop()
+        if plan.observe:
+            await self.observe.apply(self.config, self.loop)
 
     def _commit(self, cfg: Config, plan: _Plan) -> None:
         self.namers = plan.namers
@@ -675,6 +686,10 @@ class Runtime:
         await self._stop.wait()
 
     async def drain(self) -> None:
+        # Stop accepting first, in this same step: once /admin/ready says 503, no new
+        # connection is taken (a load balancer that reads it must not race the close).
+        for lst in self.listeners:
+            lst.stop_accepting()
         self.draining = True
         if self._watcher is not None:
             self._watcher.cancel()
@@ -692,6 +707,7 @@ class Runtime:
                 await stop()
         for k in self.k8s.values():
             await k.stop()
+        await self.observe.close()  # the last lines and spans of the requests just drained
         if self.admin is not None:
             await self.admin.cleanup()
         log.info("drained")
@@ -714,6 +730,7 @@ class _Plan:
         self.k8s: dict[str, Any] | None = None  # router label -> its API watchers (None: unchanged)
         self.k8s_new: list[Any] = []  # started for this reload (stopped on undo)
         self.k8s_old: list[Any] = []  # replaced (stopped after commit)
+        self.observe = False  # access logs and exporters were re-applied (undo re-applies the old)
 
 
 def _overlaps(a: str, b: str) -> bool:

@@ -5,7 +5,7 @@ the upstream's response bytes in, everything the proxy writes counted. This isol
 parsing, routing and header rewriting (the part the hot path can change) from the
 kernel's loopback cost. Prints microseconds per request.
 
-    python -m bench.micro.wire_h1 [--profile]
+    python -m bench.micro.wire_h1 [--profile] [plain|override|traceparent|accesslog|accesslog-json ...]
 """
 
 from __future__ import annotations
@@ -65,7 +65,21 @@ class FakeTransport:
         pass
 
 
-def setup(override: bool) -> tuple[ServerH1, UpstreamH1, bytes]:
+TRACEPARENT = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+#: The variants measured: (label, extra request fields, access log format or None).
+VARIANTS = {
+    "plain": ("plain GET", b"", None),
+    "override": ("with 3-entry l5d-dtab", OVERRIDE, None),
+    "traceparent": ("with a W3C traceparent", TRACEPARENT, None),
+    "accesslog": ("access log on (combined)", b"", "combined"),
+    "accesslog-json": ("access log on (JSON lines)", b"", "json"),
+}
+
+
+def setup(variant: str | bool) -> tuple[ServerH1, UpstreamH1, bytes]:
+    if isinstance(variant, bool):
+        variant = "override" if variant else "plain"
+    _, extra, log_format = VARIANTS[variant]
     loop = asyncio.new_event_loop()
     cfg = load_text(
         "routers:\n- protocol: http\n  label: bench\n  dtab: '/svc => /$/inet/127.0.0.1/8080'\n"
@@ -78,6 +92,11 @@ def setup(override: bool) -> tuple[ServerH1, UpstreamH1, bytes]:
 
     rt = Runtime.bare(telemetry=os.environ.get("DTABPROXY_TELEMETRY") != "off")
     router = Runtime._build_router(rt, rc)
+    if log_format is not None:  # the access log's request-path cost plus formatting its lines
+        from proxy.telemetry.accesslog import AccessLog
+        from proxy.telemetry.observe import RouterObs
+
+        router.obs = RouterObs("bench", AccessLog(os.devnull, fmt=log_format, router="bench"), [], 0)
     lst = Listener(router, rc, rc.servers[0], loop)
     server = ServerH1(lst)
     server.connection_made(FakeTransport())
@@ -88,7 +107,7 @@ def setup(override: bool) -> tuple[ServerH1, UpstreamH1, bytes]:
     up = UpstreamH1(ep, loop)
     up.connection_made(FakeTransport(("127.0.0.1", 8080)))
     ep.give_back(up)
-    req = REQUEST.replace(b"\r\n\r\n", b"\r\n" + OVERRIDE + b"\r\n") if override else REQUEST
+    req = REQUEST.replace(b"\r\n\r\n", b"\r\n" + extra + b"\r\n") if extra else REQUEST
     return server, up, req
 
 
@@ -100,27 +119,38 @@ class _View:
         return b"web" if name == b"host" else None
 
 
-def run(n: int, override: bool) -> float:
-    server, up, req = setup(override)
+def run(n: int, variant: str) -> float:
+    server, up, req = setup(variant)
+    alog = server._router.obs.alog if server._router.obs is not None else None
     t0 = time.perf_counter()
-    for _ in range(n):
+    for i in range(n):
         server.data_received(req)
         up.data_received(RESPONSE)
+        if alog is not None and i % 1000 == 999:  # what the background flush does, counted here
+            alog.format(alog.pending)
+            alog.pending.clear()
     dt = time.perf_counter() - t0
     assert server._transport.written > 0 and up.transport.written > 0  # type: ignore[union-attr]
     return dt / n * 1e6
 
 
 def main(argv: list[str]) -> None:
+    variant = next((a for a in argv if a in VARIANTS), "override" if "--override" in argv else "plain")
     if "--iterations" in argv:  # for instruction counting (perf stat / callgrind): N requests, no timing
         n = int(argv[argv.index("--iterations") + 1])
-        server, up, req = setup("--override" in argv)
-        for _ in range(n):
+        server, up, req = setup(variant)
+        alog = server._router.obs.alog if server._router.obs is not None else None
+        for i in range(n):
             server.data_received(req)
             up.data_received(RESPONSE)
+            if alog is not None and i % 1000 == 999:
+                alog.format(alog.pending)
+                alog.pending.clear()
+        if alog is not None:
+            alog.format(alog.pending)
         return
     if "--profile" in argv:
-        server, up, req = setup("--override" in argv)
+        server, up, req = setup(variant)
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(50_000):
@@ -129,11 +159,11 @@ def main(argv: list[str]) -> None:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
-    for override in (False, True):
-        run(5_000, override)  # warm caches
-        best = min(run(20_000, override) for _ in range(5))
-        label = "with 3-entry l5d-dtab" if override else "plain GET"
-        print(f"wire_h1 {label:24s} {best:6.2f} us/request (Python only, no syscalls)")
+    names = [a for a in argv if a in VARIANTS] or list(VARIANTS)
+    for name in names:
+        run(5_000, name)  # warm caches
+        best = min(run(20_000, name) for _ in range(5))
+        print(f"wire_h1 {VARIANTS[name][0]:28s} {best:6.2f} us/request (Python only, no syscalls)")
 
 
 if __name__ == "__main__":

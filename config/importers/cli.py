@@ -1,5 +1,6 @@
 """`dtabproxy import FILE...`: print the router config equivalent to SMI, Istio and
-Gateway API resources, with what was not translated listed at the top (and on stderr).
+Gateway API resources, with what was not translated listed at the top (and on stderr
+when the output is not a terminal).
 
 Exit status: 0 when everything was translated, 0 with warnings otherwise, 2 when
 `--strict` is given and something was not translated, 1 when a file cannot be read.
@@ -20,8 +21,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"dtabproxy import: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(result.render())
-    for item in result.untranslated:
-        print(f"dtabproxy import: not translated: {item}", file=sys.stderr)
+    # The output's header lists them; repeat them on stderr only when that header is
+    # not on the terminal already (written to a file or a pipe), so each shows once.
+    if not sys.stdout.isatty():
+        for item in result.untranslated:
+            print(f"dtabproxy import: not translated: {item}", file=sys.stderr)
     if args.strict and result.untranslated:
         return 2
     return 0

@@ -186,8 +186,9 @@ def import_documents(docs: Sequence[tuple[str, dict[str, Any]]], *, prefix: str 
     so all are indexed first."""
     from . import gateway, istio, smi
 
-    index = Index(docs)
     result = ImportResult()
+    docs = _latest_versions(docs, result)
+    index = Index(docs)
     for file, doc in docs:
         kind = str(doc.get("kind", ""))
         api = str(doc.get("apiVersion", ""))
@@ -214,6 +215,32 @@ def import_documents(docs: Sequence[tuple[str, dict[str, Any]]], *, prefix: str 
         result.translations.append(t)
         result.untranslated.extend(t.untranslated)
     return result
+
+
+def _key(doc: dict[str, Any]) -> tuple[str, str, str]:
+    meta = doc.get("metadata") or {}
+    return str(doc.get("kind", "")), str(meta.get("namespace") or "default"), str(meta.get("name") or "?")
+
+
+def _latest_versions(docs: Sequence[tuple[str, dict[str, Any]]], result: ImportResult) -> list[tuple[str, dict[str, Any]]]:
+    """One version of each resource (kind, namespace, name): the last one read (files in
+    name order, documents in file order), which is what `kubectl apply -f` of the same
+    files leaves in the cluster. Every earlier version is reported with the one that wins."""
+    last: dict[tuple[str, str, str], int] = {}
+    for i, (_, d) in enumerate(docs):
+        last[_key(d)] = i
+    out = []
+    for i, (file, d) in enumerate(docs):
+        k = _key(d)
+        j = last[k]
+        if j == i:
+            out.append((file, d))
+            continue
+        where = f"{file}, document {sum(1 for f, _ in docs[: i + 1] if f == file)}"
+        winner = f"{docs[j][0]}, document {sum(1 for f, _ in docs[: j + 1] if f == docs[j][0])}"
+        result.untranslated.append(f"{k[0]} {k[1]}/{k[2]} ({where}): a later version of the same resource "
+                                   f"({winner}) is the one imported; this one is not used")  # fmt: skip
+    return out
 
 
 class Index:

@@ -15,6 +15,7 @@ mirroring, CORS, redirects, direct responses, TCP/TLS routes, gateways) are repo
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -69,21 +70,68 @@ def translate_virtual_service(doc: dict[str, Any], t: Translation, index: Index,
     for k in ("tcp", "tls"):
         if spec.get(k):
             t.skip(f"spec.{k}", f"{k.upper()} routes are not translated (HTTP only)")
-    if spec.get("gateways"):
-        t.skip("spec.gateways", "gateway binding is not translated; the rules apply to every request of the router")
     if "exportTo" in spec:
         t.skip("spec.exportTo", "visibility is not translated")
     unknown_keys(t, spec, "spec", ("hosts", "gateways", "http", "tcp", "tls", "exportTo"))
     hosts = []
+    wild: list[str] = []
     for i, h in enumerate(spec.get("hosts") or ()):
-        if not isinstance(h, str) or "*" in h:
-            t.skip(f"spec.hosts[{i}]", f"a wildcard host ({h!r}) is not one logical name")
-            continue
-        hosts.append(names.service(h))
-    if not hosts:
+        if not isinstance(h, str) or not h:
+            t.skip(f"spec.hosts[{i}]", f"expected a host name, got {h!r}")
+        elif h == "*" or (h.startswith("*.") and "*" not in h[1:]):
+            wild.append(h)
+        elif "*" in h:
+            t.skip(f"spec.hosts[{i}]", f"a wildcard is only valid as the whole host or its first label, got {h!r}")
+        else:
+            hosts.append(names.service(h))
+    if spec.get("gateways"):
+        if wild:  # a wildcard-host resource is for the edge: "the router it is loaded into" is that gateway
+            t.notes.append(f"{t.ref}: spec.gateways {list(spec['gateways'])}: load it into the router that is that gateway")
+        else:
+            t.skip("spec.gateways", "gateway binding is not translated; the rules apply to every request of the router")
+    if not hosts and not wild:
         t.skip("spec.hosts", "no host to route")
         return
     group = f"VirtualService/{t.namespace}/{t.name}"
+    if hosts:
+        _translate_routes(spec, t, index, names, hosts, group, None)
+    if wild:
+        _translate_wildcard(spec, t, index, names, wild, group + "/*" if hosts else group)
+    # Named and wildcard hosts read the same routes: say each thing once.
+    t.untranslated[:] = list(dict.fromkeys(t.untranslated))
+    t.notes[:] = list(dict.fromkeys(t.notes))
+
+
+#: The logical name of a wildcard-host VirtualService: not under the services' prefix,
+#: so its entries can never rewrite a destination's own name (no loop).
+VS_ROOT = "/vs"
+
+
+def _translate_wildcard(spec: dict[str, Any], t: Translation, index: Index, names: Names, wild: list[str],
+                        group: str) -> None:  # fmt: skip
+    """`hosts: ['*']` (or `*.example.com`): the routes apply to every request of the
+    router the resource is loaded into (for `*.example.com`, every request whose
+    authority is under example.com). A dentry cannot say "any name" (`/svc/* => /svc/frontend`
+    also matches `/svc/frontend` and would rewrite it forever), so each rule names the
+    request (`service`) `/vs/<namespace>/<name>` and routes that name; the destinations
+    keep their usual names and bind through the router's dtab."""
+    vname = f"{VS_ROOT}/{t.namespace}/{t.name}"
+    t.notes.append(
+        f"{t.ref}: hosts {wild!r} "
+        + ("match every request, so its routes apply to every request of the router it is loaded into (the edge)"
+           if "*" in wild else f"match every request whose authority is under {', '.join(w[2:] for w in wild)}")
+        + f": each such request is routed by the name {vname} (rule key `service`) instead of its identified name,"
+        " and its destinations bind through the router's dtab"
+        + ("; the named hosts keep their own entries" if group.endswith("/*") else "")
+    )  # fmt: skip
+    _translate_routes(spec, t, index, names, [vname], group, (vname, None if "*" in wild else wild))
+
+
+def _translate_routes(spec: dict[str, Any], t: Translation, index: Index, names: Names, hosts: list[str], group: str,
+                      wildcard: tuple[str, list[str] | None] | None) -> None:  # fmt: skip
+    """The `http` routes for the names in `hosts`, as base entries and rules of `group`;
+    `wildcard` (name, authority patterns or None for all) turns every route into a rule
+    that names the request."""
     caught = None
     for i, route in enumerate(spec.get("http") or ()):
         where = f"spec.http[{i}]"
@@ -114,16 +162,25 @@ def translate_virtual_service(doc: dict[str, Any], t: Translation, index: Index,
         blocks = _match_blocks(route.get("match"), t, where)
         if blocks is None:
             continue
+        every = not blocks
+        if wildcard is not None and wildcard[1] is not None:
+            # `*.example.com`: each block also needs an authority under a pattern (ORed
+            # blocks, one per pattern); a block with its own authority keeps it.
+            blocks = [{**b, "authority": w} for b in (blocks or [{}]) if "authority" not in b for w in wildcard[1]] + [
+                b for b in blocks if "authority" in b
+            ]
         entries = entries_text([dentry(h, union_text) for h in hosts])
         base_rule: dict[str, Any] = {"group": group, "source": f"{t.ref} ({t.file})", "dtab": entries}
+        if wildcard is not None:
+            base_rule["service"] = wildcard[0]
         if req:
             base_rule["requestHeaders"] = _merge(req)
         if resp:
             base_rule["responseHeaders"] = _merge(resp)
         label = str(route.get("name") or i)
-        if not blocks:
+        if every:
             caught = i
-            if not rewrite and not req and not resp:
+            if not rewrite and not req and not resp and wildcard is None:
                 t.dtab.extend(dentry(h, union_text) for h in hosts)
                 continue
         # A prefix URI rewrite replaces the prefix its own block matched, so such a
@@ -140,7 +197,7 @@ def translate_virtual_service(doc: dict[str, Any], t: Translation, index: Index,
 
 
 def _ordered(rule: dict[str, Any]) -> dict[str, Any]:
-    order = ("name", "group", "source", "match", "dtab", "rewrite", "requestHeaders", "responseHeaders")
+    order = ("name", "group", "source", "match", "service", "dtab", "rewrite", "requestHeaders", "responseHeaders")
     return {k: rule[k] for k in order if k in rule}
 
 
@@ -266,6 +323,11 @@ def _match_blocks(matches: Any, t: Translation, where: str) -> list[dict[str, An
             block["authority"] = c
         headers: dict[str, Any] = {}
         for name, sm in (m.get("headers") or {}).items():
+            if str(name).lower() == "cookie":
+                one = _one_cookie(sm, t, f"{mw}.headers.{name}")
+                if one is not None:
+                    block.setdefault("cookies", {})[one[0]] = {"exact": one[1]}
+                    continue
             c = _string_match(sm, t, f"{mw}.headers.{name}")
             if c is not None:
                 headers[str(name).lower()] = c
@@ -313,3 +375,29 @@ def _rewrite(rw: dict[str, Any], blocks: list[dict[str, Any]], t: Translation, w
         else:
             out["uri"] = {"path": str(uri)}
     return out
+
+
+# RFC 6265 §4.1.1: cookie-name is a token; cookie-value is cookie-octets, optionally
+# in double quotes (no CTLs, whitespace, DQUOTE, comma, semicolon or backslash).
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_COOKIE_VALUE = re.compile(r'"?[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*"?')
+
+
+def _one_cookie(sm: Any, t: Translation, where: str) -> tuple[str, str] | None:
+    """A `Cookie` header condition that is `exact` one `name=value` pair: (name, value),
+    matched as that cookie (so it still matches when other cookies share the header,
+    as a browser sends them). Anything else keeps whole-header semantics. Either way
+    the import report says which."""
+    text = sm.get("exact") if isinstance(sm, dict) and set(sm) == {"exact"} else None
+    if isinstance(text, str):
+        name, eq, value = text.strip().partition("=")
+        name, value = name.strip(), value.strip()
+        if eq and _COOKIE_NAME.fullmatch(name) and _COOKIE_VALUE.fullmatch(value) and value.count('"') in (0, 2):
+            value = value[1:-1] if value.startswith('"') else value
+            t.notes.append(f"{t.ref}: {where}: exact {text!r} is one cookie: matched as the cookie {name} "
+                           "(parsed from the Cookie header, so other cookies beside it do not matter)")  # fmt: skip
+            return name, value
+    kind = next(iter(sm), "present") if isinstance(sm, dict) and sm else "present"
+    t.notes.append(f"{t.ref}: {where}: a {kind} match on the whole Cookie header as sent "
+                   "(not one name=value pair: other cookies in the header, and their order, count)")  # fmt: skip
+    return None

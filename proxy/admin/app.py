@@ -12,6 +12,8 @@ Endpoints:
 * ``GET /admin/decisions.json``: recent routing decisions of real requests, explained;
   ``POST /admin/whatif.json``: where those requests would go under a proposed dtab;
   ``GET|PUT /admin/sampling``: the decision sampling rate
+* ``POST /admin/traffic.json``: live traffic for the playground's tree (each client's
+  requests over the last minute, each endpoint's state)
 * ``GET /admin/metrics/prometheus``: every metric, rendered now (and only now)
 
 It reads runtime snapshots and swaps dtabs through ``Runtime.set_dtab``; the data plane
@@ -34,6 +36,7 @@ to loopback accepts writes from its host and any other admin is read-only (403).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -51,6 +54,7 @@ import dtab
 from config import admin_token_problem, read_token_file
 
 from ..telemetry.metrics import Telemetry
+from ..telemetry.traffic import TrafficWindow
 from . import delegator
 
 log = logging.getLogger(__name__)
@@ -60,7 +64,7 @@ MAX_DECISIONS: Final = 1000  # a bound on one answer, whatever `limit` asks for
 #: Methods that never change anything (RFC 9110 §9.2.1 "safe").
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 #: POST endpoints that compute an answer from their body and change nothing.
-READ_POSTS: Final = frozenset({"/delegator.json", "/admin/whatif.json"})
+READ_POSTS: Final = frozenset({"/delegator.json", "/admin/whatif.json", "/admin/traffic.json"})
 CHALLENGE: Final = 'Bearer realm="dtabproxy admin"'
 #: Refused writes are logged at most this often: a client retrying in a loop, or
 #: someone guessing tokens, must not flood the log.
@@ -208,6 +212,7 @@ class Admin:
         self.handlers = handlers
 
     async def cleanup(self) -> None:
+        self.handlers.close()
         await self.runner.cleanup()
 
 
@@ -251,6 +256,19 @@ class Handlers:
         self.rt = rt
         self.page = _page()
         self.delegate_timeout_s = delegator.DELEGATE_TIMEOUT_S
+        # The playground's live shares: snapshots of the counters every few seconds.
+        self.traffic: TrafficWindow | None = None
+        tel = self.telemetry
+        if tel is not None:
+            self.traffic = TrafficWindow(tel)
+            try:
+                self.traffic.start(asyncio.get_running_loop())
+            except RuntimeError:  # built outside a loop (a test of the routes): sampled on demand
+                self.traffic.sample()
+
+    def close(self) -> None:
+        if self.traffic is not None:
+            self.traffic.stop()
 
     @property
     def telemetry(self) -> Telemetry | None:
@@ -483,6 +501,32 @@ class Handlers:
             results = delegator.what_if(self._decisions(label), proposed, limit)
         return web.json_response({"router": label, "results": results}, dumps=_dumps)
 
+    async def traffic_json(self, request: web.Request) -> web.Response:
+        """`POST {"router", "path", "dtab"}`: for each client the name binds to under
+        `dtab` (what the playground draws), its endpoints' states (failure accrual) and
+        the requests of that service each one ended over the last minute."""
+        if request.content_type != "application/json":
+            return _text(415)
+        try:
+            data = await request.json()
+            label, path_text, text = data["router"], data["path"], data.get("dtab", "")
+            if not all(isinstance(v, str) for v in (label, path_text, text)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return web.json_response({"error": 'expected {"router": "...", "path": "...", "dtab": "..."}'}, status=400)
+        router = self.rt.routers.get(label)
+        if router is None:
+            return web.json_response({"error": f"no router {label!r}"}, status=404)
+        try:
+            table = dtab.read_dtab(text)
+            path = dtab.read_path(path_text)
+        except dtab.DtabSyntaxError as exc:
+            return web.json_response(syntax_error_json("Invalid input", exc), status=400)
+        if self.traffic is None:
+            return web.json_response({"error": "telemetry is off"}, status=404)
+        counts, window_s = self.traffic.window(label, path.show())
+        return web.json_response(delegator.traffic_json(router, table, path, counts, window_s), dumps=_dumps)
+
     async def sampling(self, request: web.Request) -> web.Response:
         tel = self.telemetry
         if tel is None:
@@ -534,6 +578,7 @@ def make_app(rt: Any, h: Handlers | None = None, guard: WriteGuard | None = None
     r.add_get("/delegator", h.delegator_page)
     r.add_get("/admin/decisions.json", h.decisions)
     r.add_post("/admin/whatif.json", h.what_if)
+    r.add_post("/admin/traffic.json", h.traffic_json)
     r.add_route("GET", "/admin/sampling", h.sampling)
     r.add_route("PUT", "/admin/sampling", h.sampling)
     r.add_get("/admin/metrics/prometheus", h.prometheus)

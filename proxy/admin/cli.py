@@ -8,6 +8,8 @@ an event loop. Nothing here is imported by the proxy itself.
     dtabproxy stat [--admin HOST:PORT] [--router R] [--by service|client|endpoint]
                    [--interval S] [--watch] [--count N] [--since-start]
     dtabproxy delegate [--router R] [--admin HOST:PORT | -c CONFIG] [--dtab OVERRIDE] PATH
+        (neither --router nor -c: the proxy on the default admin port, else the embedded
+        default config; exit 1 when PATH binds to nothing)
     dtabproxy check CONFIG
 """
 
@@ -46,12 +48,13 @@ def _admin_url(admin: str) -> str:
     return f"http://{host}:{port}"
 
 
-def _fetch(url: str, data: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
+def _fetch(url: str, data: bytes | None = None, content_type: str | None = None,
+           timeout_s: float = TIMEOUT_S) -> tuple[int, bytes]:  # fmt: skip
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     if content_type:
         req.add_header("Content-Type", content_type)
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -329,49 +332,83 @@ def _join(base: str, override: str) -> str:
     return base + ("\n" if base.endswith(";") else "\n;") + override
 
 
+#: How long `delegate` waits for a proxy on the default admin port before it uses the
+#: embedded default config: a local admin answers in milliseconds.
+PROBE_TIMEOUT_S = 1.0
+
+
+def _running_routers(url: str, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    status, body = _fetch(url + "/admin/dtabs", timeout_s=timeout_s)
+    if status != 200:
+        raise CliError(f"{url}/admin/dtabs answered {status}")
+    try:
+        routers = json.loads(body)
+    except ValueError:
+        raise CliError(f"{url}/admin/dtabs did not answer JSON") from None
+    if not isinstance(routers, dict) or not routers:
+        raise CliError(f"{url} has no routers")
+    return routers
+
+
+def _from_running(url: str, label: str | None, routers: dict[str, Any], override: str, path: str,
+                  out: TextIO) -> dict[str, Any]:  # fmt: skip
+    label = label or next(iter(routers))
+    if label not in routers:
+        raise CliError(f"no router {label!r} on {url} (routers: {', '.join(routers)})")
+    text = _join(routers[label]["dtab"], override)
+    req = json.dumps({"namespace": label, "dtab": text, "path": path}).encode()
+    status, body = _fetch(url + "/delegator.json", req, "application/json")
+    if status != 200:
+        raise CliError(body.decode("utf-8", "replace") or f"delegator answered {status}")
+    others = [r for r in routers if r != label]
+    print(f"source: the running proxy at {url}, router {label}"
+          + (f" (others: {', '.join(others)}; pick one with --router)" if others else ""), file=out)  # fmt: skip
+    print(f"router {label}: base dtab {routers[label]['dtab'] or '(empty)'}", file=out)
+    if override.strip():
+        print(f"override: {override.strip()}", file=out)
+    tree: dict[str, Any] = json.loads(body)
+    return tree
+
+
 def cmd_delegate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`dtabproxy delegate`: from a running proxy (`--router` and/or `--admin`), from a
-    config file (`-c`), or from `--dtab` alone."""
+    config file (`-c`), or, with neither, from the proxy answering on the default admin
+    port if there is one, else the embedded default config; the first line says which.
+    Exit 0 when the name binds to something, 1 when it binds to nothing (or on an error)."""
     import dtab
 
     out = out or sys.stdout
     colour = out.isatty() and not os.environ.get("NO_COLOR")
     override = _read_dtab_arg(args.dtab)
     try:
+        tree: dict[str, Any] | None = None
         if args.config is None and (args.router is not None or args.admin is not None):
             url = _admin_url(args.admin or os.environ.get("DTABPROXY_ADMIN", DEFAULT_ADMIN))
-            status, body = _fetch(url + "/admin/dtabs")
-            if status != 200:
-                raise CliError(f"{url}/admin/dtabs answered {status}")
-            routers = json.loads(body)
-            label = args.router or (next(iter(routers)) if len(routers) == 1 else None)
-            if label not in routers:
-                raise CliError(f"no router {label!r} on {url} (routers: {', '.join(routers)})")
-            text = _join(routers[label]["dtab"], override)
-            req = json.dumps({"namespace": label, "dtab": text, "path": args.path}).encode()
-            status, body = _fetch(url + "/delegator.json", req, "application/json")
-            if status != 200:
-                raise CliError(body.decode("utf-8", "replace") or f"delegator answered {status}")
-            print(f"router {label}: base dtab {routers[label]['dtab'] or '(empty)'}", file=out)
-            if override.strip():
-                print(f"override: {override.strip()}", file=out)
-            tree = json.loads(body)
-        else:
-            base = dtab.Dtab.EMPTY
-            if args.config:
-                from config import ConfigError, load_file
-
-                try:
-                    cfg = load_file(args.config)
-                except ConfigError as exc:
-                    raise CliError(str(exc)) from None
-                routers_cfg = {r.label: r for r in cfg.routers}
-                label = args.router or next(iter(routers_cfg), None)
-                if label not in routers_cfg:
-                    raise CliError(f"no router {label!r} in {args.config} (routers: {', '.join(routers_cfg)})")
-                base = routers_cfg[label].dtab
+            tree = _from_running(url, args.router, _running_routers(url), override, args.path, out)
+        elif args.config is None:
+            url = _admin_url(os.environ.get("DTABPROXY_ADMIN", DEFAULT_ADMIN))
             try:
-                table = base + dtab.read_dtab(override)
+                routers = _running_routers(url, PROBE_TIMEOUT_S)
+            except CliError:
+                routers = None  # nobody (or not a dtabproxy) on the default admin port
+            if routers is not None:
+                tree = _from_running(url, None, routers, override, args.path, out)
+        if tree is None:
+            from config import ConfigError, default_config, load_file
+
+            try:
+                cfg = load_file(args.config) if args.config else default_config()
+            except ConfigError as exc:
+                raise CliError(str(exc)) from None
+            routers_cfg = {r.label: r for r in cfg.routers}
+            label = args.router or next(iter(routers_cfg), None)
+            if label not in routers_cfg:
+                raise CliError(f"no router {label!r} in {args.config or 'the default config'} (routers: {', '.join(routers_cfg)})")
+            where = f"{args.config}, router {label}" if args.config else (
+                f"the embedded default config (config/default.yaml), router {label} (no proxy answered on {url})")
+            print(f"source: {where}", file=out)
+            try:
+                table = routers_cfg[label].dtab + dtab.read_dtab(override)
             except dtab.DtabSyntaxError as exc:
                 raise CliError(f"Invalid dtab: {exc}") from None
             try:
@@ -391,6 +428,10 @@ def cmd_delegate(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 1
     for line in render_tree(tree, colour=colour):
         print(line, file=out)
+    status = node_status(tree)
+    if status != "success":
+        print(f"dtabproxy delegate: {args.path} binds to nothing ({status})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -399,7 +440,8 @@ def add_delegate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtab", help="an override dtab (text or a file), appended to the router's")
     p.add_argument("--router", help="the router: ask the running proxy's admin server (unless -c)")
     p.add_argument("--admin", help=f"the running proxy's admin HOST:PORT (default {DEFAULT_ADMIN})")
-    p.add_argument("-c", "--config", help="explain offline, with the router's dtab from this config file")
+    p.add_argument("-c", "--config", help="explain offline, with the router's dtab from this config file "
+                   "(with neither --router nor -c: the proxy on the default admin port, else the embedded default config)")
     p.set_defaults(fn=cmd_delegate)
 
 
@@ -433,7 +475,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
     out = out or sys.stdout
     try:
-        cfg = load_file(args.config)
+        cfg = load_file(args.config, log_notes=False)  # printed below, once
     except ConfigError as exc:
         where = args.config if exc.source is None else exc.source
         col = None
@@ -446,7 +488,9 @@ def cmd_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
             except (OSError, UnicodeDecodeError):
                 src_line = None
             if src_line is not None:
-                col = error_column(src_line, exc.message)
+                # A dtab error: the parser's offset, mapped into the line; any other
+                # error: the offending node's own column.
+                col = error_column(src_line, exc.message) or getattr(exc, "column", None)
         pos = ":".join(str(p) for p in (where, exc.line, col) if p is not None)
         head = ": ".join(p for p in (pos, exc.key, exc.message) if p)
         print(f"dtabproxy check: {head}", file=sys.stderr)

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import dtab
 from dtab import Bound, Dtab, Inet, Leaf, NameTree, Path, Union
-from dtab.delegate import DNode, node_json
+from dtab.delegate import DNode, dentry_json, node_json
 
 log = logging.getLogger(__name__)
 
@@ -114,19 +114,38 @@ def _dentry_text(node: DNode) -> str | None:
     return None if d is None else f"{d.prefix.show()} => {d.dst.show()}"
 
 
+def rules_json(route: Any) -> list[dict[str, Any]]:
+    """The match rules a route was bound with, each with its own dentries (in the
+    delegator's dentry shape), so a page can show them as rules, not as base dtab."""
+    return [{"name": r.name, "dentries": [dentry_json(d) for d in r.dtab.dentries]}
+            for r in getattr(route, "rules", ()) if r.dtab.dentries]  # fmt: skip
+
+
+def _table(base: Any, route: Any) -> Any:
+    """The table a route's name was bound with: base ++ matched rules ++ ctx ++ user."""
+    rules = getattr(route, "rules_dtab", Dtab.EMPTY)
+    extra = rules + route.local if rules.dentries else route.local
+    if not extra.dentries:
+        return base
+    return dtab.OverlayTable(base if not isinstance(base, Dtab) else dtab.compile(base), extra)
+
+
 def explain_decision(router: Any, route: Any, bound: Bound | None) -> dict[str, Any]:
-    """Which dentries rewrote the name, and which union branch was taken, for a request
-    that went to `bound`: the first path through the explanation tree that reaches it."""
+    """Which dentries rewrote the name (and which rule each came from), and which union
+    branch was taken, for a request that went to `bound`: the first path through the
+    explanation tree that reaches it."""
+    rules = rules_json(route)
     if bound is None:
-        return {"dentries": [], "branches": [], "trail": []}
-    table: Any = router.base if not route.local.dentries else dtab.OverlayTable(router.base, route.local)
+        return {"dentries": [], "dentry_rules": [], "branches": [], "trail": [], "rules": rules}
+    table: Any = _table(router.base, route)
     try:
         root = dtab.explain(table, route.service, namers=router.namers)
     except dtab.DtabError as exc:
-        return {"dentries": [], "branches": [], "trail": [], "error": str(exc)}
+        return {"dentries": [], "dentry_rules": [], "branches": [], "trail": [], "rules": rules, "error": str(exc)}
     steps = _trail(root, bound.id)
     if steps is None:  # the base dtab changed since: nothing in today's tree leads there
-        return {"dentries": [], "branches": [], "trail": [], "error": "not reachable under the current dtab"}
+        return {"dentries": [], "dentry_rules": [], "branches": [], "trail": [], "rules": rules,
+                "error": "not reachable under the current dtab"}  # fmt: skip
     dentries: list[str] = []
     branches: list[dict[str, Any]] = []
     nodes = [n for n, _ in steps] + [steps[-1][0].children[steps[-1][1]] if steps else root]
@@ -144,7 +163,9 @@ def explain_decision(router: Any, route: Any, bound: Bound | None) -> dict[str, 
                 "share": (n.weights[i] / total) if total > 0 else 1 / len(n.weights),
                 "to": n.children[i].path.show(),
             })
-    return {"dentries": dentries, "branches": branches, "trail": [i for _, i in steps]}
+    by_text = {f"{d['prefix']} => {d['dst']}": r["name"] for r in rules for d in r["dentries"]}
+    return {"dentries": dentries, "dentry_rules": [by_text.get(t) for t in dentries], "branches": branches,
+            "trail": [i for _, i in steps], "rules": rules}  # fmt: skip
 
 
 def decisions_json(entries: Iterable[tuple[Any, ...]], limit: int, since: int = 0) -> list[dict[str, Any]]:
@@ -193,8 +214,20 @@ def shares(tree: NameTree) -> dict[str, float]:
     return {}  # Neg, Fail, Empty: nowhere
 
 
+def verdict(before: str | None, after: list[dict[str, Any]]) -> tuple[float, str]:
+    """(the share that stays, the verdict): `same` when the destination does not change
+    (no route before and none after included), `split` when part of such traffic would
+    go elsewhere, `moved` when all of it would (a request that had no route and would
+    now have one moved too)."""
+    if before is None:
+        return (1.0, "same") if not after else (0.0, "moved")
+    kept = next((a["share"] for a in after if a["id"] == before), 0.0)
+    return kept, "same" if kept >= 1.0 - 1e-9 else "split" if kept > 0 else "moved"
+
+
 def what_if(entries: Iterable[tuple[Any, ...]], proposed: Dtab, limit: int) -> list[dict[str, Any]]:
-    """For each recent decision: where it would go if `proposed` were the base dtab."""
+    """For each recent decision: where it would go if `proposed` were the base dtab (the
+    matched rules and the request's override still apply, as they did)."""
     base = dtab.compile(proposed)
     memo: dict[tuple[int, int], dict[str, Any]] = {}
     out = []
@@ -202,7 +235,7 @@ def what_if(entries: Iterable[tuple[Any, ...]], proposed: Dtab, limit: int) -> l
         key = (id(router), id(route))
         after = memo.get(key)
         if after is None:
-            table: Any = base if not route.local.dentries else dtab.OverlayTable(base, route.local)
+            table: Any = _table(base, route)
             try:
                 tree = dtab.bind(table, route.service, namers=router.namers)
                 after = {"after": [{"id": k, "share": v} for k, v in shares(tree).items()], "bound": tree.show()}
@@ -210,8 +243,7 @@ def what_if(entries: Iterable[tuple[Any, ...]], proposed: Dtab, limit: int) -> l
                 after = {"after": [], "bound": None, "error": str(exc)}
             memo[key] = after
         before = bound.id.show() if bound is not None else None
-        kept = next((a["share"] for a in after["after"] if a["id"] == before), 0.0)
-        verdict = "same" if kept >= 1.0 - 1e-9 else "split" if kept > 0 else "moved"
+        kept, verdict_ = verdict(before, after["after"])
         out.append({
             "seq": seq,
             "service": route.service.show(),
@@ -219,6 +251,38 @@ def what_if(entries: Iterable[tuple[Any, ...]], proposed: Dtab, limit: int) -> l
             "before": before,
             **after,
             "kept": kept,
-            "verdict": verdict,
+            "verdict": verdict_,
+            "rules": [r.name for r in getattr(route, "rules", ())],
         })
+    return out
+
+
+# -- live traffic -----------------------------------------------------------------------------
+
+
+def traffic_json(router: Any, table: Dtab, path: Path, counts: dict[str, dict[str, int]], window_s: float) -> dict[str, Any]:
+    """For each client `path` binds to under `table`: requests it ended for that
+    service over the window (`counts`: client id -> endpoint -> n) and its endpoints,
+    each with its state as failure accrual sees it (`Endpoint.state`)."""
+    out: dict[str, Any] = {"router": router.label, "service": path.show(), "window_s": round(window_s, 1), "clients": {}}
+    try:
+        tree = dtab.bind(dtab.compile(table), path, namers=router.namers)
+    except dtab.DtabError as exc:
+        out["error"] = str(exc)
+        return out
+    for leaf in dtab.evaluate(tree) or ():
+        if not isinstance(leaf, Bound):
+            continue
+        cid = leaf.id.show()
+        if cid in out["clients"]:
+            continue
+        client = router.clients.get(leaf)
+        static = getattr(client, "_static", None)  # an /$/inet client's one endpoint
+        eps = [static] if static is not None else client.endpoints()
+        seen = counts.get(cid, {})
+        endpoints = []
+        for ep in eps:
+            addr = f"[{ep.host}]:{ep.port}" if ":" in ep.host else f"{ep.host}:{ep.port}"
+            endpoints.append({"addr": addr, "state": ep.state, "requests": seen.get(f"{ep.host}:{ep.port}", 0)})
+        out["clients"][cid] = {"requests": sum(seen.values()), "endpoints": endpoints}
     return out

@@ -89,7 +89,7 @@ _RTSP_ONLY = frozenset(
 )
 # Fields that decide framing or connection handling; everything else passes through.
 # The small ints keep the per-field test to one dict probe and int comparisons.
-_CL, _TE, _HOST, _CONN, _EXPECT, _HOP, _ODD = 1, 2, 3, 4, 5, 6, 7
+_CL, _TE, _HOST, _CONN, _EXPECT, _HOP, _ODD, _TRACE = 1, 2, 3, 4, 5, 6, 7, 8
 _FRAMING = {
     b"content-length": _CL,
     b"transfer-encoding": _TE,
@@ -106,6 +106,15 @@ _FRAMING = {
     # §3.1); neither is ever forwarded.
     b"upgrade": _ODD,
     b"http2-settings": _ODD,
+    # Trace context a proxy re-writes (W3C Trace Context, B3): listed with the extras
+    # too, so a head without them stays plain; the dict probe above already happens.
+    b"traceparent": _TRACE,
+    b"b3": _TRACE,
+    b"x-b3-traceid": _TRACE,
+    b"x-b3-spanid": _TRACE,
+    b"x-b3-parentspanid": _TRACE,
+    b"x-b3-sampled": _TRACE,
+    b"x-b3-flags": _TRACE,
 }
 _H2C = b"h2c"
 _UPGRADE = b"upgrade"
@@ -208,7 +217,7 @@ class RequestHead(_Event):
         self.content_length = content_length
         self.upgrade = upgrade
         self.expect_continue = expect_continue
-        # The hop-by-hop and l5d- fields (also in `headers`), None when there are none;
+        # The hop-by-hop, trace-context and l5d- fields (also in `headers`), None when there are none;
         # `plain` says the same as a flag (see _scan).
         self.extras = extras
         self.plain = extras is None
@@ -292,8 +301,8 @@ def _scan(
     headers: Headers, http10: bool, status: int
 ) -> tuple[bool, int | None, bool, int, bytes | None, bytes | None, Headers | None, bool]:
     """Framing fields of a header section: (chunked, content_length, keep_alive,
-    number of Host fields, first Host, Expect, extras, odd). `extras` lists the hop-by-hop
-    and `l5d-` fields, None when there are none (the head is `plain`): this loop already
+    number of Host fields, first Host, Expect, extras, odd). `extras` lists the hop-by-hop,
+    trace-context and `l5d-` fields, None when there are none (the head is `plain`): this loop already
     looks at every name, so a proxy need not walk the fields again to find the few it
     must drop or read. `odd` says the head needs a second pass (an Upgrade or
     HTTP2-Settings field, or a Connection option beyond the proxy's own): rare, so the
@@ -406,7 +415,7 @@ def _show_names(names: Iterable[bytes]) -> str:
     return ", ".join(sorted(n.decode("latin-1") for n in names))
 
 
-_EXTRA_KINDS = frozenset((_TE, _CONN, _HOP, _ODD))
+_EXTRA_KINDS = frozenset((_TE, _CONN, _HOP, _ODD, _TRACE))
 
 
 def _extras_of(headers: Headers) -> Headers | None:

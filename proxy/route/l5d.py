@@ -340,13 +340,17 @@ def _dentry_lines(table: Dtab) -> str:
 
 
 def no_route_message(
-    service: Path, base: Dtab, local: Dtab, interpreter_dtab: Dtab | None = None
+    service: Path, base: Dtab, local: Dtab, interpreter_dtab: Dtab | None = None,
+    rules: Sequence[tuple[str, Dtab]] = (),
 ) -> str:
     """The 502 message when a name binds to nothing, laid out as Linkerd 1.7 lays it
     out: a headline, a blank line, the service name, then three tables (the name
     interpreter's own — empty unless it is namerd — the router's base dtab, and the
     per-request override), one `  prefix => dst` line per entry, each table ending with
-    a newline (so an empty table leaves an empty line)."""
+    a newline (so an empty table leaves an empty line). The entries of the match rules
+    this request matched (ours, not Linkerd's) come between base and override, one
+    `rule <name>:` table each, so they are never mistaken for the base dtab."""
+    matched = "".join(f"rule {name}:\n{_dentry_lines(table)}\n" for name, table in rules)
     return (
         "Unable to route request!\n"
         "\n"
@@ -355,6 +359,7 @@ def no_route_message(
         f"{_dentry_lines(interpreter_dtab or Dtab.EMPTY)}\n"
         "base dtab:\n"
         f"{_dentry_lines(base)}\n"
+        f"{matched}"
         "override dtab:\n"
         f"{_dentry_lines(local)}\n"
     )

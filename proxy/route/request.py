@@ -29,8 +29,10 @@ from dtab import Dtab
 
 from ..codec import grpc
 from ..errors import NoRoute, Timeout
+from ..telemetry import observe
 from ..telemetry.metrics import record as record_stats
 from ..telemetry.metrics import record_pair
+from ..telemetry.tracing import FIELDS as TRACE_FIELDS
 from ..upstream.attempt import Attempt
 from .l5d import Deadline, decode_trace, format_deadline, new_root_trace, parse_deadline
 
@@ -48,6 +50,7 @@ F_DROP: Final = 5  # never forwarded: hop-by-hop, or describing an earlier hop
 F_CONNECTION: Final = 6  # Connection: its tokens name more hop-by-hop fields
 F_UPGRADE: Final = 7  # Upgrade: forwarded only with a real upgrade (HTTP/1.1)
 F_GRPC_TIMEOUT: Final = 8  # grpc-timeout: a deadline, re-written with the time left
+F_TRACE_EXT: Final = 20  # traceparent, b3, x-b3-*, l5d-sample: re-written by observe.propagate
 
 #: The request fields every protocol consumes or re-writes (docs/dtab.md §10, §13; RFC 9110
 #: §7.6.1's hop-by-hop fields; gRPC's deadline). HTTP/2 never carries the hop-by-hop ones
@@ -57,7 +60,7 @@ REQUEST_FIELDS: Final[dict[bytes, int]] = {
     b"l5d-ctx-dtab": F_CTX_DTAB,
     b"l5d-ctx-deadline": F_DEADLINE,
     b"l5d-ctx-trace": F_TRACE,
-    b"l5d-sample": F_DROP,
+    **dict.fromkeys(TRACE_FIELDS, F_TRACE_EXT),  # W3C and B3 context, l5d-sample (telemetry/tracing.py)
     # Informational headers an earlier hop added describe that hop, not this one.
     b"l5d-dst-service": F_DROP,
     b"l5d-dst-client": F_DROP,
@@ -95,7 +98,7 @@ class RoutedRequest:
     __slots__ = (
         "_router", "_route", "_svc", "_pair", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out",
         "_bound", "_ep_key", "_upgrade", "_grpc_timeout_ns", "_listener", "_counted", "_up", "_deadline_at",
-        "_idle_mark", "_idle_since",
+        "_idle_mark", "_idle_since", "_rec", "_ferr",
     )  # fmt: skip
 
     def _init_routing(self, router: Any, listener: Any) -> None:
@@ -117,6 +120,8 @@ class RoutedRequest:
         self._deadline_at = 0.0  # the request's deadline, monotonic (0.0: none); see _deadline_fields
         self._idle_mark = -1  # what the stream idle sweep saw move last (bytes both ways)
         self._idle_since = 0.0  # since when it saw nothing move (0.0: a new request)
+        self._rec: Any = None  # the request's fields for the access log and its span (observe.RECORD)
+        self._ferr: Any = None  # the ProxyError the proxy answered this request with
         self._grpc_timeout_ns: int | None = None  # its grpc-timeout, when it had one
 
     def _prepare(
@@ -146,10 +151,17 @@ class RoutedRequest:
         user_vals: list[bytes] | None = None
         deadline_vals: list[bytes] | None = None
         trace_val: bytes | None = None
+        trace_ext: list[tuple[bytes, bytes]] | None = None
         grpc_timeout: bytes | None = None
         sig: bytes | None = None
         self._upgrade = None
         self._idle_since = 0.0
+        router = self._router
+        # -- access log / tracing (telemetry/observe.py): one attribute test when off --
+        obs = router.obs
+        if obs is not None:  # the fields at hand, as observe.RECORD lists them
+            self._rec = (perf_counter(), peer_ip, view.method, view.target, view.version, headers)
+        # --
         if extras is not None:
             clear = settings.clear_context
             sig_header = settings.sig_header
@@ -183,6 +195,10 @@ class RoutedRequest:
                     self._upgrade = value
                 elif kind == F_GRPC_TIMEOUT:
                     grpc_timeout = value
+                elif kind == F_TRACE_EXT:  # W3C/B3 context (telemetry/tracing.py)
+                    if trace_ext is None:
+                        trace_ext = []
+                    trace_ext.append((name, value))
             if conn_tokens is not None:  # names listed in Connection are hop-by-hop too
                 listed = {t.strip().lower() for t in conn_tokens.split(b",")}
                 listed -= _CONN_KEEP
@@ -199,7 +215,6 @@ class RoutedRequest:
         else:
             local, local_key = Dtab.EMPTY, b""
 
-        router = self._router
         acts = None
         if router.rules is None:  # no match rules: the plain path, one attribute check
             ident = router.identifier.identify(view)
@@ -223,12 +238,15 @@ class RoutedRequest:
             self._bound = bound
 
         # Linkerd's informational and context headers (docs/dtab.md §13.1, §13.3).
-        tc = decode_trace(trace_val) if trace_val is not None else None
-        if tc is not None:
-            tc = tc.child()
-            reqid, trace = tc.reqid(), tc.encode()
-        else:
-            reqid, trace = new_root_trace()
+        if trace_ext is None and (obs is None or obs.plain_trace):
+            tc = decode_trace(trace_val) if trace_val is not None else None
+            if tc is not None:
+                tc = tc.child()
+                reqid, trace = tc.reqid(), tc.encode()
+            else:
+                reqid, trace = new_root_trace()
+        else:  # W3C/B3 context, sampling, spans (telemetry/observe.py, telemetry/tracing.py)
+            reqid, trace = observe.propagate(self, obs, trace_val, trace_ext, out)
         out.append((b"l5d-dst-service", route.service_hdr))
         out.append((b"l5d-dst-client", client.id_show))
         if residual_hdr is not None:
@@ -357,6 +375,12 @@ class RoutedRequest:
         the counters bound to its route and endpoint, and a sampled decision."""
         if self._counted:
             self._release_slot()
+        # -- access log, span, proxy-error warning (telemetry/observe.py) --
+        rec = self._rec
+        if rec is not None or self._ferr is not None:
+            observe.end(self, rec)
+            self._rec = self._ferr = None
+        # --
         svc = self._svc
         if svc is not None:
             self._svc = None

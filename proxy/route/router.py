@@ -44,7 +44,7 @@ class Route:
 
     __slots__ = (
         "service", "service_hdr", "tree", "_pick", "local", "local_hdr", "error", "actions", "rules_dtab",
-        "stats", "cstats", "total_timeout_s",
+        "stats", "cstats", "total_timeout_s", "rules",
     )
 
     def __init__(self, service: Path, tree: NameTree | None, local: Dtab, clients: ClientRegistry, error: str | None = None,
@@ -62,6 +62,7 @@ class Route:
         # that is what travels downstream in l5d-ctx-dtab; rule entries never do.
         self.actions: Actions | None = overlay.actions if overlay is not None else None
         self.rules_dtab = overlay.dtab if overlay is not None else Dtab.EMPTY
+        self.rules: tuple[Any, ...] = overlay.rules if overlay is not None else ()  # the matched RuleConfigs
         self.service_hdr = service.show().encode("latin-1")
         self.tree = tree
         self.local = local
@@ -74,12 +75,13 @@ class Route:
         self.cstats: dict[Client, Any] = {}
         if stats is not None:
             override = bool(local.dentries)
-            self.stats = stats.service(self.service_hdr, override)
-            if tree is not None:
-                for leaf in dtab.evaluate(tree) or ():
-                    if isinstance(leaf, Bound):
-                        c = clients.get(leaf)
-                        self.cstats[c] = stats.client(c.id_show, override)
+            leaves = [b for b in dtab.evaluate(tree) or () if isinstance(b, Bound)] if tree is not None else []
+            # A name that binds to nothing is counted under one shared label, so random
+            # names (a scan, typos) cannot use up the service label slots.
+            self.stats = stats.service(self.service_hdr, override) if leaves else stats.unbound(override)
+            for leaf in leaves:
+                c = clients.get(leaf)
+                self.cstats[c] = stats.client(c.id_show, override)
 
     def pick(self, u: float | None = None) -> tuple[Client, Bound, bytes | None, RequestPolicy] | None:
         """A client for this request: a weighted choice through the unions (docs/dtab.md §9.3);
@@ -159,7 +161,7 @@ class Router:
 
     __slots__ = (
         "label", "base", "namers", "identifier", "policy", "clients", "_routes", "dst_prefix",
-        "config", "rules", "stats", "transform", "_services",
+        "config", "rules", "stats", "transform", "_services", "obs",
     )
 
     def __init__(
@@ -177,9 +179,13 @@ class Router:
         hash_on: HashOn | None = None,
         stats: Any = None,
         transform: Callable[[NameTree], NameTree] | None = None,
+        obs: Any = None,
     ) -> None:
         self.label = label
         self.stats = stats  # telemetry.RouterStats, kept across snapshots; None: telemetry off
+        # telemetry.observe.RouterObs: access log, tracing, propagator; None: all off
+        # (the wire's per-request hooks test this one attribute).
+        self.obs = obs
         self.base = dtab.compile(base)
         self.namers = tuple(namers)
         self.identifier = identifier
@@ -258,7 +264,8 @@ class Router:
         if authority is None:
             authority = lookup(b"host")
         overlay = rules.overlay(rules.match(view.method, view.target, authority, headers))
-        route = self.route_with(overlay, ident.path, local, local_key)
+        name = ident.path if overlay.service is None else overlay.service  # a rule may name the request
+        route = self.route_with(overlay, name, local, local_key)
         acts = overlay.actions
         u = None
         if acts is not None and acts.hash_on is not None:
@@ -295,9 +302,10 @@ class Router:
     def no_route(self, route: Route) -> NoRoute:
         from .l5d import no_route_message
 
-        # The rules' entries are part of the table the name was bound with.
-        base = self.base.dtab + route.rules_dtab if route.rules_dtab.dentries else self.base.dtab
-        msg = no_route_message(route.service, base, route.local)
+        # The rules' entries are part of the table the name was bound with: each matched
+        # rule is listed under its own name, between the base and the override.
+        rules = [(r.name, r.dtab) for r in route.rules if r.dtab.dentries]
+        msg = no_route_message(route.service, self.base.dtab, route.local, rules=rules)
         if route.error:
             msg = f"{msg}\n{route.error}" if msg else route.error
         return NoRoute(msg)

@@ -392,10 +392,13 @@ class Overlay:
     """One set of matched rules, precomputed: the table to bind with (base ++ the
     rules' dentries, compiled, with its own lookup memo) and the merged actions."""
 
-    __slots__ = ("key", "dtab", "table", "actions", "names")
+    __slots__ = ("key", "dtab", "table", "actions", "names", "rules", "service")
 
     def __init__(self, key: tuple[int, ...], base: CompiledDtab, rules: Sequence[RuleConfig], hash_on: HashOn | None) -> None:
         self.key = key
+        self.rules = tuple(rules)  # the matched rules, for explanations (no-route message, admin)
+        # A rule's `service` renames the request (the last such rule wins, as rewrites do).
+        self.service = next((r.service for r in reversed(self.rules) if r.service is not None), None)
         entries = [d for r in rules for d in r.dtab.dentries]
         self.dtab = Dtab(tuple(entries)) if entries else Dtab.EMPTY
         self.table = compile_dtab(base.dtab + self.dtab) if entries else base

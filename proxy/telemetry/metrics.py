@@ -66,6 +66,9 @@ MAX_CLIENTS: Final = 500
 MAX_ENDPOINTS: Final = 200  # per client: a large Kubernetes service has a few hundred pods
 
 OTHER: Final = "other"
+#: The service label of requests whose name bound to nothing (no route): one series
+#: however many such names arrive, never a slot each. Not a path, so no name collides.
+UNBOUND: Final = "unbound"
 DECISIONS_SIZE: Final = 256  # enough rows for a screen of the playground; ~60 KB of refs
 SERVER_ERROR: Final = "5xx"  # the failure class of an upstream 5xx answer
 
@@ -216,11 +219,12 @@ class Pair:
     endpoint; `RouterStats.fold` adds pairs into both before anything reads them."""
 
     __slots__ = ("svc", "es", "started", "successes", "failures", "buckets", "latency_sum_s",
-                 "bytes_in", "bytes_out", "dirty")  # fmt: skip
+                 "bytes_in", "bytes_out", "dirty", "total")  # fmt: skip
 
     def __init__(self, svc: Stats, es: Stats) -> None:
         self.svc = svc
         self.es = es
+        self.total = 0  # requests ended, kept across folds (the playground's live shares)
         self.started = 0
         self.successes = 0
         self.failures: dict[str, int] = {}
@@ -232,6 +236,7 @@ class Pair:
 
     def fold(self) -> None:
         """Move the counts into the service and the endpoint (scrape time only)."""
+        self.total += self.successes + sum(self.failures.values())
         for s in (self.svc, self.es):
             s.started += self.started
             s.successes += self.successes
@@ -359,7 +364,8 @@ class RouterStats:
     that never got a service, and the decision ring."""
 
     __slots__ = ("label", "_services", "_clients", "_other_services", "_other_clients", "unrouted",
-                 "decisions", "_max_services", "_max_clients", "_max_endpoints", "_pairs", "retry")  # fmt: skip
+                 "decisions", "_max_services", "_max_clients", "_max_endpoints", "_pairs", "retry",
+                 "_unbound")  # fmt: skip
 
     def __init__(
         self,
@@ -381,6 +387,7 @@ class RouterStats:
         self._max_clients = max_clients
         self._max_endpoints = max_endpoints
         self._pairs: list[Pair] = []
+        self._unbound: dict[bool, Stats] = {}
         self.retry: dict[tuple[str, str], RetryCounters] = {}
 
     def retry_counters(self, service: str, client: bytes) -> RetryCounters:
@@ -410,6 +417,17 @@ class RouterStats:
             if p.dirty or p.started:
                 p.fold()
 
+    def pair_totals(self) -> dict[tuple[str, str, str], int]:
+        """Requests ended so far per (service, client, endpoint), both traffic kinds
+        together (read by the admin's live traffic window; folds first)."""
+        self.fold()
+        out: dict[tuple[str, str, str], int] = {}
+        for p in self._pairs:
+            if p.total:
+                key = (p.svc.labels[1], p.es.labels[1], p.es.labels[3])
+                out[key] = out.get(key, 0) + p.total
+        return out
+
     @staticmethod
     def _traffic(override: bool) -> str:
         return "override" if override else "base"
@@ -426,6 +444,13 @@ class RouterStats:
                 s = self._other_services[override] = Stats((self.label, OTHER, self._traffic(override)))
             return s
         s = self._services[key] = Stats((self.label, service.decode("latin-1"), self._traffic(override)))
+        return s
+
+    def unbound(self, override: bool) -> Stats:
+        """The shared stats of every name that bound to nothing (label `unbound`)."""
+        s = self._unbound.get(override)
+        if s is None:
+            s = self._unbound[override] = Stats((self.label, UNBOUND, self._traffic(override)))
         return s
 
     def client(self, client_id: bytes, override: bool) -> ClientStats:
@@ -452,7 +477,7 @@ class RouterStats:
 
     def services(self) -> list[Stats]:
         self.fold()
-        return [*self._services.values(), *self._other_services.values()]
+        return [*self._services.values(), *self._other_services.values(), *self._unbound.values()]
 
     def clients(self) -> list[ClientStats]:
         self.fold()
@@ -473,6 +498,8 @@ class Telemetry:
     ) -> None:
         self.routers: dict[str, RouterStats] = {}
         self.started = time.time()
+        #: More families for the scrape: objects with `metric_lines(out)` (access logs, exporters).
+        self.extra: list[Any] = []
         self._caps = (max_services, max_clients, max_endpoints)
         # Extra exposition lines (HELP/TYPE/samples) from parts that keep their own
         # counters, e.g. the Kubernetes watches; called at scrape only.
@@ -636,6 +663,8 @@ def render(tel: Telemetry) -> bytes:
     endpoint.write(out)
     for collect in tel.collectors:
         out.extend(collect())
+    for extra in tel.extra:
+        extra.metric_lines(out)
     out.append(f"# HELP {_PREFIX}_start_time_seconds When the process started (Unix time).")
     out.append(f"# TYPE {_PREFIX}_start_time_seconds gauge")
     out.append(f"{_PREFIX}_start_time_seconds {_num(tel.started)}")

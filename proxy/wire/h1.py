@@ -166,9 +166,10 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         up, self._up = self._up, None
         if up is not None:  # the client went away mid-exchange (or closed a tunnel)
             up.cancel()
-        if self._busy and not self._tunnel:
-            self._status, self._fclass = 499, "cancelled"  # nginx's code for a client gone
-            self._account()
+        if self._busy:
+            if not self._tunnel:
+                self._status, self._fclass = 499, "cancelled"  # nginx's code for a client gone
+            self._account()  # a tunnel (after its 101) ends here, when either side closes
         self._busy = False
         self._release_slot()  # a tunnel held its slot until now
         self._server.connections.discard(self)
@@ -560,6 +561,7 @@ class ServerH1(RoutedRequest, asyncio.Protocol):
         if self._busy:
             self._status = exc.status
             self._fclass = exc.stage
+            self._ferr = exc  # the error log's cause (telemetry/observe.py)
         t = self._transport
         if t is None:
             return

@@ -439,6 +439,7 @@ class _Stream(RoutedRequest):
         self.resp_started = True
         self.resp_done = True
         self._status, self._fclass = exc.status, exc.stage
+        self._ferr = exc  # the error log's cause (telemetry/observe.py)
         if self.is_grpc:
             l5d_err = None if terse else encode_l5d_err(message)
             codec.send_headers(self.sid, grpc.error_trailers(exc, l5d_err, message=message), end_stream=True)

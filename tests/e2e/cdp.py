@@ -146,6 +146,15 @@ class Browser:
         )
         return await self.eval(js)
 
+    async def texts(self, selector: str) -> list[str]:
+        """The text of every element `selector` matches, in document order."""
+        return list(await self.eval(f"Array.from(document.querySelectorAll({json.dumps(selector)})).map(e => e.textContent)"))
+
+    async def data(self, selector: str, key: str) -> list[str | None]:
+        """`dataset[key]` of every element `selector` matches."""
+        js = f"Array.from(document.querySelectorAll({json.dumps(selector)})).map(e => e.dataset[{json.dumps(key)}] ?? null)"
+        return list(await self.eval(js))
+
     async def type_into(self, selector: str, text: str, *, replace: bool = True) -> None:
         """Focus the field and type as a user would (input events fire)."""
         sel = json.dumps(selector)

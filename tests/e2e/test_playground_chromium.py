@@ -242,3 +242,113 @@ def test_draw_a_thousand_node_tree(run) -> None:
             await b.screenshot(os.path.join(ARTIFACTS, "playground-1000-nodes.png"), full_page=False)
 
     run(go())
+
+
+# -- issue 14: live traffic on the tree (7), rules and what-if (8) ----------------------------
+
+
+@needs_chromium
+def test_the_tree_shows_observed_shares_and_endpoint_states(run) -> None:
+    async def go() -> None:
+        async with playground() as (rt, b, v1, v2, admin):
+            c = await Client.connect(proxy_port(rt))
+            for _ in range(24):
+                assert (await c.request("GET", "/", {"host": "web"})).status == 200
+            await c.close()
+            n1, n2 = len(v1.seen), len(v2.seen)
+            assert n1 + n2 == 24
+
+            await b.goto(admin + "/delegator?router=web&path=/svc/web")
+            await b.wait("document.querySelectorAll('#tree .observed').length === 2")
+            # The configured weights stay as they were; each branch's observed share of
+            # the real requests is drawn beside it.
+            assert await b.texts("#tree .weight") == ["3 · 75%", "1 · 25%"]
+            expect = [f"seen {round(n / 24 * 1000) / 10:g}%" for n in (n1, n2)]
+            assert await b.texts("#tree .observed") == expect
+            assert await b.data("#tree .observed", "requests") == [str(n1), str(n2)]
+            # Each endpoint's state (failure accrual) and its requests, after its address.
+            assert await b.data("#tree .ep", "state") == ["available", "available"]
+            assert await b.texts("#tree .ep") == [f"available · {n1} req", f"available · {n2} req"]
+            assert (await b.texts("#traffic"))[0].startswith("24 requests for /svc/web in the last ")
+            # The addresses are drawn as before (the state is a separate tag).
+            assert await b.texts("#tree .addr") == [f"127.0.0.1:{v1.port}", f"127.0.0.1:{v2.port}"]
+
+            # More traffic shows on the next refresh (the page polls while "live" is on).
+            c = await Client.connect(proxy_port(rt))
+            for _ in range(8):
+                assert (await c.request("GET", "/", {"host": "web"})).status == 200
+            await c.close()
+            updates = await b.eval("window.__delegator.trafficUpdates")
+            await b.eval("window.__delegator.loadTraffic()")
+            await b.wait(f"window.__delegator.trafficUpdates > {updates}")
+            total = sum(int(x or 0) for x in await b.data("#tree .observed", "requests"))
+            assert total == 32
+            await b.screenshot(os.path.join(ARTIFACTS, "playground-live-traffic.png"))
+
+    run(go())
+
+
+def rules_yaml(v1: int, v2: int) -> str:
+    dtab = f"/srv/v1 => /$/inet/127.0.0.1/{v1}; /srv/v2 => /$/inet/127.0.0.1/{v2}; /svc/web => /srv/v1"
+    return (
+        "admin:\n  ip: 127.0.0.1\n  port: 0\n"
+        f"routers:\n- protocol: http\n  label: web\n  dtab: {json.dumps(dtab)}\n"
+        "  rules:\n  - name: staging\n    match: {cookies: {env: staging}}\n    dtab: /svc/web => /srv/v2\n"
+        "  servers:\n  - ip: 127.0.0.1\n    port: 0\n"
+    )
+
+
+@needs_chromium
+def test_rule_entries_are_drawn_as_rules_and_what_if_counts_only_real_moves(run) -> None:
+    async def go() -> None:
+        v1, v2 = await Backend("v1").start(), await Backend("v2").start()
+        rt = await start_proxy(rules_yaml(v1.port, v2.port))
+        browser = Browser()
+        try:
+            assert CHROMIUM is not None
+            await browser.start(CHROMIUM)
+            b = browser
+            host, port = rt.admin.address
+            admin = f"http://{host}:{port}"
+            c = await Client.connect(proxy_port(rt))
+            for _ in range(3):  # no route now, and none under the proposal below
+                assert (await c.request("GET", "/", {"host": "nowhere"})).status == 502
+            assert (await c.request("GET", "/", {"host": "web"})).body.startswith(b"v1 ")
+            r = await c.request("GET", "/", {"host": "web", "cookie": "a=1; env=staging"})
+            assert r.body.startswith(b"v2 ")
+            await c.close()
+
+            await b.goto(admin + "/delegator?router=web")
+            await b.wait("document.querySelectorAll('#decisions tbody tr').length === 5")
+            # The newest row matched the rule: its dentry says so.
+            row = (await b.texts("#decisions tbody tr:first-child td"))[2]
+            assert row.startswith("rule staging: /svc/web => /srv/v2")
+
+            renders = await b.eval("window.__delegator.renders")
+            await b.click("#decisions tbody tr:first-child")
+            await wait_drawn(b, renders, "/svc/web")
+            # The rule's entry is in its own box, not in the router dtab.
+            assert await b.eval("document.querySelector('#rules').value") == "# rule staging\n/svc/web => /srv/v2;"
+            assert "/srv/v2;" not in (await b.eval("document.querySelector('#base').value")).split("/svc/web")[-1]
+            assert await b.data("#tree .dentry.rule", "rule") == ["staging"]
+            await b.wait("document.querySelectorAll('#tree .node.hl').length > 0")
+            lit = await b.eval("Array.from(document.querySelectorAll('#tree .node.hl')).map(e => [e.dataset.type, e.dataset.path])")
+            assert lit[-1] == ["leaf", f"/$/inet/127.0.0.1/{v2.port}"]
+            assert "rules=" in await b.eval("location.href")
+
+            # What-if: /svc/web to v2 for everyone moves the one plain request only; the
+            # staged one stays on v2 and the three unroutable ones had no route before or after.
+            await b.type_into("#proposed", f"/srv/v1 => /$/inet/127.0.0.1/{v1.port}; /srv/v2 => /$/inet/127.0.0.1/{v2.port}; /svc/web => /srv/v2")
+            await b.click("#whatif-run")
+            await b.wait("document.querySelector('#summary').textContent.startsWith('1 of 5 ')")
+            assert await b.eval("document.querySelectorAll('#decisions tbody tr.wi-moved').length") == 1
+            assert (await b.texts("#decisions tbody tr.wi-same td.whatif")).count("same (no route)") == 3
+            await b.screenshot(os.path.join(ARTIFACTS, "playground-rules-whatif.png"))
+            assert b.exceptions == [], b.exceptions
+        finally:
+            await browser.close()
+            await rt.drain()
+            await v1.close()
+            await v2.close()
+
+    run(go())

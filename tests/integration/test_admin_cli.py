@@ -147,3 +147,98 @@ def test_delegate_offline_and_check(tmp_path: Any, capsys) -> None:
     assert src == "  6 |     /svc/x => /b |;" and caret.endswith("^")
     assert caret.index("^") == src.index("|;") + 1  # under the ';'
 
+
+
+# -- issue 14, item 9 -------------------------------------------------------------------------
+
+
+def _nobody_listens() -> str:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing answers there
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_delegate_with_neither_router_nor_config_uses_the_embedded_default(monkeypatch, capsys) -> None:
+    nobody = _nobody_listens()
+    monkeypatch.setenv("DTABPROXY_ADMIN", nobody)
+    args = parse(["delegate", "/svc/world"])
+    out = io.StringIO()
+    assert args.fn(args, out) == 0
+    text = out.getvalue()
+    assert text.splitlines()[0] == (
+        f"source: the embedded default config (config/default.yaml), router http (no proxy answered on http://{nobody})"
+    )
+    assert "bound: /$/inet/127.0.0.1/7778" in text
+
+    # A name that binds to nothing: the tree is shown, and the exit status says so.
+    args = parse(["delegate", "/svc/nowhere"])
+    out = io.StringIO()
+    assert args.fn(args, out) == 1
+    assert "neg /host/nowhere" in out.getvalue()
+    assert "dtabproxy delegate: /svc/nowhere binds to nothing (negative)" in capsys.readouterr().err
+
+
+def test_delegate_with_neither_uses_the_proxy_on_the_default_admin_port(run, monkeypatch) -> None:
+    async def go() -> None:
+        rt = await start_proxy(yaml_for("/svc/web => /$/inet/127.1/8080"))
+        try:
+            monkeypatch.setenv("DTABPROXY_ADMIN", f"{rt.admin.address[0]}:{rt.admin.address[1]}")
+            rc, text = await cli(["delegate", "/svc/web"])
+            assert rc == 0, text
+            assert text.splitlines()[0] == f"source: the running proxy at http://{rt.admin.address[0]}:{rt.admin.address[1]}, router web"
+            assert "-> /$/inet/127.1/8080" in text
+            rc, text = await cli(["delegate", "/svc/other"])
+            assert rc == 1 and "neg" in text
+        finally:
+            await rt.drain()
+
+    run(go())
+
+
+def test_check_gives_a_column_for_errors_that_are_not_dtab_errors(tmp_path: Any, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routers:\n- protocol: http\n  servers:\n  - port: abc\n")
+    args = parse(["check", str(bad)])
+    assert args.fn(args, io.StringIO()) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"dtabproxy check: {bad}:4:11: routers[0].servers[0].port: expected an integer 1-65535 (or 0: any free port), got 'abc'"
+    assert err[1] == "  4 |   - port: abc" and err[2].index("^") == err[1].index("abc")
+
+    bad.write_text("routers:\n- protocol: http\n  lable: x\n")
+    assert args.fn(args, io.StringIO()) == 1
+    assert capsys.readouterr().err.startswith(f"dtabproxy check: {bad}:3:3: routers[0]: unknown key 'lable'")
+
+
+def test_check_prints_each_import_note_once(tmp_path: Any, capsys, caplog) -> None:
+    import shutil
+
+    from tests.unit.importers.test_importers import FIXTURES
+
+    (tmp_path / "res").mkdir()
+    shutil.copy(f"{FIXTURES}/istio-reviews.yaml", tmp_path / "res" / "r.yaml")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("routers:\n- protocol: http\n  dtab: /svc => /$/inet/127.0.0.1/1\n  resources: res\n  servers: [{port: 0}]\n")
+    args = parse(["check", str(cfg)])
+    out = io.StringIO()
+    with caplog.at_level("WARNING"):
+        assert args.fn(args, out) == 0
+    shown = out.getvalue() + capsys.readouterr().err + caplog.text
+    assert shown.count("spec.http[0].retries: retries are not translated") == 1
+
+
+def test_import_lists_what_was_not_translated_once_on_a_terminal(monkeypatch, capsys) -> None:
+    from config.importers.cli import cmd_import
+    from tests.unit.importers.test_importers import FIXTURES
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    monkeypatch.setattr("sys.stdout", tty)
+    ns = argparse.Namespace(files=[f"{FIXTURES}/istio-reviews.yaml"], prefix="/svc", strict=False)
+    assert cmd_import(ns) == 0
+    shown = tty.getvalue() + capsys.readouterr().err
+    assert shown.count("spec.http[0].retries: retries are not translated") == 1

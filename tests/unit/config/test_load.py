@@ -122,10 +122,13 @@ def test_linkerd_daemonset_hello_world_config(disco, caplog):
     assert len(cfg.routers[0].dtab) == 4
     # the Linkerd-only blocks are accepted, noted with their lines, and logged
     assert cfg.notes == (
-        "config.yaml:8: telemetry: ignored: Linkerd telemetry plugins are not used; "
-        "metrics are served at /admin/metrics/prometheus",
         "config.yaml:12: usage: ignored: usage reporting is not implemented (nothing is sent)",
+        "config.yaml:9: telemetry[0]: io.l5d.prometheus: accepted, nothing to do: "
+        "metrics are always served at /admin/metrics/prometheus",
+        "config.yaml:10: telemetry[1]: io.l5d.recentRequests: accepted, nothing to do: "
+        "recent requests are the playground's decisions (/delegator, /admin/sampling)",
     )
+    assert cfg.telemetry == ()
     assert [r.getMessage() for r in caplog.records] == list(cfg.notes)
     # the service block is read, not ignored
     assert service_policy(cfg.routers[0], Path.of("svc", "x")).response_classifier == ClassifierConfig(

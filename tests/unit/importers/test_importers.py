@@ -148,3 +148,96 @@ def test_resources_directory_loads_into_router_rules(tmp_path) -> None:
     assert any("not translated: VirtualService shop/reviews: spec.http[0].retries" in n for n in cfg.notes)
     watched = {os.path.basename(p) for p, _, _ in cfg.inputs}
     assert watched == {"c.yaml", "smi-web-apex-v1alpha2.yaml", "istio-reviews.yaml"}
+
+
+# -- issue 14: the feature-branch seed (wildcard hosts, cookies, several versions) ---------
+
+
+def _vs(name: str, hosts: list[str], http: list[dict], **spec: object) -> dict:
+    return {"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "default"}, "spec": {"hosts": hosts, "http": http, **spec}}  # fmt: skip
+
+
+FEATURE = [
+    {"match": [{"headers": {"cookie": {"exact": "shop_session-id=4f9e11"}}}], "route": [{"destination": {"host": "frontend-myfeature"}}]},
+    {"route": [{"destination": {"host": "frontend"}}]},
+]
+
+
+def test_a_wildcard_host_names_every_request_of_its_router_and_says_how() -> None:
+    r = import_documents([("f.yaml", _vs("frontend-ingress", ["*"], FEATURE, gateways=["frontend-gateway"]))])
+    assert r.untranslated == []  # the gateway binding is what "the router it is loaded into" means
+    rules = r.router_config()["rules"]
+    assert [x.get("service") for x in rules] == ["/vs/default/frontend-ingress"] * 2
+    assert rules[0]["match"] == {"cookies": {"shop_session-id": {"exact": "4f9e11"}}}
+    assert rules[0]["dtab"] == "/vs/default/frontend-ingress => /svc/frontend-myfeature"
+    assert "match" not in rules[1] and rules[1]["dtab"] == "/vs/default/frontend-ingress => /svc/frontend"
+    notes = "\n".join(t for tr in r.translations for t in tr.notes)
+    assert "apply to every request of the router it is loaded into" in notes
+    assert "routed by the name /vs/default/frontend-ingress (rule key `service`)" in notes
+    assert "is one cookie: matched as the cookie shop_session-id" in notes
+    rendered = r.render()
+    assert "# notes:" in rendered and "rule key `service`" in rendered
+
+
+def test_a_wildcard_subdomain_host_is_an_authority_condition() -> None:
+    r = import_documents([("f", _vs("shop", ["*.example.com"], [{"route": [{"destination": {"host": "web"}}]}]))])
+    (rule,) = r.router_config()["rules"]
+    assert rule["match"] == {"authority": "*.example.com"} and rule["service"] == "/vs/default/shop"
+
+
+def test_named_and_wildcard_hosts_say_each_thing_once() -> None:
+    http = [{"route": [{"destination": {"host": "web"}}], "retries": {"attempts": 3}}]
+    r = import_documents([("f", _vs("both", ["api", "*"], http))])
+    assert r.dtab_text() == "/svc/api => /svc/web;\n"
+    assert [x["group"] for x in r.router_config()["rules"]] == ["VirtualService/default/both/*"]
+    assert r.untranslated == ["VirtualService default/both: spec.http[0].retries: retries are not translated"]
+
+
+@pytest.mark.parametrize(("cond", "cookie"), [
+    ({"exact": "shop_session-id=4f9e11"}, ("shop_session-id", "4f9e11")),
+    ({"exact": ' sid = "abc" '}, ("sid", "abc")),
+    ({"exact": "a=1; b=2"}, None),            # two pairs: the header as sent
+    ({"exact": "no-equals-sign"}, None),
+    ({"exact": "a b=1"}, None),              # not a cookie name
+    ({"regex": "^(.*?;)?(user=jason)(;.*)?$"}, None),
+    ({"prefix": "sid="}, None),
+])  # fmt: skip
+def test_cookie_exact_of_one_pair_is_a_cookie_match_anything_else_the_whole_header(cond: dict, cookie: tuple | None) -> None:
+    http = [{"match": [{"headers": {"Cookie": cond}}], "route": [{"destination": {"host": "b"}}]},
+            {"route": [{"destination": {"host": "a"}}]}]  # fmt: skip
+    r = import_documents([("f", _vs("v", ["a"], http))])
+    match = r.router_config()["rules"][0]["match"]
+    notes = "\n".join(t for tr in r.translations for t in tr.notes)
+    if cookie is None:
+        assert match == {"headers": {"cookie": cond}}
+        assert "match on the whole Cookie header as sent" in notes
+    else:
+        assert match == {"cookies": {cookie[0]: {"exact": cookie[1]}}}
+        assert f"matched as the cookie {cookie[0]}" in notes
+
+
+def test_several_versions_of_one_resource_are_reported_with_the_winner() -> None:
+    old = _vs("frontend-ingress", ["*"], [{"route": [{"destination": {"host": "frontend-old"}}]}])
+    new = _vs("frontend-ingress", ["*"], FEATURE)
+    other = _vs("other", ["x"], [{"route": [{"destination": {"host": "y"}}]}])
+    r = import_documents([("a.yaml", old), ("a.yaml", other), ("b.yaml", new)])
+    assert r.untranslated == [
+        "VirtualService default/frontend-ingress (a.yaml, document 1): a later version of the same resource "
+        "(b.yaml, document 1) is the one imported; this one is not used"
+    ]
+    assert [t.ref for t in r.translations] == ["VirtualService default/other", "VirtualService default/frontend-ingress"]
+    assert "frontend-old" not in r.render() and "frontend-myfeature" in r.render()
+
+
+def test_rule_service_key_round_trips_and_an_empty_one_is_refused() -> None:
+    from config import ConfigError
+    from config.load import rule_json
+
+    cfg = load_text("routers:\n- protocol: http\n  servers: [{port: 0}]\n  rules:\n"
+                    "  - {name: r, service: /vs/x, dtab: '/vs/x => /svc/y'}\n")  # fmt: skip
+    (rule,) = cfg.routers[0].rules
+    assert rule.service is not None and rule.service.show() == "/vs/x"
+    assert rule_json(rule)["service"] == "/vs/x"
+    with pytest.raises(ConfigError, match=r":6: routers\[0\].rules\[0\].service: a service name must not be the empty path"):
+        load_text("routers:\n- protocol: http\n  servers: [{port: 0}]\n  rules:\n  - name: r\n    service: /\n")

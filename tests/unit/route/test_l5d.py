@@ -290,3 +290,17 @@ def test_header_sets():
     assert added == l5d.ADDED_REQUEST_HEADERS
     assert b"l5d-dtab" not in l5d.ADDED_REQUEST_HEADERS  # never forwarded (docs/dtab.md §10)
     assert all(l5d.is_l5d(n) for n in l5d.CONSUMED_REQUEST_HEADERS | l5d.ADDED_REQUEST_HEADERS)
+
+
+def test_no_route_message_lists_matched_rules_as_rules_not_base():
+    msg = no_route_message(
+        read_path("/svc/x"), read_dtab("/svc/y => /srv/y"), Dtab.EMPTY,
+        rules=[("feature", read_dtab("/svc/x => /svc/x-myfeature"))],
+    )  # fmt: skip
+    assert msg == (
+        "Unable to route request!\n\nservice name: /svc/x\n"
+        "dtab:\n\n"
+        "base dtab:\n  /svc/y => /srv/y\n"
+        "rule feature:\n  /svc/x => /svc/x-myfeature\n"
+        "override dtab:\n\n"
+    )

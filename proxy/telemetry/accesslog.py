@@ -1,0 +1,338 @@
+"""A router's access log (Linkerd's `httpAccessLog` / `h2AccessLog`): one line per
+request, in the combined log format plus the service name, the bound client and the
+duration, or as JSON lines (`httpAccessLogFormat: json`).
+
+The request path only appends one tuple of fields it already has to a bounded list
+(`AccessLog.add`; past `MAX_PENDING` entries a line is dropped and counted). A loop
+timer formats the pending entries in slices, off the request path, and a writer
+thread writes them (disk stalls never block the loop) and rolls the file as the roll
+policy says. Nothing here parses a request or touches a transport.
+
+Combined line (Apache's `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i"`, then
+ours: service, client, duration in milliseconds):
+
+    127.0.0.1 - - [06/Dec/2026:03:23:42 +0000] "GET /x HTTP/1.1" 200 12 "-" "curl/8.5.0" "/svc/web" "/$/inet/127.0.0.1/7778" 0.512
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import glob
+import json
+import logging
+import os
+import re
+import time
+from itertools import chain
+from typing import Any, Final
+
+log = logging.getLogger(__name__)
+
+#: Entries waiting to be written. At 25k requests/s a 100 ms flush holds ~2,500; the
+#: bound leaves room for a slow disk and caps memory (~32k small tuples, a few MB).
+MAX_PENDING: Final = 32_768
+#: How often pending lines are formatted and handed to the writer thread.
+FLUSH_S: Final = 0.1
+#: Lines formatted per loop callback: a slice of a few milliseconds, so a burst never
+#: holds the loop for long (the rest follows on the next turn).
+SLICE: Final = 1024
+
+_wall, _perf_counter = time.time, time.perf_counter  # module names, so tests can pin them
+_ESC: Final = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
+_MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_UNITS: Final = {"byte": 1, "bytes": 1, "kilobyte": 1 << 10, "kilobytes": 1 << 10, "megabyte": 1 << 20,
+                 "megabytes": 1 << 20, "gigabyte": 1 << 30, "gigabytes": 1 << 30}  # fmt: skip
+_PERIOD_S: Final = {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}
+
+
+def _escape(value: bytes) -> bytes:
+    """Apache's escaping: `"` and `\\` backslashed, other bytes outside printable
+    ASCII as `\\xhh`, so a line is always one line and one field per quote pair."""
+
+    def one(m: re.Match[bytes]) -> bytes:
+        b = m.group(0)
+        return b"\\" + b if b in (b'"', b"\\") else b"\\x%02x" % b[0]
+
+    return _ESC.sub(one, value)
+
+
+# combined: `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i"` (with the body bytes
+# a number, as nginx prints them), then the service, the client and the duration in ms.
+_LINE: Final = b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s" "%s" "%s" %.3f\n'
+
+
+
+class _Clock:
+    """`[10/Oct/2000:13:55:36 +0000]` for a time, formatted once per second."""
+
+    __slots__ = ("_sec", "_text")
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._text = b""
+
+    def stamp(self, t: float) -> bytes:
+        sec = int(t)
+        if sec != self._sec:
+            g = time.gmtime(sec)
+            self._sec = sec
+            self._text = b"%02d/%s/%04d:%02d:%02d:%02d +0000" % (
+                g.tm_mday, _MONTHS[g.tm_mon - 1].encode(), g.tm_year, g.tm_hour, g.tm_min, g.tm_sec)  # fmt: skip
+        return self._text
+
+
+class _Writer:
+    """The file, written from one thread: append (or truncate once at start), and roll
+    by size or by period, keeping `rotate_count` rolled files (-1: all)."""
+
+    def __init__(self, path: str, append: bool, roll_policy: str, rotate_count: int) -> None:
+        self.path = path
+        self.rotate_count = rotate_count
+        self.max_bytes: int | None = None
+        self.period_s: int | None = None
+        if roll_policy in _PERIOD_S:
+            self.period_s = _PERIOD_S[roll_policy]
+        elif roll_policy != "never":
+            n, _, unit = roll_policy.partition(".")
+            self.max_bytes = int(n) * _UNITS[unit]
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
+        if not append:  # truncated once; from here on every write appends
+            os.close(self.fd)
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self.size = os.fstat(self.fd).st_size
+        self.period_end = self._period_end(time.time()) if self.period_s else None
+
+    def _period_end(self, now: float) -> float:
+        assert self.period_s is not None
+        return (now // self.period_s + 1) * self.period_s
+
+    def write(self, data: bytes) -> None:
+        if self.period_end is not None and time.time() >= self.period_end:
+            self.roll()
+        limit = self.max_bytes
+        while limit is not None and self.size + len(data) > limit:
+            # Fill the file up to the limit with whole lines, roll, go on with the rest.
+            cut = data.rfind(b"\n", 0, limit - self.size) + 1
+            if cut <= 0:
+                if self.size:  # not even one line fits: roll first
+                    self.roll()
+                    continue
+                cut = data.find(b"\n") + 1 or len(data)  # one line longer than the limit
+            self._write(data[:cut])
+            data = data[cut:]
+            self.roll()
+        if data:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.size += len(data)
+
+    def roll(self) -> None:
+        """Rename the file to `<path>.<UTC time>` and start a new one."""
+        os.close(self.fd)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        target = f"{self.path}.{stamp}"
+        n = 1
+        while os.path.exists(target):
+            target = f"{self.path}.{stamp}.{n}"
+            n += 1
+        os.replace(self.path, target)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.size = 0
+        if self.period_end is not None:
+            self.period_end = self._period_end(time.time())
+        if self.rotate_count >= 0:
+            rolled = sorted(glob.glob(glob.escape(self.path) + ".*"), key=os.path.getmtime)
+            for old in rolled[: max(0, len(rolled) - self.rotate_count)]:
+                try:
+                    os.remove(old)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class AccessLog:
+    """One router's access log. `add` is the whole per-request cost."""
+
+    __slots__ = ("pending", "max_pending", "names", "path", "json", "router", "lines", "dropped", "write_errors", "_writer", "_clock",
+                 "_loop", "_timer", "_executor", "_writing", "_closed", "_ready", "_iso")  # fmt: skip
+
+    def __init__(self, path: str, *, fmt: str = "combined", router: str = "", roll_policy: str = "never",
+                 append: bool = True, rotate_count: int = -1) -> None:  # fmt: skip
+        self.pending: list[tuple[Any, ...]] = []
+        self.max_pending = MAX_PENDING
+        self.names: dict[int, tuple[Any, bytes]] = {}  # id(Bound) -> (Bound, printed id): see name_of
+        self.path = path
+        self.json = fmt == "json"
+        self.router = router
+        self.lines = 0  # written
+        self.dropped = 0  # not written: the pending list was full
+        self.write_errors = 0
+        self._writer = _Writer(path, append, roll_policy, rotate_count)
+        self._clock = _Clock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"access-log-{router}")
+        self._writing: asyncio.Future[Any] | None = None
+        self._closed = False
+        self._ready: list[tuple[bytes, int]] = []  # formatted (text, lines), waiting for the writer
+        self._iso = (-1, "")
+
+    # -- the request path --------------------------------------------------------------------
+
+    def name_of(self, bound: Any) -> bytes:
+        """A bound client's printed id, remembered by identity (a few clients per router;
+        `observe.end` looks in `names` first)."""
+        text: bytes = bound.id.show().encode("latin-1")
+        if len(self.names) > 4096:
+            self.names.clear()
+        self.names[id(bound)] = (bound, text)
+        return text
+
+    def add(self, entry: tuple[Any, ...]) -> None:
+        """One request's fields (`observe.end` does the same inline); dropped and counted
+        when full. The first field is a perf_counter() time."""
+        p = self.pending
+        if len(p) < self.max_pending:
+            p.append(entry)
+        else:
+            self.dropped += 1
+
+    # -- the background ------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._timer = loop.call_later(FLUSH_S, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._closed or self._loop is None:
+            return
+        self.flush()
+        self._timer = self._loop.call_later(FLUSH_S, self._tick)
+
+    def flush(self) -> None:
+        """Format up to SLICE pending entries now (more on the next loop turns) and hand
+        the text to the writer thread."""
+        p = self.pending
+        if p:
+            batch = p[:SLICE]
+            del p[:SLICE]
+            self._ready.append((self.format(batch), len(batch)))
+            if p and self._loop is not None and not self._closed:
+                self._loop.call_soon(self.flush)
+        self._write_ready()
+
+    def _write_ready(self) -> None:
+        if self._writing is not None or not self._ready or self._loop is None:
+            return
+        data = b"".join(c for c, _ in self._ready)
+        n = sum(k for _, k in self._ready)
+        self._ready = []
+        fut = self._loop.run_in_executor(self._executor, self._writer.write, data)
+        self._writing = fut
+
+        def done(f: asyncio.Future[Any], n: int = n) -> None:
+            self._writing = None
+            exc = f.exception() if not f.cancelled() else None
+            if exc is not None:
+                self.write_errors += n
+                log.warning("access log %s: %d lines not written: %s", self.path, n, exc)
+            else:
+                self.lines += n
+            if self._ready and not self._closed:
+                self._write_ready()
+
+        fut.add_done_callback(done)
+
+    def format(self, batch: list[tuple[Any, ...]]) -> bytes:
+        """The lines of a batch of entries (off the request path).
+
+        An entry is `(start, peer, method, target, version, user agent, referer, status,
+        body bytes, service, client, end, failure)`, atoms only, times from perf_counter()
+        (`observe.end` appends it). This loop is the access log's main cost, so it keeps
+        to locals, an inline memo and one escape check per line (measured with callgrind:
+        bench/micro/wire_h1.py accesslog)."""
+        offset = _wall() - _perf_counter()  # perf_counter() -> wall clock, once per batch
+        if self.json:
+            return self._json_lines(batch, offset)
+        # One escape check for the whole batch, in C: the targets, user agents and
+        # referers joined (a check per line was a fifth of the cost); a batch with
+        # something to escape (rare) is formatted escaping field by field.
+        columns = list(zip(*batch, strict=True))
+        clean = _ESC.search(b" ".join(chain(columns[3], columns[5], columns[6]))) is None
+        esc = _escape
+        stamp = self._clock.stamp
+        fmt = _LINE
+        peers: dict[str, bytes] = {}
+        last_sec, stamp_text = -1, b""
+        out = []
+        for t0, peer, method, target, version, ua, ref, status, nbytes, service, client, t1, _ in batch:
+            if not clean:
+                target, ua, ref = esc(target), esc(ua), esc(ref)
+            t = t0 + offset
+            sec = int(t)
+            if sec != last_sec:
+                last_sec, stamp_text = sec, stamp(t)
+            p = peers.get(peer)
+            if p is None:
+                p = peers[peer] = peer.encode("latin-1") if peer else b"-"
+            out.append(fmt % (
+                p, stamp_text, method, target, b"2.0" if version == b"2" else version, status, nbytes, ref, ua,
+                service, client, (t1 - t0) * 1000,
+            ))  # fmt: skip
+        return b"".join(out)
+
+    def _json_lines(self, batch: list[tuple[Any, ...]], offset: float) -> bytes:
+        enc = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # the C encoder
+        router = enc(self.router)
+        nul = "null"
+        out = []
+        for t0, peer, method, target, version, ua, ref, status, nbytes, service, client, t1, fclass in batch:
+            out.append(
+                f'{{"time":"{self._iso_time(t0 + offset)}","router":{router},"remote":"{peer}",'
+                f'"method":{enc(method.decode("latin-1"))},"uri":{enc(target.decode("latin-1"))},'
+                f'"protocol":"HTTP/{"2.0" if version == b"2" else version.decode("latin-1")}","status":{status},'
+                f'"bytes":{nbytes},"referer":{enc(ref.decode("latin-1")) if ref != b"-" else nul},'
+                f'"user_agent":{enc(ua.decode("latin-1")) if ua != b"-" else nul},'
+                f'"service":{enc(service.decode("latin-1")) if service != b"-" else nul},'
+                f'"client":{enc(client.decode("latin-1")) if client != b"-" else nul},'
+                f'"duration_ms":{(t1 - t0) * 1000:.3f},"failure":{enc(fclass) if fclass is not None else nul}}}\n'
+            )
+        return "".join(out).encode("ascii")
+
+    def _iso_time(self, t: float) -> str:
+        sec = int(t)
+        if self._iso[0] != sec:
+            self._iso = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+        return f"{self._iso[1]}.{int((t - sec) * 1000):03d}Z"
+
+    async def close(self) -> None:
+        """Write what is pending, then close the file (drain, reload)."""
+        if self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self.pending:
+            self.flush()
+        self._closed = True
+        while self._writing is not None or self._ready:
+            if self._writing is None:
+                self._closed = False
+                self._write_ready()
+                self._closed = True
+            if self._writing is not None:
+                try:
+                    await self._writing
+                except OSError:
+                    pass
+        self._executor.submit(self._writer.close).result()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,114 @@
+"""The access log's lines (combined and JSON), its bound, rolling, and the rate-limited
+proxy-error log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Any
+
+import pytest
+
+from proxy.telemetry import accesslog
+from proxy.telemetry.accesslog import AccessLog
+from proxy.telemetry.errorlog import ErrorLog
+
+T = 1765000000.25  # 2025-12-06T05:46:40.250Z
+
+
+@pytest.fixture(autouse=True)
+def clocks(monkeypatch) -> None:
+    """Entries carry perf_counter() times; with both clocks pinned, T reads as T."""
+    monkeypatch.setattr(accesslog, "_wall", lambda: T)
+    monkeypatch.setattr(accesslog, "_perf_counter", lambda: T)
+
+
+def entry(**kw: Any) -> tuple[Any, ...]:
+    """What observe.end appends: atoms, times from perf_counter() (pinned to T here)."""
+    f = {"t": T, "peer": "10.0.0.1", "method": b"GET", "target": b"/x?y=1", "version": b"1.1",
+         "ua": b"curl/8.5.0", "ref": b"http://a/", "status": 200, "bytes": 12, "service": b"/svc/web",
+         "client": b"/$/inet/127.0.0.1/7778", "dur": 0.000512, "fclass": None}  # fmt: skip
+    f.update(kw)
+    return (f["t"], f["peer"], f["method"], f["target"], f["version"], f["ua"], f["ref"], f["status"], f["bytes"],
+            f["service"], f["client"], f["t"] + f["dur"], f["fclass"])  # fmt: skip
+
+
+def test_combined_line_with_service_client_and_duration(tmp_path) -> None:
+    log = AccessLog(str(tmp_path / "a.log"), router="web")
+    line = log.format([entry()]).decode()
+    assert line == ('10.0.0.1 - - [06/Dec/2025:05:46:40 +0000] "GET /x?y=1 HTTP/1.1" 200 12 "http://a/" '
+                    '"curl/8.5.0" "/svc/web" "/$/inet/127.0.0.1/7778" 0.512\n')  # fmt: skip
+    # No body, no referer, no client (unrouted), a hostile user agent: "-" and escapes.
+    line = log.format([entry(bytes=0, ua=b'x" 1\n\xff', ref=b"-", service=b"-", client=b"-", status=400,
+                             version=b"2")]).decode()  # fmt: skip
+    assert '"GET /x?y=1 HTTP/2.0" 400 0 "-" "x\\" 1\\x0a\\xff" "-" "-" ' in line and line.count("\n") == 1
+
+
+def test_json_lines(tmp_path) -> None:
+    log = AccessLog(str(tmp_path / "a.log"), fmt="json", router="web")
+    (line,) = log.format([entry(fclass="connect", status=502, ua=b"-", ref=b"-")]).decode().splitlines()
+    d = json.loads(line)
+    assert d == {"time": "2025-12-06T05:46:40.250Z", "router": "web", "remote": "10.0.0.1", "method": "GET",
+                 "uri": "/x?y=1", "protocol": "HTTP/1.1", "status": 502, "bytes": 12, "referer": None,
+                 "user_agent": None, "service": "/svc/web", "client": "/$/inet/127.0.0.1/7778",
+                 "duration_ms": 0.512, "failure": "connect"}  # fmt: skip
+
+
+def test_lines_are_written_off_the_request_path_and_overflow_is_counted(run, tmp_path, monkeypatch) -> None:
+    async def go() -> None:
+        log = AccessLog(str(tmp_path / "a.log"), router="web")
+        log.max_pending = 5
+        log.start(asyncio.get_running_loop())
+        for _ in range(7):
+            log.add(entry())
+        assert (tmp_path / "a.log").read_text() == ""  # nothing written on the request path
+        assert log.dropped == 2 and len(log.pending) == 5
+        await log.close()
+        assert log.lines == 5
+        assert len((tmp_path / "a.log").read_text().splitlines()) == 5
+
+    run(go())
+
+
+def test_append_or_truncate_and_roll_by_size_keeping_rotate_count(run, tmp_path) -> None:
+    path = tmp_path / "a.log"
+    path.write_text("old line\n")
+
+    async def go() -> None:
+        log = AccessLog(str(path), router="web", append=False, roll_policy="1.kilobyte", rotate_count=2)
+        log.start(asyncio.get_running_loop())
+        for _ in range(40):  # ~150 bytes each: 6 KB, rolled every KB
+            log.add(entry())
+        await log.close()
+
+    run(go())
+    rolled = sorted(p for p in os.listdir(tmp_path) if p.startswith("a.log."))
+    assert len(rolled) == 2  # only the newest two rolled files are kept
+    lines = path.read_text().splitlines() + [x for p in rolled for x in (tmp_path / p).read_text().splitlines()]
+    assert "old line" not in lines and all(x.startswith("10.0.0.1 - - [") for x in lines)
+
+
+def test_proxy_errors_are_logged_once_per_cause_per_interval_with_a_count(caplog) -> None:
+    now = [100.0]
+    errors = ErrorLog(interval_s=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="proxy.errors"):
+        for _ in range(26):
+            errors.note("web", "/svc/world", "connect", 502, "Unable to connect to 127.0.0.1:7778: Connection refused")
+        errors.note("web", "/svc/world", "timeout", 503, "exceeded 10000 ms to /svc/world")
+        assert len(caplog.records) == 2  # the first of each cause, at once
+        now[0] += 10.0
+        errors.flush()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == ("router web: /svc/world: 502 connect: Unable to connect to 127.0.0.1:7778: "
+                        "Connection refused (more like it are counted for 10 s)")  # fmt: skip
+    assert lines[2] == ("router web: /svc/world: 25 more 502 connect in the last 10 s "
+                        "(latest: Unable to connect to 127.0.0.1:7778: Connection refused)")  # fmt: skip
+    assert len(lines) == 3 and all(r.levelno == logging.WARNING for r in caplog.records)
+    # A quiet interval later, the next failure is logged at once again.
+    now[0] += 25.0
+    errors.flush()
+    with caplog.at_level(logging.WARNING, logger="proxy.errors"):
+        errors.note("web", "/svc/world", "connect", 502, "again")
+    assert caplog.records[-1].getMessage().startswith("router web: /svc/world: 502 connect: again")
