@@ -46,6 +46,10 @@ from .wire.upstream_h2 import make_h2_opener
 
 log = logging.getLogger(__name__)
 
+#: How often pooled upstream connections are checked against their idle time
+#: (client.hostConnectionPool.idleTimeMs, default client.idleTimeoutMs): a second is far
+#: below any useful idle time, and a sweep costs one look per pooled connection.
+REAP_INTERVAL_S: Final = 1.0
 #: How often the config file and its resource files are checked for changes. Half a
 #: second keeps an edit-to-effect delay well under the 1 s the namers aim for, and a
 #: stat of a few files costs microseconds.
@@ -275,6 +279,7 @@ class Runtime:
         self._unsubscribe: dict[str, list[Any]] = {}  # router label -> namer unsubscribers
         self._reload_lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        self._reaper: asyncio.TimerHandle | None = None
         self._fingerprint: tuple[tuple[str, int, int], ...] = config.inputs
         self.reloads = 0  # completed reloads (tests and the admin server read it)
         self._reloaded = asyncio.Condition()
@@ -284,6 +289,13 @@ class Runtime:
             from .discovery.k8s_router import metric_lines
 
             self.telemetry.collectors.append(lambda: metric_lines([n for _, n in self.namers], self.k8s))
+
+    def _reap(self) -> None:
+        """Close upstream connections idle too long, in every router's client pools."""
+        now = self.loop.time()
+        for router in self.routers.values():
+            router.clients.reap_idle(now)
+        self._reaper = self.loop.call_later(REAP_INTERVAL_S, self._reap)
 
     @classmethod
     def bare(cls, *, telemetry: bool = True) -> Runtime:
@@ -318,6 +330,7 @@ class Runtime:
             self.admin = await start_admin(self, self.config.admin.ip, self.config.admin.port)
         if self.config_path is not None and self.role != "worker":
             self._watcher = self.loop.create_task(self._watch(), name="config watcher")
+        self._reaper = self.loop.call_later(REAP_INTERVAL_S, self._reap)
         self.ready = True
 
     def _build_router(
@@ -686,6 +699,9 @@ class Runtime:
         await self._stop.wait()
 
     async def drain(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         # Stop accepting first, in this same step: once /admin/ready says 503, no new
         # connection is taken (a load balancer that reads it must not race the close).
         for lst in self.listeners:

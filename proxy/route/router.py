@@ -214,12 +214,13 @@ class Router:
             sp = service_policy(rc, service)
             cached = self._services[service] = (sp, retry_budget(sp), {})
         sp, budget, by_client = cached
+        binding_timeout_s = rc.binding_timeout_ms / 1000 if rc.binding_timeout_ms else 0.0
 
         def per_client(client: Client) -> RequestPolicy:
             rp = by_client.get(client)
             if rp is None:
                 stats = self.stats.retry_counters(service.show(), client.id_show) if self.stats is not None else None
-                rp = by_client[client] = request_policy(sp, client, budget, stats)
+                rp = by_client[client] = request_policy(sp, client, budget, stats, binding_timeout_s)
             return rp
 
         ms = sp.total_timeout_ms

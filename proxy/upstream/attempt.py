@@ -61,7 +61,8 @@ class Attempt:
     __slots__ = (
         "owner", "handle", "endpoint", "client", "policy", "opener", "loop", "method", "target", "headers",
         "body_mode", "committed", "req_ended", "trailers", "body", "body_bytes", "t0", "retries",
-        "requeues", "replayed", "timer", "done", "deadline", "backoff", "status", "deferred",
+        "requeues", "replayed", "timer", "done", "deadline", "backoff", "status", "deferred", "held",
+        "held_bytes", "unsubscribe",
     )  # fmt: skip
 
     def __init__(
@@ -104,6 +105,9 @@ class Attempt:
         self.backoff: Any = None
         self.status = 0  # the final response's status, while its verdict waits (DEFER)
         self.deferred = False
+        self.held: list[Any] | None = None  # a response held back for its trailers' verdict
+        self.held_bytes = 0
+        self.unsubscribe: Any = None  # while waiting for a pending address set to bind
         now = self.t0 = monotonic()
         budget = policy.retry_budget
         if budget is not None:
@@ -117,6 +121,10 @@ class Attempt:
         ep = endpoint if endpoint is not None else self.client.pick()
         if ep is None:
             c = self.client
+            pending = c.pending_set()
+            if pending is not None and self.policy.binding_timeout_s and self.unsubscribe is None:
+                self._await_binding(pending)  # the namer has not said yet (bindingTimeoutMs)
+                return
             raise NoRoute(f"No hosts are available for {c.id.show()}")
         self.endpoint = ep
         ep.begin()
@@ -142,6 +150,37 @@ class Attempt:
                 handle.send_body(chunk)
         if self.req_ended:
             handle.send_end(self.trailers)
+
+    def _await_binding(self, pending: Any) -> None:
+        """Wait (without a task) for the client's address set to leave `pending`, up to the
+        router's bindingTimeoutMs; then try, or fail with 502."""
+        self.unsubscribe = pending.subscribe(self._binding_changed)
+        self.timer = self.loop.call_later(self.policy.binding_timeout_s, self._binding_timed_out)
+
+    def _binding_changed(self, addrs: Any) -> None:
+        if getattr(addrs, "state", None) == "pending" or self.done:
+            return
+        self._stop_waiting()
+        self._restart(None)
+        self.owner.flush_writes()
+
+    def _binding_timed_out(self) -> None:
+        self.timer = None
+        self._stop_waiting()
+        if self.done:
+            return
+        self.done = True
+        ms = self.policy.binding_timeout_s * 1000
+        self.owner.upstream_failed(NoRoute(
+            f"{self.client.id.show()} is still being resolved after {ms:.0f} ms (bindingTimeoutMs)"
+        ))  # fmt: skip
+        self.owner.flush_writes()
+
+    def _stop_waiting(self) -> None:
+        unsubscribe, self.unsubscribe = self.unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()
+        self._stop_timer()
 
     def _arm(self, delay_s: float) -> None:
         if self.timer is not None:
@@ -191,6 +230,8 @@ class Attempt:
 
     def cancel(self) -> None:
         """The owner gave up (client gone, a deadline): abandon the exchange."""
+        if self.unsubscribe is not None:
+            self._stop_waiting()
         if self.timer is not None:
             self._stop_timer()
         handle, self.handle = self.handle, None
@@ -230,6 +271,16 @@ class Attempt:
         if ev.__class__ is ResponseHead and ev.status >= 200:
             self._response_head(ev)
             return
+        held = self.held
+        if held is not None:  # a response held back for its trailers (DEFER)
+            if ev.__class__ is EndOfMessage:
+                self._held_end(ev)
+                return
+            held.append(ev)
+            self.held_bytes += len(ev.data)
+            if self.held_bytes > self.policy.hold_bytes:
+                self._release()  # too large to hold: it goes on, the trailers count for accrual
+            return
         self.owner.on_upstream_event(ev)  # 1xx: passed on, the final head follows
 
     def _response_head(self, ev: ResponseHead) -> None:
@@ -252,9 +303,16 @@ class Attempt:
             rq = policy.requeue_budget
             if rq is not None:
                 rq.deposit(now)  # requeues are paid for by successes (Finagle's RequeueFilter)
-        elif verdict == DEFER:  # the trailers will tell (gRPC); the response goes on now
+        elif verdict == DEFER:  # the trailers will tell (gRPC)
             self.deferred = True
             self.status = status
+            if policy.hold_bytes and self._body_at_hand():
+                # Held back for up to classificationTimeoutMs and responseBytes, so the
+                # trailers may still have it retried.
+                self.held = [ev]
+                self.held_bytes = 0
+                self.timer = self.loop.call_later(policy.hold_s, self._hold_timed_out)
+                return
             self.committed = True
             self.owner.on_upstream_event(ev)
             return
@@ -277,6 +335,49 @@ class Attempt:
         if handle is not None:
             handle.set_owner(owner)
         owner.on_upstream_event(ev)
+
+    def _held_end(self, ev: Any) -> None:
+        """A held response ended within the hold: its trailers decide, and it is retried
+        or goes on whole."""
+        self._stop_timer()
+        ep = self.endpoint
+        assert ep is not None
+        now = monotonic()
+        policy = self.policy
+        verdict = policy.classify_end(self.method, self.status, ev.trailers)
+        if verdict == RETRYABLE and self._may_retry(now):
+            ep.failed(now)
+            self.held = None
+            handle, self.handle = self.handle, None
+            ep.end()
+            if handle is not None:
+                handle.discard(self.req_ended)
+            self.deferred = False
+            self._retry(now)
+            return
+        self.deferred = False  # decided now: `_ended` has nothing to classify
+        if verdict == SUCCESS:
+            ep.succeeded(now)
+        else:
+            ep.failed(now)
+        self._release()
+        self._ended(ev)
+
+    def _hold_timed_out(self) -> None:
+        self.timer = None
+        if self.held is not None and not self.done:
+            self._release()
+            self.owner.flush_writes()
+
+    def _release(self) -> None:
+        """The held response goes on to the owner; its verdict waits for the trailers."""
+        held, self.held = self.held, None
+        if self.timer is not None:
+            self._stop_timer()
+        self.committed = True
+        owner = self.owner
+        for ev in held or ():
+            owner.on_upstream_event(ev)
 
     def _ended(self, ev: Any) -> None:
         self.done = True

@@ -222,6 +222,23 @@ class Endpoint:
         except ValueError:
             pass
 
+    def reap_idle(self, now: float, max_idle_s: float, keep: int) -> int:
+        """Close pooled connections that carried nothing for `max_idle_s`, keeping the
+        `keep` most recent (hostConnectionPool.idleTimeMs and minSize). Returns how many
+        were closed."""
+        idle = self.idle
+        if len(idle) <= keep:
+            for conn in idle:
+                conn.idle_for(now)  # keep their marks current
+            return 0
+        stale = [c for c in idle[: len(idle) - keep] if c.idle_for(now) >= max_idle_s]
+        for conn in idle[len(idle) - keep :]:
+            conn.idle_for(now)
+        for conn in stale:
+            self.discard(conn)
+            conn.close()
+        return len(stale)
+
     def close_idle(self) -> None:
         idle, self.idle = self.idle, []
         for conn in idle:
@@ -281,6 +298,11 @@ class Client:
         addrs: tuple[tuple[str, int], ...] = addr.addrs  # a live EndpointSet: swapped as a whole
         return addrs
 
+    def pending_set(self) -> Any | None:
+        """The client's address set while its namer has not resolved it yet, else None."""
+        addr = self.addr
+        return addr if getattr(addr, "state", None) == "pending" else None
+
     def endpoints(self) -> list[Endpoint]:
         if self._static is not None:
             return self._list
@@ -306,6 +328,17 @@ class Client:
             self.endpoints()
         ep: Endpoint | None = self.balancer.pick()
         return ep
+
+    def reap_idle(self, now: float) -> None:
+        """Close connections idle past `hostConnectionPool.idleTimeMs` (or the router's
+        client.idleTimeoutMs), keeping `minSize` per endpoint."""
+        pool = self.policy.host_connection_pool
+        ms = pool.idle_time_ms
+        if not ms:
+            return
+        for ep in self._list:
+            if ep.idle:
+                ep.reap_idle(now, ms / 1000, pool.min_size)
 
     def close_idle(self) -> None:
         for ep in self._list:
@@ -333,6 +366,10 @@ class ClientRegistry:
 
     def clients(self) -> list[Client]:
         return list(self._clients.values())
+
+    def reap_idle(self, now: float) -> None:
+        for c in self._clients.values():
+            c.reap_idle(now)
 
     def close_idle(self) -> None:
         for c in self._clients.values():

@@ -47,7 +47,7 @@ class RequestPolicy:
 
     __slots__ = (
         "buffer_bytes", "observe", "attempt_timeout_s", "classifier", "status_only", "retry_budget",
-        "requeue_budget", "backoff", "stats",
+        "requeue_budget", "backoff", "stats", "hold_bytes", "hold_s", "binding_timeout_s",
     )  # fmt: skip
 
     def __init__(
@@ -61,6 +61,9 @@ class RequestPolicy:
         requeue_budget: RetryBudget | None = None,
         backoff: Any = None,
         stats: Any = None,
+        hold_bytes: int = 0,
+        hold_s: float = 0.0,
+        binding_timeout_s: float = 0.0,
     ) -> None:
         self.buffer_bytes = buffer_bytes  # service.retryBufferSize.requestBytes
         self.observe = observe  # the balancer's feedback: (endpoint, seconds to the response head, now)
@@ -73,6 +76,14 @@ class RequestPolicy:
         self.requeue_budget = requeue_budget  # client.requeueBudget (None: no requeues)
         self.backoff = backoff  # service.retries.backoff config (a stream is made per request)
         self.stats = stats  # counters with `retries` and `requeues` (telemetry), or None
+        # A response whose head cannot decide (DEFER: gRPC with trailers) is held back, up
+        # to `hold_bytes` of body for up to `hold_s`, so its trailers can still have it
+        # retried (service.retryBufferSize.responseBytes, service.classificationTimeoutMs).
+        self.hold_bytes = hold_bytes if retry_budget is not None else 0
+        self.hold_s = hold_s
+        # How long a try waits for a name whose address set is still pending (the
+        # router's bindingTimeoutMs); 0.0: it fails at once.
+        self.binding_timeout_s = binding_timeout_s
 
     def classify(self, method: bytes, status: int, fields: list[tuple[bytes, bytes]]) -> int:
         """The verdict on a final response head: SUCCESS, FAILURE, RETRYABLE or DEFER."""
@@ -109,7 +120,8 @@ class RequestPolicy:
         return make_backoff(self.backoff) if self.backoff is not None else None
 
 
-def request_policy(service: ServicePolicy, client: Client, retry_budget: RetryBudget, stats: Any = None) -> RequestPolicy:
+def request_policy(service: ServicePolicy, client: Client, retry_budget: RetryBudget, stats: Any = None,
+                   binding_timeout_s: float = 0.0) -> RequestPolicy:  # fmt: skip
     """The attempt settings for requests of one service sent through one client."""
     lb = client.policy.load_balancer
     backoff = service.retry_backoff
@@ -122,6 +134,9 @@ def request_policy(service: ServicePolicy, client: Client, retry_budget: RetryBu
         requeue_budget=client.requeue_budget,
         backoff=None if backoff.kind == "constant" and backoff.ms == 0 else backoff,
         stats=stats,
+        hold_bytes=service.retry_buffer.response_bytes,
+        hold_s=service.classification_timeout_ms / 1000,
+        binding_timeout_s=binding_timeout_s,
     )
 
 

@@ -48,7 +48,8 @@ class UpstreamH1(asyncio.Protocol):
 
     __slots__ = (
         "transport", "reader", "owner", "endpoint", "closed", "reused", "got_bytes", "peer",
-        "_chunked", "_req_ended", "_resp_ended", "_keep_alive", "_loop", "_paused", "_counted",
+        "_chunked", "_req_ended", "_resp_ended", "_keep_alive", "_loop", "_paused", "_counted", "uses",
+        "reap_mark", "reap_since",
     )  # fmt: skip
 
     def __init__(self, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
@@ -67,6 +68,9 @@ class UpstreamH1(asyncio.Protocol):
         self._keep_alive = True
         self._paused = False
         self._counted = True  # still counted in endpoint.connections (until `closed` once)
+        self.uses = 0  # exchanges carried: the idle reaper tells a parked connection by it
+        self.reap_mark = -1
+        self.reap_since = 0.0
 
     # -- pool ------------------------------------------------------------------------------
 
@@ -75,6 +79,7 @@ class UpstreamH1(asyncio.Protocol):
 
     def attach(self, owner: Any, head: bytes, method: bytes, body_mode: int, *, reused: bool) -> None:
         self.owner = owner
+        self.uses += 1
         self.reused = reused
         self.got_bytes = False
         self._chunked = body_mode == BODY_CHUNKED
@@ -85,6 +90,17 @@ class UpstreamH1(asyncio.Protocol):
         self.transport.write(head)
         if self.transport.get_write_buffer_size() > HIGH_WATER:
             owner.pause_client_reads()
+
+    def idle_for(self, now: float) -> float:
+        """How long this pooled connection has carried nothing, as the idle reaper (one
+        sweep a second, proxy/runtime.py) sees it; 0.0 when it is in use."""
+        if self.owner is not None or self.closed:
+            return 0.0
+        if self.uses != self.reap_mark:
+            self.reap_mark = self.uses
+            self.reap_since = now
+            return 0.0
+        return now - self.reap_since
 
     def write_raw(self, data: bytes) -> None:
         """Bytes already framed for this exchange (a pending handle's buffer)."""

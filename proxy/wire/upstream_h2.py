@@ -202,7 +202,8 @@ class UpstreamH2(asyncio.Protocol):
     """One HTTP/2 connection to an endpoint, carrying many exchanges."""
 
     __slots__ = ("endpoint", "loop", "codec", "transport", "streams", "waiting", "closed", "goaway",
-                 "_flush_scheduled", "max_streams", "connected", "_write_paused", "scheme", "active", "_counted")
+                 "_flush_scheduled", "max_streams", "connected", "_write_paused", "scheme", "active", "_counted",
+                 "uses", "reap_mark", "reap_since")
 
     def __init__(self, endpoint: Endpoint, loop: asyncio.AbstractEventLoop, scheme: bytes) -> None:
         self.endpoint = endpoint
@@ -221,6 +222,9 @@ class UpstreamH2(asyncio.Protocol):
         self.active = 0  # started plus waiting exchanges
         endpoint.opened()
         self._counted = True  # counted in endpoint.connections until `_uncount`
+        self.uses = 0  # streams opened: the idle reaper tells an unused connection by it
+        self.reap_mark = -1
+        self.reap_since = 0.0
 
     def _uncount(self) -> None:
         if self._counted:
@@ -232,12 +236,23 @@ class UpstreamH2(asyncio.Protocol):
     def usable(self) -> bool:
         return False  # never handed out by Endpoint.take_idle (that is HTTP/1's pool)
 
+    def idle_for(self, now: float) -> float:
+        """How long this connection has carried no stream (see UpstreamH1.idle_for)."""
+        if self.active or self.closed or not self.connected:
+            return 0.0
+        if self.uses != self.reap_mark:
+            self.reap_mark = self.uses
+            self.reap_since = now
+            return 0.0
+        return now - self.reap_since
+
     def has_room(self) -> bool:
         return not self.closed and not self.goaway and self.active < self.max_streams
 
     def open(self, owner: Any, headers: list[tuple[bytes, bytes]], body_mode: int) -> H2Exchange:
         ex = H2Exchange(self, owner, self.endpoint, headers, body_mode)
         self.active += 1
+        self.uses += 1
         if self.connected and len(self.streams) < self.max_streams and not self.waiting:
             self._start(ex)
             self.want_flush()

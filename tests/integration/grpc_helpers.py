@@ -15,6 +15,8 @@ them through `loop.run_in_executor` and the proxy's loop stays free.
   Echo            bidi: each message back, prefixed by the server name
   Big             unary: request b"<size>" -> one message of `size` bytes
   Hang            unary: waits until the call is cancelled (or 30 s); records it
+  Flaky           unary: the first `flaky` calls send their initial metadata, then fail
+                  UNAVAILABLE (HEADERS then trailers: not trailers-only); later calls answer
   Drip            server streaming: request b"<n>:<gap_ms>" -> n messages, `gap_ms` apart
                   (a stream that outlives a router timeout); the elapsed seconds last
 `AdService` (`hipstershop.AdService/GetAds`): answers the server's name.
@@ -43,6 +45,8 @@ class Greeter:
         self.seen_metadata: list[dict[str, Any]] = []
         self.seen_timeouts: list[float | None] = []
         self.peers: list[str] = []  # "ipv4:127.0.0.1:<port>": one per upstream connection
+        self.flaky = 0  # Flaky calls still to fail
+        self.flaky_calls = 0
 
     def _record(self, context: grpc.ServicerContext) -> dict[str, Any]:
         md = dict(context.invocation_metadata())
@@ -90,6 +94,15 @@ class Greeter:
         self._record(context)
         return b"b" * int(request)
 
+    def flaky_call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._record(context)
+        self.flaky_calls += 1
+        if self.flaky > 0:
+            self.flaky -= 1
+            context.send_initial_metadata((("x-flaky", "yes"),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+        return self.name.encode() + b":" + request
+
     def drip(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         self._record(context)
         n, gap_ms = (int(x) for x in request.split(b":"))
@@ -125,6 +138,7 @@ class Greeter:
                 "Big": u(self.big, **kw),
                 "Hang": u(self.hang, **kw),
                 "Drip": grpc.unary_stream_rpc_method_handler(self.drip, **kw),
+                "Flaky": u(self.flaky_call, **kw),
             },
         )
 

@@ -372,3 +372,40 @@ def test_host_connection_pool_bounds_upstream_connections_and_waiters(run) -> No
 
     run(main())
 
+
+
+def test_idle_upstream_connections_are_closed_after_the_pool_idle_time(run) -> None:
+    async def main() -> None:
+        closed = asyncio.Event()
+        accepted = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            try:
+                while await reader.readuntil(b"\r\n\r\n"):
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                closed.set()  # the proxy let the pooled connection go
+            writer.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        bport = srv.sockets[0].getsockname()[1]
+        rt = await start_proxy(
+            "routers:\n- protocol: http\n  label: t\n"
+            f"  dtab: '/svc => /$/inet/127.0.0.1/{bport}'\n"
+            "  client:\n    hostConnectionPool: {idleTimeMs: 1000}\n"
+            "  servers:\n  - ip: 127.0.0.1\n    port: 0\n"
+        )
+        try:
+            c = await Client.connect(proxy_port(rt))
+            assert (await c.request("GET", "/", {"Host": "web"})).status == 200
+            await asyncio.wait_for(closed.wait(), 20)  # reaped (one sweep a second)
+            assert (await c.request("GET", "/", {"Host": "web"})).status == 200  # a new one
+            assert accepted == 2
+        finally:
+            await rt.drain()
+            srv.close()
+
+    run(main())

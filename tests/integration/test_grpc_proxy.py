@@ -212,6 +212,24 @@ def test_a_server_stream_longer_than_the_router_timeout_completes_within_its_dea
     run(main())
 
 
+def test_unavailable_after_initial_metadata_is_retried_under_grpc_default(run: Any) -> None:
+    async def main() -> None:
+        g = Greeter("g1")
+        g.flaky = 1
+        srv = GrpcServer(g)
+        rt = await _proxy_for(srv, extra="  service:\n    responseClassifier: {kind: io.l5d.h2.grpc.default}\n")
+        ch = channel(proxy_port(rt))
+        # The failure is not trailers-only: the proxy holds the answer for its trailers
+        # (classificationTimeoutMs, responseBytes) and retries UNAVAILABLE.
+        assert await _in_thread(lambda: unary(ch, "/hello.Greeter/Flaky")(b"x", timeout=10)) == b"g1:x"
+        assert g.flaky_calls == 2
+        ch.close()
+        await rt.drain()
+        srv.stop()
+
+    run(main())
+
+
 def test_router_timeout_answers_deadline_exceeded_from_the_proxy(run: Any) -> None:
     async def main() -> None:
         g = Greeter("g1")

@@ -46,7 +46,9 @@ def scrape(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     for fam in text_string_to_metric_families(body.decode()):
         for s in fam.samples:
             if s.name != "dtabproxy_start_time_seconds":
-                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+                # Latency sums are floats added in another order when merged: equal to
+                # the last few bits, as one process's own sums would be in another order.
+                out[(s.name, tuple(sorted(s.labels.items())))] = round(s.value, 9)
     return out
 
 
