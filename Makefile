@@ -24,7 +24,7 @@ run: $(RUNSTAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dtab config proxy bench tests
-	$(BIN)/mypy dtab config proxy/upstream
+	$(BIN)/mypy dtab config proxy
 
 # What the suite needs from the system: Debian's chromium for the playground test (the
 # test is skipped, saying why, on a machine where it cannot be installed).

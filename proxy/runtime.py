@@ -103,6 +103,8 @@ class Listener:
     """One server socket and what its connections share: the settings snapshot (swapped
     whole on reload and on a dtab change), the connections, the requests in flight."""
 
+    settings: ListenerSettings
+
     __slots__ = (
         "settings", "loop", "connections", "server", "config", "address", "_idle_timeout",
         "_header_timeout", "_stream_idle_timeout", "_sweeper", "closed_event", "protocol", "in_flight", "_bound",
@@ -323,7 +325,7 @@ class Runtime:
                 lst = Listener(self.routers[rc.label], rc, sc, self.loop, reuse_port=self.role == "worker")
                 await lst.start()
                 self.listeners.append(lst)
-                log.info("router %s listening on %s:%d", rc.label, *lst.address)  # type: ignore[str-format]
+                log.info("router %s listening on %s:%d", rc.label, *(lst.address or ("?", 0)))
         if self.config.admin is not None and self.role != "worker":
             from .admin.app import start_admin
 
@@ -679,7 +681,7 @@ class Runtime:
             lst.stop_accepting()
         for lst in plan.bound:
             self.listeners.append(lst)
-            log.info("router %s listening on %s:%d", lst.router.label, *lst.address)  # type: ignore[str-format]
+            log.info("router %s listening on %s:%d", lst.router.label, *(lst.address or ("?", 0)))
         self.config = cfg
 
     async def _watch(self) -> None:

@@ -1323,6 +1323,7 @@ def _check_field(item: tuple[bytes, bytes], request: bool = False) -> None:
 
 
 def _check_pseudo_value(name: bytes, value: bytes) -> None:
+    bad: bytes | bool
     if not value:
         raise PeerProtocolError(f"empty {name.decode('latin-1')}")
     if name == b":path":

@@ -108,14 +108,14 @@ def _picker(tree: NameTree, clients: ClientRegistry, per_client: Any = None) -> 
             members.append((w.weight, _picker(w.tree, clients, per_client)))
         if not members:
             return lambda u=None: None
-        total = sum(w for w, _ in members)
+        total = sum(weight for weight, _ in members)
         if total <= 0:  # every weight zero: uniform (§9.3)
             members = [(1.0, p) for _, p in members]
             total = float(len(members))
         cum: list[float] = []
         acc = 0.0
-        for w, _ in members:
-            acc += w
+        for weight, _ in members:
+            acc += weight
             cum.append(acc)
         picks = [p for _, p in members]
         rnd = random.random

@@ -291,7 +291,7 @@ class AccessLog:
         return b"".join(out)
 
     def _json_lines(self, batch: list[tuple[Any, ...]], offset: float) -> bytes:
-        enc = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # the C encoder
+        enc = json.encoder.encode_basestring_ascii  # the C encoder
         router = enc(self.router)
         nul = "null"
         out = []

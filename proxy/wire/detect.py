@@ -20,7 +20,6 @@ timeout as it would its own (GOAWAY, or 408).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -48,7 +47,7 @@ def _is_http09(line: bytes) -> bool:
     return bool(sp) and method.isalpha() and method.isupper() and target[:1] == b"/" and b" " not in target
 
 
-class Detect(asyncio.Protocol):
+class Detect:
     """Holds a connection until its protocol is known, then hands it over."""
 
     __slots__ = ("_server", "_transport", "_buf", "_h2_allowed", "last_active", "head_started")
@@ -115,6 +114,12 @@ class Detect(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False
 
+    def pause_writing(self) -> None:
+        return None  # nothing is written before the hand-over but a refusal
+
+    def resume_writing(self) -> None:
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._leave()
@@ -155,7 +160,7 @@ class Detect(asyncio.Protocol):
                 proto.head_started = self.head_started
 
 
-def protocol_factory(server: Any, protocol: str, tls: bool) -> Callable[[], asyncio.Protocol]:
+def protocol_factory(server: Any, protocol: str, tls: bool) -> Callable[[], Any]:
     """The listener's protocol factory for a router `protocol` ("http" | "h2")."""
     if protocol == "h2":
         return lambda: Detect(server, True)

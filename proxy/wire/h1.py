@@ -102,7 +102,7 @@ class _HeaderLookup:
         return None
 
 
-class ServerH1(RoutedRequest, asyncio.Protocol):
+class ServerH1(RoutedRequest):
     """Downstream HTTP/1.1 connection: parse, route, forward. Never blocks."""
 
     __slots__ = (

@@ -492,7 +492,7 @@ class _Stream(RoutedRequest):
                 conn._close_soon = True
 
 
-class ServerH2(asyncio.Protocol):
+class ServerH2:
     """Downstream HTTP/2 connection: streams routed and forwarded. Never blocks."""
 
     __slots__ = ("_server", "_loop", "_transport", "_codec", "_streams", "_peer_ip", "last_active",

@@ -43,7 +43,7 @@ def set_nodelay(transport: Any) -> None:
             pass
 
 
-class UpstreamH1(asyncio.Protocol):
+class UpstreamH1:
     """One keep-alive connection to an endpoint; while attached, the exchange handle."""
 
     __slots__ = (

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
@@ -198,7 +198,7 @@ class H2Exchange:
             owner.flush_writes()
 
 
-class UpstreamH2(asyncio.Protocol):
+class UpstreamH2:
     """One HTTP/2 connection to an endpoint, carrying many exchanges."""
 
     __slots__ = ("endpoint", "loop", "codec", "transport", "streams", "waiting", "closed", "goaway",
@@ -595,10 +595,10 @@ def make_h2_opener(tls: Any = None, connect_timeout: float | None = None) -> Any
         endpoint.idle.append(conn)  # joinable while it connects: no connection storm
         ex = conn.open(owner, fields, body_mode)
         if ctx is not None:
-            coro = loop.create_connection(lambda: conn, endpoint.host, endpoint.port, ssl=ctx,
+            coro = loop.create_connection(cast(Any, lambda: conn), endpoint.host, endpoint.port, ssl=ctx,
                                           server_hostname=server_name or endpoint.host)
         else:
-            coro = loop.create_connection(lambda: conn, endpoint.host, endpoint.port)
+            coro = loop.create_connection(cast(Any, lambda: conn), endpoint.host, endpoint.port)
         if connect_timeout:  # client.connectTimeoutMs: per new connection, never per request
             coro = asyncio.wait_for(coro, connect_timeout)
         fut = asyncio.ensure_future(coro)
