@@ -97,7 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"dtabproxy: router {label} listening on {host}:{port}", flush=True)
         if rt.admin is not None:
             print(f"dtabproxy: admin on http://{rt.admin.address[0]}:{rt.admin.address[1]}/", flush=True)
-        log.info("ready (%s%s)", "uvloop" if uv else "asyncio", f", {workers} workers" if workers > 1 else "")
+        from ._purepy import compiled
+
+        log.info("ready (%s, %s%s)", "uvloop" if uv else "asyncio", "compiled" if compiled() else "pure Python",
+                 f", {workers} workers" if workers > 1 else "")  # fmt: skip
 
     try:
         if workers > 1:

@@ -45,6 +45,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from http import HTTPStatus
+from typing import ClassVar
 
 import httptools
 
@@ -155,20 +156,23 @@ _DERIVED = frozenset(("plain", "extras"))  # hints computed from the headers, no
 
 
 class _Event:
-    """Value semantics and a readable repr for the event classes (tests, trace logs)."""
+    """Value semantics and a readable repr for the event classes (tests, trace logs).
+    `FIELDS` names each class's fields (its `__slots__`, which a compiled class does
+    not keep)."""
 
     __slots__: tuple[str, ...] = ()
+    FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __eq__(self, other: object) -> bool:
         # `plain` is derived from the headers (a hint for forwarding), not part of the value.
         return type(self) is type(other) and all(
-            getattr(self, s) == getattr(other, s) for s in self.__slots__ if s not in _DERIVED
+            getattr(self, s) == getattr(other, s) for s in self.FIELDS if s not in _DERIVED
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable value objects
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in self.__slots__)
+        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in self.FIELDS)
         return f"{type(self).__name__}({fields})"
 
 
@@ -182,6 +186,19 @@ class RequestHead(_Event):
     """
 
     __slots__ = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "keep_alive",
+        "chunked",
+        "content_length",
+        "upgrade",
+        "expect_continue",
+        "extras",
+        "plain",
+    )
+    FIELDS: ClassVar[tuple[str, ...]] = (
         "method",
         "target",
         "version",
@@ -243,6 +260,17 @@ class ResponseHead(_Event):
         "upgrade",
         "plain",
     )
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "status",
+        "reason",
+        "version",
+        "headers",
+        "keep_alive",
+        "chunked",
+        "content_length",
+        "upgrade",
+        "plain",
+    )
 
     def __init__(
         self,
@@ -271,6 +299,7 @@ class Body(_Event):
     """A piece of decoded body (chunk framing removed). Pieces follow the input."""
 
     __slots__ = ("data",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("data",)
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -281,6 +310,7 @@ class EndOfMessage(_Event):
     (lowercase names), or None when it had none."""
 
     __slots__ = ("trailers",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("trailers",)
 
     def __init__(self, trailers: Headers | None = None) -> None:
         self.trailers = trailers

@@ -47,6 +47,7 @@ from hpack import NeverIndexedHeaderTuple as _HpackNeverIndexed
 from hpack.huffman_constants import REQUEST_CODES as _HUFFMAN_CODES
 from hpack.huffman_constants import REQUEST_CODES_LENGTH as _HUFFMAN_LENGTHS
 from hpack.table import HeaderTable as _HeaderTable
+from mypy_extensions import mypyc_attr
 
 from proxy.errors import LocalProtocolError, PeerProtocolError
 
@@ -156,9 +157,12 @@ _STATIC: Final[tuple[tuple[bytes, bytes], ...]] = (
 _STATIC_LEN: Final = len(_STATIC) - 1  # 61
 
 
-class NeverIndexed(tuple):  # type: ignore[type-arg]
-    """A field that arrived as "never indexed" (RFC 7541 §6.2.3): an intermediary must
-    forward it with the same representation (§7.1.3)."""
+@mypyc_attr(native_class=False)  # a bytes subclass: compiled classes cannot extend bytes
+class NeverIndexed(bytes):
+    """The value of a field that arrived as "never indexed" (RFC 7541 §6.2.3): an
+    intermediary must forward it with the same representation (§7.1.3). The mark is on
+    the value, not the (name, value) pair: a pair may be rebuilt on the way (a compiled
+    build keeps pairs unboxed), a value object travels as it is."""
 
     __slots__ = ()
 
@@ -366,7 +370,7 @@ class Decoder:
                 else:
                     name, pos = _hstring(data, pos, n)
                 value, pos = _hstring(data, pos, n)
-                field = NeverIndexed((name, value)) if b & 0x10 else (name, value)
+                field = (name, NeverIndexed(value) if b & 0x10 else value)
             total += len(field[0]) + len(field[1]) + 32
             if total > limit:
                 raise HeaderListTooLarge(f"header list larger than {limit} bytes")
@@ -489,7 +493,7 @@ def _name_prefix(name: bytes, first: int) -> bytes:
 
 def _encode_field(h: Any) -> bytes:
     name, value = h[0], h[1]
-    if isinstance(h, (NeverIndexed, _HpackNeverIndexed)):
+    if isinstance(value, NeverIndexed) or isinstance(h, _HpackNeverIndexed):
         return _name_prefix(name, 0x10) + _string(value)
     b = _STATIC_ENCODED.get((name, value))
     if b is not None:
@@ -705,10 +709,10 @@ class H2Codec:
         except _ConnError as exc:
             self._fail(exc.code, str(exc))
             raise PeerProtocolError(f"HTTP/2 connection error: {exc}") from None
-        except HpackError as exc:
-            code = ENHANCE_YOUR_CALM if isinstance(exc, HeaderListTooLarge) else COMPRESSION_ERROR
-            self._fail(code, str(exc))
-            raise PeerProtocolError(f"HTTP/2 connection error: {exc}") from None
+        except HpackError as hexc:  # its own name: a compiled build types `exc` by the clause above
+            code = ENHANCE_YOUR_CALM if isinstance(hexc, HeaderListTooLarge) else COMPRESSION_ERROR
+            self._fail(code, str(hexc))
+            raise PeerProtocolError(f"HTTP/2 connection error: {hexc}") from None
         return events
 
     def _fail(self, code: int, message: str) -> None:

@@ -67,10 +67,11 @@ class ListenerSettings:
 
     def with_router(self, router: Router) -> ListenerSettings:
         """The same settings over another router snapshot (a dtab change, a reload)."""
-        new = ListenerSettings.__new__(ListenerSettings)
-        for name in ListenerSettings.__slots__:
-            setattr(new, name, getattr(self, name))
-        new.router = router
+        new = ListenerSettings(
+            router, self.limits, self.config, self.timeout, self.policy, self.open_upstream,
+            add_via=self.add_via, add_forwarded=self.add_forwarded,
+        )  # fmt: skip
+        new._override_cache = self._override_cache  # the same policy's answers
         return new
 
     def check_override(

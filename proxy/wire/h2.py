@@ -706,10 +706,10 @@ class ServerH2:
         self._streams[sid] = st
         try:
             st.open(req, ended)
-        except ProxyError as exc:
+        except ProxyError as perr:  # its own name: a compiled build types `exc` by the clause above
             st.is_grpc = grpc.is_grpc(req.content_type)
             st.req_done = ended
-            st.respond_error(exc)
+            st.respond_error(perr)
             return False
         if ended and not st.req_done:  # END_STREAM on HEADERS: the request is complete
             st.request_end(None)

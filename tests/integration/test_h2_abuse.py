@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from proxy.codec import h2 as h2c
-from proxy.upstream.endpoint import Endpoint
+from proxy.upstream.endpoint import WAIT, Endpoint
 from proxy.wire import h2 as wire_h2
 from proxy.wire.upstream_h1 import BODY_NONE, PendingH1, UpstreamH1, open_h1
 
@@ -275,15 +275,15 @@ def test_a_connection_made_for_a_cancelled_request_goes_to_the_idle_pool(run: An
     async def main() -> None:
         be = await CountingServer().start()
         parked = asyncio.Event()
-
-        class WatchedEndpoint(Endpoint):
-            def give_back(self, conn: Any) -> bool:
-                ok = super().give_back(conn)
-                parked.set()
-                return ok
-
-        ep = WatchedEndpoint("127.0.0.1", be.port)
+        given: list[Any] = []
+        # One connection at most, one waiter: what the abandoned connect gives back reaches
+        # the waiter (an event, where a compiled Endpoint cannot be subclassed to watch it).
+        ep = Endpoint("127.0.0.1", be.port, max_connections=1, max_waiters=1)
         loop = asyncio.get_running_loop()
+
+        def waiter(conn: Any) -> None:
+            given.append(conn)
+            parked.set()
 
         class Owner:
             def __init__(self) -> None:
@@ -305,8 +305,12 @@ def test_a_connection_made_for_a_cancelled_request_goes_to_the_idle_pool(run: An
         handle = open_h1(ep, first, b"GET", b"/gone", [(b"host", b"web")], BODY_NONE, loop)
         assert isinstance(handle, PendingH1)
         handle.cancel()  # before the connect could finish
+        assert ep.checkout(waiter, fresh=True) is WAIT  # the connect holds the one slot
         await asyncio.wait_for(parked.wait(), 10)
-        assert len(ep.idle) == 1 and ep.connections == 1  # parked, still counted as open
+        (conn0,) = given
+        assert conn0 is not None and conn0.usable() and ep.connections == 1  # kept, not closed
+        ep.give_back(conn0)  # and parked for the next request
+        assert len(ep.idle) == 1
         second = Owner()
         conn = open_h1(ep, second, b"GET", b"/next", [(b"host", b"web")], BODY_NONE, loop)
         assert isinstance(conn, UpstreamH1)  # the parked connection, not a new connect

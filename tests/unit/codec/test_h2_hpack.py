@@ -43,7 +43,7 @@ def test_c2_single_representations() -> None:
     assert dec.decode(_hex("040c 2f73 616d 706c 652f 7061 7468")) == [(b":path", b"/sample/path")]
     assert dec._table == []
     out = Decoder().decode(_hex("1008 7061 7373 776f 7264 0673 6563 7265 74"))
-    assert out == [(b"password", b"secret")] and isinstance(out[0], NeverIndexed)
+    assert out == [(b"password", b"secret")] and isinstance(out[0][1], NeverIndexed)
     assert Decoder().decode(b"\x82") == [(b":method", b"GET")]
 
 

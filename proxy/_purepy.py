@@ -1,0 +1,76 @@
+"""`DTABPROXY_PURE=1`: import this package's `.py` files even where compiled extensions of
+them exist (setup.py compiles the hot path with mypyc), so one installed tree runs both
+ways and `make test` can prove the pure-Python build too. Nothing else uses it."""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+class SourceFirst(importlib.abc.MetaPathFinder):
+    """Finds `proxy.*` modules as the path finder would, but a compiled one by its source."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> Any:
+        if not fullname.startswith("proxy.") or path is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        origin = spec.origin if spec is not None else None
+        if origin is None or not origin.endswith(_SUFFIXES):
+            return None
+        source = os.path.join(os.path.dirname(origin), fullname.rpartition(".")[2] + ".py")
+        if not os.path.exists(source):
+            return None
+        return importlib.util.spec_from_file_location(fullname, source)
+
+
+def stale() -> list[str]:
+    """Compiled modules older than their source (edited since the build)."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    out = []
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            if not f.endswith(_SUFFIXES):
+                continue
+            source = os.path.join(dirpath, f.split(".", 1)[0] + ".py")
+            try:
+                if os.stat(source).st_mtime_ns > os.stat(os.path.join(dirpath, f)).st_mtime_ns:
+                    out.append(os.path.relpath(source, os.path.dirname(root)))
+            except OSError:
+                continue
+    return out
+
+
+def install() -> None:
+    if not any(isinstance(f, SourceFirst) for f in sys.meta_path):
+        sys.meta_path.insert(0, SourceFirst())
+
+
+def main(argv: list[str]) -> int:
+    """`--check`: exit 1 when the compiled build is stale (`make build` asks); else say
+    which build runs."""
+    if "--check" in argv:
+        old = stale()
+        for path in old:
+            print(f"stale compiled module: {path} changed since the build", file=sys.stderr)
+        return 1 if old else 0
+    print("compiled" if compiled() else "pure Python")
+    return 0
+
+
+def compiled() -> bool:
+    """Whether the request path runs compiled (for the startup log and the tests)."""
+    from .wire import h1
+
+    return bool(h1.__file__ and h1.__file__.endswith(_SUFFIXES))
+
