@@ -288,6 +288,8 @@ class Runtime:
         self.swapped = asyncio.Event()  # set, and replaced, at every router swap
         self.k8s: dict[str, RouterK8s] = {}  # router label -> its transformers, API routes, stored dtab
         if self.telemetry is not None:
+            # Endpoint states and ejections are read from the routers' clients at scrape.
+            self.telemetry.clients_source = lambda: {lb: r.clients.clients() for lb, r in self.routers.items()}
             from .discovery.k8s_router import metric_lines
 
             self.telemetry.collectors.append(lambda: metric_lines([n for _, n in self.namers], self.k8s))

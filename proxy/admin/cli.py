@@ -73,6 +73,9 @@ class Row:
     requests: float = 0.0
     successes: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+    retries: float = 0.0
+    timeouts: float = 0.0  # answered because a deadline or timeout passed (every reason)
+    endpoints: dict[str, float] | None = None  # a client's endpoints by accrual state, now
 
 
 @dataclass
@@ -92,6 +95,8 @@ def parse_metrics(text: str, by: str) -> tuple[dict[tuple[str, ...], Row], float
     prefix = f"dtabproxy_{by}_"
     rows: dict[tuple[str, ...], Row] = {}
     started = None
+    timeouts: dict[tuple[str, ...], float] = {}
+    states: dict[tuple[str, str], dict[str, float]] = {}
 
     def key(labels: dict[str, str]) -> tuple[str, ...]:
         if by == "endpoint":
@@ -101,6 +106,16 @@ def parse_metrics(text: str, by: str) -> tuple[dict[tuple[str, ...], Row], float
     for fam in text_string_to_metric_families(text):
         if fam.name == "dtabproxy_start_time_seconds":
             started = fam.samples[0].value if fam.samples else None
+            continue
+        if fam.name == "dtabproxy_service_client_deadline_exceeded" and by != "endpoint":
+            for s in fam.samples:  # every reason, summed per row
+                k = key(s.labels)
+                timeouts[k] = timeouts.get(k, 0.0) + s.value
+            continue
+        if fam.name == "dtabproxy_client_endpoints" and by == "client":
+            for s in fam.samples:
+                st = states.setdefault((s.labels.get("router", ""), s.labels.get("client", "")), {})
+                st[s.labels.get("state", "")] = s.value
             continue
         if not fam.name.startswith(prefix):
             continue
@@ -112,6 +127,14 @@ def parse_metrics(text: str, by: str) -> tuple[dict[tuple[str, ...], Row], float
             elif s.name == prefix + "request_latency_seconds_bucket":
                 le = math.inf if s.labels["le"] == "+Inf" else float(s.labels["le"])
                 rows.setdefault(key(s.labels), Row()).buckets[le] = s.value
+            elif s.name == prefix + "retries_total":
+                rows.setdefault(key(s.labels), Row()).retries = s.value
+    for k, n in timeouts.items():
+        if k in rows:
+            rows[k].timeouts = n
+    if by == "client":
+        for k, row in rows.items():
+            row.endpoints = states.get((k[0], k[1]))
     return rows, started
 
 
@@ -147,12 +170,19 @@ def snapshot(admin_url: str, by: str) -> Snapshot:
 
 def stat_table(prev: Snapshot | None, cur: Snapshot, *, router: str | None = None, by: str = "service") -> list[list[str]]:
     """One line per name: success rate, RPS and latency quantiles over the window from
-    `prev` to `cur` (from process start when `prev` is None)."""
+    `prev` to `cur` (from process start when `prev` is None); for services and clients
+    the retries and the requests answered because a deadline or timeout passed in the
+    window, and for clients their endpoints available of all (failure accrual, now)."""
     if prev is None:
         span = cur.at - cur.started if cur.started is not None else 0.0
     else:
         span = cur.at - prev.at
-    header = ["ROUTER", by.upper(), "TRAFFIC", "SUCCESS", "RPS", "P50_MS", "P95_MS", "P99_MS", "REQUESTS"]
+    header = ["ROUTER", by.upper(), "TRAFFIC", "SUCCESS", "RPS", "P50_MS", "P95_MS", "P99_MS"]
+    if by != "endpoint":  # retries and deadlines are a request's, not an endpoint's
+        header += ["RETRIES", "TIMEOUTS"]
+    if by == "client":
+        header.append("ENDPOINTS")  # available/all, as failure accrual sees them now
+    header.append("REQUESTS")
     out = [header]
     for key in sorted(cur.rows):
         if router is not None and key[0] != router:
@@ -168,13 +198,19 @@ def stat_table(prev: Snapshot | None, cur: Snapshot, *, router: str | None = Non
             v = quantile(q, delta)
             return "-" if v is None else f"{v * 1000:.2f}"
 
-        out.append([
+        line = [
             key[0], key[1], key[2],
             f"{ok / reqs * 100:.2f}%" if reqs > 0 else "-",
             f"{rps:.1f}",
             ms(0.5), ms(0.95), ms(0.99),
-            f"{reqs:.0f}",
-        ])  # fmt: skip
+        ]  # fmt: skip
+        if by != "endpoint":
+            line += [f"{row.retries - old.retries:.0f}", f"{row.timeouts - old.timeouts:.0f}"]
+        if by == "client":
+            eps = row.endpoints
+            line.append(f"{eps.get('available', 0):.0f}/{sum(eps.values()):.0f}" if eps else "-")
+        line.append(f"{reqs:.0f}")
+        out.append(line)
     return out
 
 

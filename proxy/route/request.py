@@ -30,8 +30,8 @@ from dtab import Dtab
 from ..codec import grpc
 from ..errors import NoRoute, Timeout
 from ..telemetry import observe
+from ..telemetry.metrics import count_deadline, observe_budget, record_pair
 from ..telemetry.metrics import record as record_stats
-from ..telemetry.metrics import record_pair
 from ..telemetry.tracing import FIELDS as TRACE_FIELDS
 from ..upstream.attempt import Attempt
 from .l5d import Deadline, decode_trace, format_deadline, new_root_trace, parse_deadline
@@ -75,6 +75,15 @@ REQUEST_FIELDS: Final[dict[bytes, int]] = {
     b"upgrade": F_UPGRADE,
     b"grpc-timeout": F_GRPC_TIMEOUT,
 }
+#: Why a deadline or timeout ended a request: the `reason` label of
+#: `dtabproxy_service_client_deadline_exceeded_total` (the config key or field that set it).
+DL_ROUTER: Final = "timeoutMs"  # the router's, until the response head
+DL_TOTAL: Final = "totalTimeoutMs"  # service.totalTimeoutMs
+DL_CTX: Final = "l5d-ctx-deadline"  # an inbound deadline
+DL_GRPC: Final = "grpc-timeout"  # a gRPC call's deadline
+DL_IDLE: Final = "streamIdleTimeoutMs"  # limits.streamIdleTimeoutMs
+DL_ATTEMPT: Final = "requestAttemptTimeoutMs"  # client.requestAttemptTimeoutMs, with no retry left
+
 #: Connection tokens that name no field to drop.
 _CONN_KEEP: Final = frozenset((b"close", b"keep-alive", b"upgrade"))
 _CONN_UPGRADE: Final = (b"connection", b"upgrade")
@@ -98,7 +107,7 @@ class RoutedRequest:
     __slots__ = (
         "_router", "_route", "_svc", "_pair", "_t0", "_status", "_fclass", "_bytes_in", "_bytes_out",
         "_bound", "_ep_key", "_upgrade", "_grpc_timeout_ns", "_listener", "_counted", "_up", "_deadline_at",
-        "_idle_mark", "_idle_since", "_rec", "_ferr",
+        "_idle_mark", "_idle_since", "_rec", "_ferr", "_dl_why",
     )  # fmt: skip
 
     def _init_routing(self, router: Any, listener: Any) -> None:
@@ -118,6 +127,7 @@ class RoutedRequest:
         self._upgrade: bytes | None = None  # the Upgrade field of the request being prepared
         self._up: Any = None  # the request's attempt (proxy/upstream/attempt.py)
         self._deadline_at = 0.0  # the request's deadline, monotonic (0.0: none); see _deadline_fields
+        self._dl_why = DL_TOTAL  # which of them it is (set with every deadline; read only then)
         self._idle_mark = -1  # what the stream idle sweep saw move last (bytes both ways)
         self._idle_since = 0.0  # since when it saw nothing move (0.0: a new request)
         self._rec: Any = None  # the request's fields for the access log and its span (observe.RECORD)
@@ -258,7 +268,7 @@ class RoutedRequest:
         self._grpc_timeout_ns = None
         deadline = 0.0
         if deadline_vals is not None or grpc_timeout is not None or route.total_timeout_s:
-            deadline = self._deadline_fields(deadline_vals, grpc_timeout, route.total_timeout_s, out)
+            deadline = self._deadline_fields(deadline_vals, grpc_timeout, route.total_timeout_s, out, policy.stats)
         self._deadline_at = deadline
         if settings.add_via:
             out.append(via)  # RFC 9110 §7.6.3: the protocol version this hop received
@@ -308,34 +318,42 @@ class RoutedRequest:
         grpc_timeout: bytes | None,
         total_timeout_s: float,
         out: list[tuple[bytes, bytes]],
+        stats: Any = None,
     ) -> float:
         """The request's deadline (monotonic seconds; 0.0: none): the earliest of an inbound
         `l5d-ctx-deadline` (the strictest of its values), `grpc-timeout` and the service's
         `totalTimeoutMs`. One already past is refused here, before anything is sent. The
         next hop gets `l5d-ctx-deadline` with the same absolute deadline, and a gRPC call
-        its `grpc-timeout` with the time left."""
+        its `grpc-timeout` with the time left. `stats`: the (service, client) counters
+        (telemetry.metrics.RetryCounters), which hear the time left or the refusal."""
         now = monotonic()
         now_ns = time.time_ns()
         # Candidates in wall-clock nanoseconds (what l5d-ctx-deadline carries), so an
         # inbound deadline goes on exactly as it came when it is the tightest.
         deadline_ns = now_ns + int(total_timeout_s * 1e9) if total_timeout_s else 0
-        why = "service.totalTimeoutMs"
+        why = DL_TOTAL
         inbound: Deadline | None = None
         if deadline_vals is not None:
             inbound = parse_deadline(deadline_vals)
             if inbound is not None and (not deadline_ns or inbound.deadline_ns < deadline_ns):
-                deadline_ns, why = inbound.deadline_ns, "l5d-ctx-deadline"
+                deadline_ns, why = inbound.deadline_ns, DL_CTX
         if grpc_timeout is not None:
             ns = grpc.parse_timeout(grpc_timeout)
             if ns is not None:
                 self._grpc_timeout_ns = ns
                 if not deadline_ns or now_ns + ns < deadline_ns:
-                    deadline_ns, why = now_ns + ns, "grpc-timeout"
+                    deadline_ns, why = now_ns + ns, DL_GRPC
         if not deadline_ns:
             return 0.0
+        self._dl_why = why
         left_ns = deadline_ns - now_ns
         if left_ns <= 0:
-            raise Timeout(f"the request's deadline ({why}) passed before it was sent")
+            if stats is not None:
+                count_deadline(stats, why)
+            key = "service.totalTimeoutMs" if why is DL_TOTAL else why
+            raise Timeout(f"the request's deadline ({key}) passed before it was sent")
+        if stats is not None:
+            observe_budget(stats, left_ns / 1e9)
         stamp = max(now_ns, inbound.timestamp_ns) if inbound is not None else now_ns
         out.append((b"l5d-ctx-deadline", format_deadline(Deadline(stamp, deadline_ns))))
         if self._grpc_timeout_ns is not None:
@@ -343,6 +361,15 @@ class RoutedRequest:
             # bounds only the wait for the response head, so a stream may outlive it.
             out.append((grpc.TIMEOUT, grpc.format_timeout(left_ns)))
         return now + left_ns / 1e9
+
+    def _count_deadline(self, reason: str | None) -> None:
+        """The wire answers (or cuts) this request because a deadline or timeout passed:
+        count it by `reason` (None: the request's own deadline, whichever it was) on its
+        (service, client) counters. Called before the attempt is let go; failure path only."""
+        policy = getattr(self._up, "policy", None)  # the attempt's (not a tunnel's handle)
+        stats = policy.stats if policy is not None else None
+        if stats is not None:
+            count_deadline(stats, reason or self._dl_why)
 
     def _is_idle(self, now: float, limit: float) -> bool:
         """Called by the listener's sweep (once a second) while the request is in flight:

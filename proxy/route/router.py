@@ -54,7 +54,7 @@ class Route:
         # client (proxy/upstream/policy.py), resolved once here.
         self.total_timeout_s = 0.0
         per_client: Any = None
-        got = policies(service) if policies is not None else None
+        got = policies(service, bool(local.dentries)) if policies is not None else None
         if got is not None:
             self.total_timeout_s, per_client = got
         # The matched rules' actions and dentries: fixed per route, because the route
@@ -193,7 +193,7 @@ class Router:
         self.dst_prefix = dst_prefix
         self.clients = clients or ClientRegistry(config if hasattr(config, "client") else None)
         self._routes: dict[tuple[Any, ...], Route] = {}
-        self._services: dict[Path, tuple[Any, Any, dict[Client, RequestPolicy]]] = {}
+        self._services: dict[Path, tuple[Any, Any, dict[tuple[Client, bool], RequestPolicy]]] = {}
         self.config = config
         # The interpreter's transformers (proxy/discovery/k8s_transform.py), applied to
         # each bound tree when a route is bound; None: none configured.
@@ -202,10 +202,11 @@ class Router:
         # and keeps the plain path (no per-request rule work at all).
         self.rules: RuleSet | None = RuleSet(rules, self.base, hash_on) if rules or hash_on is not None else None
 
-    def _policies(self, service: Path) -> tuple[float, Any] | None:
+    def _policies(self, service: Path, override: bool = False) -> tuple[float, Any] | None:
         """A route's `service.totalTimeoutMs` (seconds, 0.0: none) and a function giving
         the attempt settings for each of its clients. The service's retry budget is one
-        per name and router snapshot, shared by every route of that name (overrides too)."""
+        per name and router snapshot, shared by every route of that name (overrides too);
+        the counters are kept apart for override traffic (`override`), as every metric is."""
         rc = self.config
         if rc is None or not hasattr(rc, "service"):
             return None
@@ -217,10 +218,10 @@ class Router:
         binding_timeout_s = rc.binding_timeout_ms / 1000 if rc.binding_timeout_ms else 0.0
 
         def per_client(client: Client) -> RequestPolicy:
-            rp = by_client.get(client)
+            rp = by_client.get((client, override))
             if rp is None:
-                stats = self.stats.retry_counters(service.show(), client.id_show) if self.stats is not None else None
-                rp = by_client[client] = request_policy(sp, client, budget, stats, binding_timeout_s)
+                stats = self.stats.retry_counters(service.show(), client.id_show, override) if self.stats is not None else None
+                rp = by_client[(client, override)] = request_policy(sp, client, budget, stats, binding_timeout_s)
             return rp
 
         ms = sp.total_timeout_ms

@@ -24,9 +24,16 @@ How the data plane uses it (all objects are created off the hot path and cached)
   then counts as class ``"5xx"``). ``cs``/``es`` may be None when no client was picked.
 * a request that fails before it has a service (bad override, unidentifiable):
   ``rs.record_unrouted(status, failure_class)``.
-* a replay on a fresh connection: ``cs.retries += 1; es.retries += 1``; an upstream
-  connection: ``es.connects += 1; es.connections += 1`` when made, ``es.connections -= 1``
-  when lost, ``es.connect_failures += 1`` when it cannot be made.
+* once per (route, client, traffic kind), in the route's request policy:
+  ``rc = rs.retry_counters(service, client_id, override)``; the attempt increments
+  ``rc.retries``, ``rc.requeues``, ``rc.budget_exhausted``; a request forwarded with a
+  deadline calls ``observe_budget(rc, seconds_left)``; one the wire answers because a
+  deadline or timeout passed calls ``count_deadline(rc, reason)``.
+* an upstream connection: ``es.connects += 1; es.connections += 1`` when made,
+  ``es.connections -= 1`` when lost, ``es.connect_failures += 1`` when it cannot be made.
+* at scrape only, when ``Telemetry.clients_source`` is set (the runtime sets it): every
+  router's current upstream clients, read for their endpoints' failure-accrual state
+  and ejections (``RouterStats.client_health``).
 * then ``rs.decisions.offer(router, route, bound, endpoint_addr, status, latency_s, now)``
   unless ``now < rs.decisions.next_at`` (a token bucket of ``max_per_second`` decisions,
   1,000 by default, with bursts up to the ring's size, so recording under sustained load
@@ -45,7 +52,7 @@ import math
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 log = logging.getLogger(__name__)
@@ -79,8 +86,8 @@ class Stats:
     scrape (`successes + failures`, `started - requests`) so a request pays for neither."""
 
     __slots__ = (
-        "labels", "started", "successes", "failures", "buckets", "latency_sum_s", "retries",
-        "bytes_in", "bytes_out", "connects", "connect_failures", "connections", "pairs",
+        "labels", "started", "successes", "failures", "buckets", "latency_sum_s", "bytes_in",
+        "bytes_out", "connects", "connect_failures", "connections", "pairs",
     )  # fmt: skip
 
     def __init__(self, labels: tuple[str, ...]) -> None:
@@ -91,7 +98,6 @@ class Stats:
         self.failures: dict[str, int] = {}  # by class; the classes are a small fixed set
         self.buckets = [0] * _NBUCKETS  # not cumulative: the scrape accumulates
         self.latency_sum_s = 0.0
-        self.retries = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.connects = 0  # endpoints only: connections made, failed, open now
@@ -117,7 +123,6 @@ class Stats:
         for i, n in enumerate(other.buckets):
             b[i] += n
         self.latency_sum_s += other.latency_sum_s
-        self.retries += other.retries
         self.bytes_in += other.bytes_in
         self.bytes_out += other.bytes_out
         self.connects += other.connects
@@ -345,18 +350,85 @@ class Decisions:
         return list(self.ring)
 
 
+#: Bounds of the deadline budget histogram (seconds left when a request with a deadline
+#: is forwarded): from a hop's worth of time to a long gRPC stream's deadline.
+DEADLINE_BOUNDS_S: Final[tuple[float, ...]] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
+_NDEADLINE: Final = len(DEADLINE_BOUNDS_S) + 1
+
+#: Failure-accrual states (proxy/upstream/endpoint.py), best first: an endpoint seen in
+#: several states (one per worker) counts under the worst of them.
+ENDPOINT_STATES: Final = ("available", "probing", "dead")
+_STATE_RANK: Final = {s: i for i, s in enumerate(ENDPOINT_STATES)}
+
+
 class RetryCounters:
-    """What the attempts of one (service, client) pair did besides their first try:
-    plain increments by proxy/upstream/attempt.py, rendered at scrape."""
+    """What the requests of one (service, client, traffic kind) did besides their first
+    try, and what their deadlines did: plain increments by proxy/upstream/attempt.py
+    (retries, requeues, budget exhausted), route/request.py (the budget left when a
+    request with a deadline is forwarded) and the wire (requests answered because a
+    deadline or timeout passed, by reason). Rendered at scrape."""
 
-    __slots__ = ("service", "client", "retries", "requeues", "budget_exhausted")
+    __slots__ = ("labels", "retries", "requeues", "budget_exhausted", "deadline_exceeded", "budget_buckets",
+                 "budget_sum_s")  # fmt: skip
 
-    def __init__(self, service: str, client: str) -> None:
-        self.service = service
-        self.client = client
+    def __init__(self, service: str, client: str, traffic: str = "base") -> None:
+        self.labels = (service, client, traffic)
         self.retries = 0  # tries after a retryable response or failure (service.retries)
         self.requeues = 0  # tries after a failure that reached nothing (client.requeueBudget)
         self.budget_exhausted = 0  # a retry or requeue the budget refused
+        self.deadline_exceeded: dict[str, int] = {}  # reason -> requests answered for it
+        self.budget_buckets = [0] * _NDEADLINE  # not cumulative: the scrape accumulates
+        self.budget_sum_s = 0.0
+
+    @property
+    def service(self) -> str:
+        return self.labels[0]
+
+    @property
+    def client(self) -> str:
+        return self.labels[1]
+
+
+def observe_budget(
+    rc: RetryCounters, left_s: float, _bisect: Any = bisect_left, _bounds: tuple[float, ...] = DEADLINE_BOUNDS_S
+) -> None:
+    """A request with a deadline is forwarded with `left_s` seconds to go."""
+    rc.budget_buckets[_bisect(_bounds, left_s)] += 1
+    rc.budget_sum_s += left_s
+
+
+def count_deadline(rc: RetryCounters, reason: str) -> None:
+    """A request was answered (or cut) because a deadline or timeout passed."""
+    d = rc.deadline_exceeded
+    d[reason] = d.get(reason, 0) + 1
+
+
+class ClientHealth:
+    """One upstream client's endpoints as failure accrual sees them, at one scrape: each
+    endpoint's state (`host:port` -> state; None when the client is gone) and the
+    ejections counted so far (monotonic: kept across reloads and endpoint churn)."""
+
+    __slots__ = ("labels", "states", "ejections")
+
+    def __init__(self, labels: tuple[str, str], states: dict[str, str] | None, ejections: int) -> None:
+        self.labels = labels  # (router, client id)
+        self.states = states
+        self.ejections = ejections
+
+    def by_state(self) -> dict[str, int]:
+        out = dict.fromkeys(ENDPOINT_STATES, 0)
+        for st in (self.states or {}).values():
+            out[st] = out.get(st, 0) + 1
+        return out
+
+
+def worse_state(a: str | None, b: str) -> str:
+    """The worse of two failure-accrual states (an unknown state ranks as dead)."""
+    if a is None:
+        return b
+    return a if _STATE_RANK.get(a, 2) >= _STATE_RANK.get(b, 2) else b
 
 
 class RouterStats:
@@ -365,7 +437,7 @@ class RouterStats:
 
     __slots__ = ("label", "_services", "_clients", "_other_services", "_other_clients", "unrouted",
                  "decisions", "_max_services", "_max_clients", "_max_endpoints", "_pairs", "retry",
-                 "_unbound")  # fmt: skip
+                 "_unbound", "_ejections", "_ejections_seen")  # fmt: skip
 
     def __init__(
         self,
@@ -388,20 +460,54 @@ class RouterStats:
         self._max_endpoints = max_endpoints
         self._pairs: list[Pair] = []
         self._unbound: dict[bool, Stats] = {}
-        self.retry: dict[tuple[str, str], RetryCounters] = {}
+        self.retry: dict[tuple[str, str, str], RetryCounters] = {}
+        # Ejections per client id, summed over the client objects seen at scrapes, and
+        # what each object had then (kept by reference, so an id is never reused).
+        self._ejections: dict[str, int] = {}
+        self._ejections_seen: dict[int, tuple[Any, int]] = {}
 
-    def retry_counters(self, service: str, client: bytes) -> RetryCounters:
-        """The retry counters of a (service, client) pair (once per route and client)."""
-        key = (service, client.decode("latin-1"))
+    def retry_counters(self, service: str, client: bytes, override: bool = False) -> RetryCounters:
+        """The counters of a (service, client, traffic kind) (once per route and client)."""
+        traffic = self._traffic(override)
+        key = (service, client.decode("latin-1"), traffic)
         rc = self.retry.get(key)
         if rc is None:
             if len(self.retry) >= self._max_services * 4:  # cardinality cap, as for services
-                key = (OTHER, OTHER)
+                key = (OTHER, OTHER, traffic)
                 rc = self.retry.get(key)
                 if rc is not None:
                     return rc
             rc = self.retry[key] = RetryCounters(*key)
         return rc
+
+    def retry_rows(self) -> list[RetryCounters]:
+        return list(self.retry.values())
+
+    def client_health(self, clients: Iterable[Any]) -> list[ClientHealth]:
+        """Endpoint states and ejections of `clients` (the router's current upstream
+        clients: objects with `id_show`, `endpoints()` (each with `host`, `port`,
+        `state`) and `ejections()`), one row per client id (scrape time only).
+        Ejections are counted here as the growth of each client object's total, so the
+        counter never goes down when a reload replaces the objects."""
+        rows: dict[str, dict[str, str]] = {}
+        seen: dict[int, tuple[Any, int]] = {}
+        prev_seen = self._ejections_seen
+        ej = self._ejections
+        for c in clients:
+            cid = c.id_show.decode("latin-1")
+            if cid not in ej and len(ej) >= self._max_clients:
+                cid = OTHER
+            n = c.ejections()
+            prev = prev_seen.get(id(c))
+            last = prev[1] if prev is not None and prev[0] is c else 0
+            ej[cid] = ej.get(cid, 0) + max(0, n - last)
+            seen[id(c)] = (c, n)
+            states = rows.setdefault(cid, {})
+            for ep in c.endpoints():
+                addr = f"{ep.host}:{ep.port}"
+                states[addr] = worse_state(states.get(addr), ep.state)
+        self._ejections_seen = seen
+        return [ClientHealth((self.label, cid), rows.get(cid), n) for cid, n in ej.items()]
 
     def pair(self, svc: Stats, es: Stats) -> Pair:
         """The pair of a service and an endpoint (cached on the endpoint's stats)."""
@@ -505,6 +611,15 @@ class Telemetry:
         # counters, e.g. the Kubernetes watches; called at scrape only.
         self.collectors: list[Callable[[], Iterable[str]]] = []
         self._decisions = (decisions_size, sample_rate)
+        #: Every router's current upstream clients, by router label (the runtime sets
+        #: it; read at scrape for endpoint states and ejections). None: none known.
+        self.clients_source: Callable[[], Mapping[str, Iterable[Any]]] | None = None
+
+    def health(self) -> dict[str, list[ClientHealth]]:
+        """Each router's clients' endpoint states and ejections, now (scrape time only)."""
+        src = self.clients_source
+        current = src() if src is not None else {}
+        return {label: rs.client_health(current.get(label, ())) for label, rs in self.routers.items()}
 
     def router(self, label: str) -> RouterStats:
         rs = self.routers.get(label)
@@ -536,6 +651,7 @@ class Telemetry:
 
 _PREFIX: Final = "dtabproxy"
 _LE: Final = tuple(repr(b) for b in LATENCY_BOUNDS_S) + ("+Inf",)
+_DEADLINE_LE: Final = tuple(repr(b) for b in DEADLINE_BOUNDS_S) + ("+Inf",)
 
 
 def _escape(value: str) -> str:
@@ -583,43 +699,83 @@ class _Level:
         self.failures = _Family(f"{p}_failures_total", "counter", f"Failed requests by {level} and failure class.")
         self.latency = _Family(f"{p}_request_latency_seconds", "histogram", f"Request latency by {level}.")
         self.in_flight = _Family(f"{p}_in_flight", "gauge", f"Requests in flight by {level}.")
-        self.retries = _Family(f"{p}_retries_total", "counter", f"Requests replayed by {level}.")
+        self.retries = _Family(f"{p}_retries_total", "counter", f"Retries (tries after a retryable answer) by {level}.")
         self.bytes_in = _Family(f"{p}_request_bytes_total", "counter", f"Request body bytes by {level}.")
         self.bytes_out = _Family(f"{p}_response_bytes_total", "counter", f"Response body bytes by {level}.")
+        # A retry is a request's, not an endpoint's: each try counts as a request of the
+        # endpoint that got it, so the endpoint level has no retries family.
         self.endpoint = level == "endpoint"
         self.connects = _Family(f"{p}_connects_total", "counter", "Upstream connections made.")
         self.connect_failures = _Family(f"{p}_connect_failures_total", "counter", "Upstream connections that failed.")
         self.connections = _Family(f"{p}_connections", "gauge", "Open upstream connections.")
 
-    def add(self, labels: str, s: Stats) -> None:
+    def add(self, labels: str, s: Stats, retries: int = 0) -> None:
         requests = s.requests
         self.requests.add(labels, requests)
         self.successes.add(labels, s.successes)
         for c, n in sorted(s.failures.items()):
             self.failures.add(f'{labels},class="{_escape(c)}"', n)
-        lines = self.latency.lines
-        name = self.latency.name
-        acc = 0
-        for le, n in zip(_LE, s.buckets, strict=True):
-            acc += n
-            lines.append(f'{name}_bucket{{{labels},le="{le}"}} {acc}')
-        lines.append(f"{name}_count{{{labels}}} {acc}")
-        lines.append(f"{name}_sum{{{labels}}} {_num(s.latency_sum_s)}")
+        _histogram(self.latency, labels, _LE, s.buckets, s.latency_sum_s)
         self.in_flight.add(labels, s.started - requests)
-        self.retries.add(labels, s.retries)
-        self.bytes_in.add(labels, s.bytes_in)
-        self.bytes_out.add(labels, s.bytes_out)
         if self.endpoint:
             self.connects.add(labels, s.connects)
             self.connect_failures.add(labels, s.connect_failures)
             self.connections.add(labels, s.connections)
+        else:
+            self.retries.add(labels, retries)
+        self.bytes_in.add(labels, s.bytes_in)
+        self.bytes_out.add(labels, s.bytes_out)
 
     def write(self, out: list[str]) -> None:
-        fams = [self.requests, self.successes, self.failures, self.latency, self.in_flight, self.retries,
-                self.bytes_in, self.bytes_out]  # fmt: skip
+        fams = [self.requests, self.successes, self.failures, self.latency, self.in_flight]
+        if not self.endpoint:
+            fams.append(self.retries)
+        fams += [self.bytes_in, self.bytes_out]
         if self.endpoint:
             fams += [self.connects, self.connect_failures, self.connections]
         for f in fams:
+            f.write(out)
+
+
+def _histogram(fam: _Family, labels: str, les: tuple[str, ...], buckets: list[int], total_s: float) -> None:
+    lines = fam.lines
+    name = fam.name
+    acc = 0
+    for le, n in zip(les, buckets, strict=True):
+        acc += n
+        lines.append(f'{name}_bucket{{{labels},le="{le}"}} {acc}')
+    lines.append(f"{name}_count{{{labels}}} {acc}")
+    lines.append(f"{name}_sum{{{labels}}} {_num(total_s)}")
+
+
+class _PairLevel:
+    """The families of the (service, client) level: what the attempts of a service's
+    requests through one client did besides their first try, and their deadlines."""
+
+    def __init__(self) -> None:
+        p = f"{_PREFIX}_service_client"
+        self.retries = _Family(f"{p}_retries_total", "counter",
+                               "Retries: tries after a response or failure the service's classifier calls retryable.")
+        self.requeues = _Family(f"{p}_requeues_total", "counter",
+                                "Requeues: tries after a failure that reached nothing (connect failure, refused stream).")
+        self.exhausted = _Family(f"{p}_retry_budget_exhausted_total", "counter",
+                                 "Retries or requeues the retry or requeue budget refused.")
+        self.deadline = _Family(f"{p}_deadline_exceeded_total", "counter",
+                                "Requests answered or cut because a deadline or timeout passed, by reason.")
+        self.budget = _Family(f"{p}_deadline_budget_seconds", "histogram",
+                              "Time left of a request's deadline when it was forwarded.")  # fmt: skip
+
+    def add(self, labels: str, rc: RetryCounters) -> None:
+        self.retries.add(labels, rc.retries)
+        self.requeues.add(labels, rc.requeues)
+        self.exhausted.add(labels, rc.budget_exhausted)
+        for r, n in sorted(rc.deadline_exceeded.items()):
+            self.deadline.add(f'{labels},reason="{_escape(r)}"', n)
+        if any(rc.budget_buckets):  # only pairs whose requests had deadlines
+            _histogram(self.budget, labels, _DEADLINE_LE, rc.budget_buckets, rc.budget_sum_s)
+
+    def write(self, out: list[str]) -> None:
+        for f in (self.retries, self.requeues, self.exhausted, self.deadline, self.budget):
             f.write(out)
 
 
@@ -632,28 +788,54 @@ _CLIENT_LABELS: Final = ("router", "client", "traffic")
 _ENDPOINT_LABELS: Final = ("router", "client", "traffic", "endpoint")
 
 
+_PAIR_LABELS: Final = ("router", "service", "client", "traffic")
+
+
 def render(tel: Telemetry) -> bytes:
     router, service, client, endpoint = _Level("router"), _Level("service"), _Level("client"), _Level("endpoint")
+    pairs = _PairLevel()
     unrouted = _Family(f"{_PREFIX}_router_unrouted_failures_total", "counter", "Requests answered before they had a service.")
     sampled = _Family(f"{_PREFIX}_router_decisions_sampled_total", "counter", "Routing decisions sampled.")
+    states = _Family(f"{_PREFIX}_client_endpoints", "gauge",
+                     "Endpoints of a client by failure-accrual state (available, probing, dead).")
+    ejections = _Family(f"{_PREFIX}_client_ejections_total", "counter",
+                        "Times failure accrual took an endpoint of a client out.")  # fmt: skip
+    health = tel.health()
     for label, rs in tel.routers.items():
         rl = _escape(label)
+        # Retries by service, by client and in all, from the (service, client) counters.
+        by_service: dict[tuple[str, str], int] = {}
+        by_client: dict[tuple[str, str], int] = {}
+        by_traffic: dict[str, int] = {}
+        for rc in rs.retry_rows():
+            svc_name, client_id, traffic = rc.labels
+            pairs.add(_label_text(_PAIR_LABELS, (label, *rc.labels)), rc)
+            if rc.retries:
+                by_service[(svc_name, traffic)] = by_service.get((svc_name, traffic), 0) + rc.retries
+                by_client[(client_id, traffic)] = by_client.get((client_id, traffic), 0) + rc.retries
+                by_traffic[traffic] = by_traffic.get(traffic, 0) + rc.retries
         totals = {"base": Stats((label, "base")), "override": Stats((label, "override"))}
         for s in rs.services():
-            service.add(_label_text(_SERVICE_LABELS, s.labels), s)
+            service.add(_label_text(_SERVICE_LABELS, s.labels), s, by_service.get((s.labels[1], s.labels[2]), 0))
             totals[s.labels[2]].add(s)
         for t, s in totals.items():
             if t == "base" or s.started or s.successes or s.failures:
-                router.add(f'router="{rl}",traffic="{t}"', s)
+                router.add(f'router="{rl}",traffic="{t}"', s, by_traffic.get(t, 0))
         for cs in rs.clients():
             total = Stats(cs.labels)
             for e in cs.endpoints():
                 endpoint.add(_label_text(_ENDPOINT_LABELS, e.labels), e)
                 total.add(e)
-            client.add(_label_text(_CLIENT_LABELS, cs.labels), total)
+            client.add(_label_text(_CLIENT_LABELS, cs.labels), total, by_client.get((cs.labels[1], cs.labels[2]), 0))
         for cls, n in sorted(rs.unrouted.items()):
             unrouted.add(f'router="{rl}",class="{_escape(cls)}"', n)
         sampled.add(f'router="{rl}"', rs.decisions.seq)
+        for h in health.get(label, ()):
+            lt = f'router="{rl}",client="{_escape(h.labels[1])}"'
+            if h.states is not None:  # a client the router has now
+                for st, n in h.by_state().items():
+                    states.add(f'{lt},state="{_escape(st)}"', n)
+            ejections.add(lt, h.ejections)
     out: list[str] = []
     router.write(out)
     unrouted.write(out)
@@ -661,6 +843,9 @@ def render(tel: Telemetry) -> bytes:
     service.write(out)
     client.write(out)
     endpoint.write(out)
+    pairs.write(out)
+    states.write(out)
+    ejections.write(out)
     for collect in tel.collectors:
         out.extend(collect())
     for extra in tel.extra:
@@ -680,26 +865,37 @@ def render(tel: Telemetry) -> bytes:
 #
 #   {"routers": {label: {"services": [[labels, counts], ...],
 #                        "clients": [[labels, [[endpoint, counts], ...]], ...],
+#                        "retry": [[labels, retry_counts], ...],
+#                        "health": [[client, {endpoint: state} or None, ejections], ...],
 #                        "unrouted": {class: n}, "sampled": n}},
 #    "collectors": [exposition lines of the parts that keep their own counters]}
 #
 # where `counts` is [started, successes, {class: n}, buckets (trailing zeros cut),
-# latency_sum_s, retries, bytes_in, bytes_out, connects, connect_failures, connections].
+# latency_sum_s, bytes_in, bytes_out, connects, connect_failures, connections] and
+# `retry_counts` is [retries, requeues, budget_exhausted, {reason: n}, deadline budget
+# buckets (trailing zeros cut), budget_sum_s]. Each worker keeps its own failure accrual:
+# merged, an endpoint counts under the worst state any worker has it in, and ejections
+# are summed.
 
 Snapshot = dict[str, Any]
 
+_CONNECTIONS: Final = 9  # the index of `connections` in `counts`
 
-def _counts(s: Stats) -> list[Any]:
-    b = s.buckets
+
+def _trim(b: list[int]) -> list[int]:
     end = len(b)
     while end and not b[end - 1]:
         end -= 1
-    return [s.started, s.successes, dict(s.failures), b[:end], s.latency_sum_s, s.retries, s.bytes_in,
+    return b[:end]
+
+
+def _counts(s: Stats) -> list[Any]:
+    return [s.started, s.successes, dict(s.failures), _trim(s.buckets), s.latency_sum_s, s.bytes_in,
             s.bytes_out, s.connects, s.connect_failures, s.connections]  # fmt: skip
 
 
 def _add_counts(s: Stats, c: list[Any]) -> None:
-    started, successes, failures, buckets, latency_sum_s, retries, bytes_in, bytes_out, connects, cfail, conns = c
+    started, successes, failures, buckets, latency_sum_s, bytes_in, bytes_out, connects, cfail, conns = c
     s.started += started
     s.successes += successes
     f = s.failures
@@ -709,7 +905,6 @@ def _add_counts(s: Stats, c: list[Any]) -> None:
     for i, n in enumerate(buckets):
         b[i] += n
     s.latency_sum_s += latency_sum_s
-    s.retries += retries
     s.bytes_in += bytes_in
     s.bytes_out += bytes_out
     s.connects += connects
@@ -717,13 +912,35 @@ def _add_counts(s: Stats, c: list[Any]) -> None:
     s.connections += conns
 
 
+def _retry_counts(rc: RetryCounters) -> list[Any]:
+    return [rc.retries, rc.requeues, rc.budget_exhausted, dict(rc.deadline_exceeded), _trim(rc.budget_buckets),
+            rc.budget_sum_s]  # fmt: skip
+
+
+def _add_retry_counts(rc: RetryCounters, c: list[Any]) -> None:
+    retries, requeues, exhausted, deadline, buckets, budget_sum_s = c
+    rc.retries += retries
+    rc.requeues += requeues
+    rc.budget_exhausted += exhausted
+    d = rc.deadline_exceeded
+    for r, n in deadline.items():
+        d[r] = d.get(r, 0) + n
+    b = rc.budget_buckets
+    for i, n in enumerate(buckets):
+        b[i] += n
+    rc.budget_sum_s += budget_sum_s
+
+
 def snapshot(tel: Telemetry) -> Snapshot:
     """This process's counters, as plain data (a worker sends it to the main process)."""
     routers: dict[str, Any] = {}
+    health = tel.health()
     for label, rs in tel.routers.items():
         routers[label] = {
             "services": [[list(s.labels), _counts(s)] for s in rs.services()],
             "clients": [[list(cs.labels), [[e.labels[-1], _counts(e)] for e in cs.endpoints()]] for cs in rs.clients()],
+            "retry": [[list(rc.labels), _retry_counts(rc)] for rc in rs.retry_rows()],
+            "health": [[h.labels[1], h.states, h.ejections] for h in health.get(label, ())],
             "unrouted": dict(rs.unrouted),
             "sampled": rs.decisions.seq,
         }
@@ -738,12 +955,27 @@ class _MergedRouter(RouterStats):
         super().__init__(label)
         self.merged_services: dict[tuple[str, ...], Stats] = {}
         self.merged_clients: dict[tuple[str, ...], ClientStats] = {}
+        self.merged_health: dict[str, ClientHealth] = {}
 
     def services(self) -> list[Stats]:
         return list(self.merged_services.values())
 
     def clients(self) -> list[ClientStats]:
         return list(self.merged_clients.values())
+
+    def client_health(self, clients: Iterable[Any]) -> list[ClientHealth]:
+        return list(self.merged_health.values())
+
+    def merge_health(self, client: str, states: dict[str, str] | None, ejections: int) -> None:
+        h = self.merged_health.get(client)
+        if h is None:
+            h = self.merged_health[client] = ClientHealth((self.label, client), None, 0)
+        h.ejections += ejections
+        if states is not None:
+            merged = h.states if h.states is not None else {}
+            for addr, st in states.items():
+                merged[addr] = worse_state(merged.get(addr), st)
+            h.states = merged
 
 
 def merge(snapshots: Iterable[Snapshot]) -> Telemetry:
@@ -777,6 +1009,14 @@ def merge(snapshots: Iterable[Snapshot]) -> Telemetry:
                     if e is None:
                         e = cs._endpoints[(name, 0)] = Stats((*key, name))
                     _add_counts(e, c)
+            for (svc_name, client_id, traffic), c in r.get("retry", ()):
+                rkey = (svc_name, client_id, traffic)
+                rc = rs.retry.get(rkey)
+                if rc is None:
+                    rc = rs.retry[rkey] = RetryCounters(*rkey)
+                _add_retry_counts(rc, c)
+            for client, states, n in r.get("health", ()):
+                rs.merge_health(client, states, n)
             for cls, n in r["unrouted"].items():
                 rs.unrouted[cls] = rs.unrouted.get(cls, 0) + n
             rs.decisions.seq += r["sampled"]
@@ -787,19 +1027,21 @@ def merge(snapshots: Iterable[Snapshot]) -> Telemetry:
 
 def retired(snap: Snapshot) -> Snapshot:
     """What a worker that exited leaves to the sums: its counters (so a total never goes
-    down when a worker is restarted), with nothing in flight, no connection open and no
-    gauge from its collectors."""
+    down when a worker is restarted), with nothing in flight, no connection open, no
+    endpoint state and no gauge from its collectors."""
     out: dict[str, Any] = {}
     for label, r in snap["routers"].items():
         def done(c: list[Any]) -> list[Any]:
             c = list(c)
             c[0] = c[1] + sum(c[2].values())  # started = finished: nothing in flight
-            c[10] = 0  # connections
+            c[_CONNECTIONS] = 0
             return c
 
         out[label] = {
             "services": [[labels, done(c)] for labels, c in r["services"]],
             "clients": [[labels, [[n, done(c)] for n, c in eps]] for labels, eps in r["clients"]],
+            "retry": list(r.get("retry", ())),
+            "health": [[client, None, n] for client, _, n in r.get("health", ())],
             "unrouted": dict(r["unrouted"]),
             "sampled": r["sampled"],
         }

@@ -44,6 +44,7 @@ class AlwaysHealthy:
     __slots__ = ()
     state: Final = AVAILABLE
     streak_only: Final = True
+    ejections: Final = 0
 
     def usable(self, now: float) -> bool:
         return True
@@ -258,7 +259,7 @@ class Client:
 
     __slots__ = (
         "id", "id_show", "addr", "policy", "balancer", "requeue_budget", "attempt_timeout_s", "_endpoints",
-        "_addrs_seen", "_list", "_static", "_new_health", "_max_connections", "_max_waiters",
+        "_addrs_seen", "_list", "_static", "_new_health", "_max_connections", "_max_waiters", "_gone_ejections",
     )  # fmt: skip
 
     def __init__(self, bound: Bound, policy: ClientPolicy | None = None) -> None:
@@ -278,6 +279,7 @@ class Client:
         self._endpoints: dict[tuple[str, int], Endpoint] = {}
         self._addrs_seen: object = None
         self._list: list[Endpoint] = []
+        self._gone_ejections = 0  # ejections of endpoints no longer in the address set
         # An /$/inet address never changes: one endpoint, picked without any checks.
         self._static = self._make(bound.addr.host, bound.addr.port) if isinstance(bound.addr, Inet) else None
         if self._static is not None:
@@ -314,6 +316,7 @@ class Client:
             for a, ep in eps.items():
                 if a not in fresh:
                     ep.close_idle()
+                    self._gone_ejections += ep.health.ejections
             self._endpoints = fresh
             self._list = list(fresh.values())
             self._addrs_seen = addrs
@@ -339,6 +342,14 @@ class Client:
         for ep in self._list:
             if ep.idle:
                 ep.reap_idle(now, ms / 1000, pool.min_size)
+
+    def ejections(self) -> int:
+        """Times failure accrual took one of this client's endpoints out (telemetry reads
+        it at scrape), those since removed from the address set included."""
+        n = self._gone_ejections
+        for ep in self._list:
+            n += ep.health.ejections
+        return n
 
     def close_idle(self) -> None:
         for ep in self._list:

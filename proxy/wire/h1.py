@@ -38,7 +38,7 @@ from ..errors import (
     StreamIdle,
     Timeout,
 )
-from ..route.request import RoutedRequest, drop_set
+from ..route.request import DL_ATTEMPT, DL_IDLE, DL_ROUTER, RoutedRequest, drop_set
 from ..route.settings import Listener
 from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER
 from .render import error_response
@@ -220,6 +220,7 @@ class ServerH1(RoutedRequest):
         `limit` seconds: it ends as an error on both sides."""
         if not self._busy or self._tunnel or not self._is_idle(now, limit):
             return
+        self._count_deadline(DL_IDLE)
         up, self._up = self._up, None
         if up is not None:
             up.cancel()
@@ -507,6 +508,8 @@ class ServerH1(RoutedRequest):
         self._finish()
 
     def upstream_failed(self, exc: ProxyError) -> None:
+        if exc.__class__ is Timeout and not self._resp_done:  # client.requestAttemptTimeoutMs
+            self._count_deadline(DL_ATTEMPT)
         self._up = None
         if self._resp_done:
             return
@@ -531,6 +534,7 @@ class ServerH1(RoutedRequest):
         self._deadline = 0.0
         if not self._busy or self._resp_done:
             return
+        self._count_deadline(DL_ROUTER if self._by_router else None)
         up, self._up = self._up, None
         if up is not None:
             up.cancel()

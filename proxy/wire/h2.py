@@ -39,7 +39,7 @@ from ..route.l5d import (
     encode_l5d_err,
     err_body,
 )
-from ..route.request import REQUEST_FIELDS, RoutedRequest
+from ..route.request import DL_ATTEMPT, DL_IDLE, DL_ROUTER, REQUEST_FIELDS, RoutedRequest
 from ..route.settings import Listener
 from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER
 from .render import public_message
@@ -344,6 +344,8 @@ class _Stream(RoutedRequest):
             self.conn._codec.send_headers(self.sid, head, end_stream=end_stream)
 
     def upstream_failed(self, exc: ProxyError) -> None:
+        if exc.__class__ is Timeout and not self.resp_done:  # client.requestAttemptTimeoutMs
+            self._count_deadline(DL_ATTEMPT)
         self._up = None
         if self.resp_done:
             return
@@ -387,6 +389,8 @@ class _Stream(RoutedRequest):
         self.timer = None
         if self.resp_done:
             return
+        before_head = not self.resp_started or self.head_out is not None
+        self._count_deadline(DL_ROUTER if self.by_router and before_head else None)
         up, self._up = self._up, None
         if up is not None:
             up.cancel()
@@ -409,6 +413,7 @@ class _Stream(RoutedRequest):
 
     def stream_idle(self, limit: float) -> None:
         """limits.streamIdleTimeoutMs: no byte moved either way for `limit` seconds."""
+        self._count_deadline(DL_IDLE)
         up, self._up = self._up, None
         if up is not None:
             up.cancel()

@@ -165,6 +165,21 @@ def test_both_workers_serve_metrics_sum_a_put_reaches_both_and_a_killed_worker_c
             assert sum(_per_worker(m)) == sent
             assert m['dtabproxy_service_request_latency_seconds_count{router="web",service="/svc/web",traffic="base"}'] == sent
             assert m["dtabproxy_workers"] == 2
+            # Each worker keeps its own failure accrual: merged, the endpoint is one endpoint.
+            ca = f'router="web",client="/$/inet/127.0.0.1/{a.port}"'
+            assert m[f'dtabproxy_client_endpoints{{{ca},state="available"}}'] == 1
+            assert m[f"dtabproxy_client_ejections_total{{{ca}}}"] == 0
+            # An expired deadline, refused by whichever worker took it: counted once in the sum.
+            c = await Client.connect(port)
+            past = time.time_ns() - 10**9
+            r = await c.request("GET", "/", {"Host": "web", "l5d-ctx-deadline": f"{past - 10**9} {past}"})
+            await c.close()
+            assert r.status == 503
+            sent += 1
+            m = await metrics(p)
+            pair = f'router="web",service="/svc/web",client="/$/inet/127.0.0.1/{a.port}",traffic="base"'
+            assert m[f'dtabproxy_service_client_deadline_exceeded_total{{{pair},reason="l5d-ctx-deadline"}}'] == 1
+            assert m[f"dtabproxy_service_client_retries_total{{{pair}}}"] == 0
 
             # A PUT is answered once both workers swapped the dtab.
             status, body = await _blocking(_admin, p, "PUT", "/admin/dtabs/web", f"/svc => /$/inet/127.0.0.1/{b.port}".encode())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import time
 from typing import Any
 
 import pytest
@@ -57,17 +58,29 @@ def test_stat_since_start_after_known_requests(run) -> None:
             for _ in range(4):
                 assert (await c.request("GET", "/", {"host": "ok"})).status == 200
             assert (await c.request("GET", "/", {"host": "down"})).status == 502
+            past = time.time_ns() - 10**9
+            r = await c.request("GET", "/", {"host": "ok", "l5d-ctx-deadline": f"{past - 10**9} {past}"})
+            assert r.status == 503  # an expired deadline: answered, never forwarded
             await c.close()
             admin = f"{rt.admin.address[0]}:{rt.admin.address[1]}"
             rc, text = await cli(["stat", "--admin", admin, "--since-start"])
             assert rc == 0
             lines = text.splitlines()
-            assert lines[0].split() == ["ROUTER", "SERVICE", "TRAFFIC", "SUCCESS", "RPS", "P50_MS", "P95_MS", "P99_MS", "REQUESTS"]
+            assert lines[0].split() == ["ROUTER", "SERVICE", "TRAFFIC", "SUCCESS", "RPS", "P50_MS", "P95_MS", "P99_MS",
+                                        "RETRIES", "TIMEOUTS", "REQUESTS"]  # fmt: skip
             rows = {ln.split()[1]: ln.split() for ln in lines[1:]}
-            assert rows["/svc/ok"][3] == "100.00%" and rows["/svc/ok"][-1] == "4"
+            assert rows["/svc/ok"][3] == "80.00%" and rows["/svc/ok"][-1] == "5"
             assert rows["/svc/down"][3] == "0.00%" and rows["/svc/down"][-1] == "1"
+            assert rows["/svc/ok"][8:10] == ["0", "1"]  # no retries; one deadline exceeded
+            assert rows["/svc/down"][8:10] == ["0", "0"]
             rc, text = await cli(["stat", "--admin", admin, "--since-start", "--by", "client"])
             assert rc == 0 and f"/$/inet/127.0.0.1/{ok.port}" in text
+            lines = text.splitlines()
+            assert lines[0].split()[-2:] == ["ENDPOINTS", "REQUESTS"]
+            rows = {ln.split()[1]: ln.split() for ln in lines[1:]}
+            assert rows[f"/$/inet/127.0.0.1/{ok.port}"][-2] == "1/1"
+            # The refused one: its requeues failed too, and failure accrual took it out.
+            assert rows["/$/inet/127.0.0.1/1"][-2] == "0/1"
             # The windowed form samples twice; --watch with --count stops by itself.
             rc, text = await cli(["stat", "--admin", admin, "--interval", "0.05", "--watch", "--count", "2"])
             assert rc == 0 and text.count("ROUTER") == 2
@@ -90,11 +103,15 @@ def test_stat_without_a_proxy_fails_cleanly(run, capsys) -> None:
 
 def test_stat_table_window_arithmetic() -> None:
     inf = float("inf")
-    prev = Snapshot(100.0, 0.0, {("r", "/svc/a", "base"): Row(10, 10, {0.001: 10, 0.01: 10, inf: 10})})
-    cur = Snapshot(102.0, 0.0, {("r", "/svc/a", "base"): Row(30, 25, {0.001: 20, 0.01: 30, inf: 30})})
+    prev = Snapshot(100.0, 0.0, {("r", "/svc/a", "base"): Row(10, 10, {0.001: 10, 0.01: 10, inf: 10}, 2, 1)})
+    cur = Snapshot(102.0, 0.0, {("r", "/svc/a", "base"): Row(30, 25, {0.001: 20, 0.01: 30, inf: 30}, 5, 1)})
     header, row = stat_table(prev, cur)
     assert row[:5] == ["r", "/svc/a", "base", "75.00%", "10.0"]  # 15/20 ok, 20 requests in 2 s
     assert row[5] == "1.00" and row[-1] == "20"  # p50: rank 10 of 20 ends the first bucket
+    assert header[8:10] == ["RETRIES", "TIMEOUTS"] and row[8:10] == ["3", "0"]  # in the window
+    cur.rows[("r", "/svc/a", "base")].endpoints = {"available": 2, "probing": 1, "dead": 0}
+    header, row = stat_table(prev, cur, by="client")
+    assert header[-2] == "ENDPOINTS" and row[-2] == "2/3"  # available of all, now
     assert quantile(0.5, {0.001: 0, 0.01: 0, inf: 0}) is None
     assert quantile(0.99, {0.001: 0, 0.01: 10, inf: 10}) == pytest.approx(0.001 + 0.009 * 0.99)
 

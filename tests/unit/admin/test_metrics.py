@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from config.policy import ClientPolicy, FailureAccrualConfig
+from dtab import Bound, Inet, Path
+from proxy.discovery.endpoints import EndpointSet
 from proxy.telemetry.metrics import (
     LATENCY_BOUNDS_S,
     OTHER,
     Decisions,
     Telemetry,
     begin,
+    count_deadline,
+    observe_budget,
     record,
 )
+from proxy.upstream.endpoint import Client
 
 
 def scrape(tel: Telemetry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -136,7 +142,7 @@ def test_unrouted_failures_and_connection_counters() -> None:
     es.connections += 2
     es.connections -= 1
     es.connect_failures += 1
-    es.retries += 1
+    rs.retry_counters("/svc/a", b"/c").retries += 1
     m = scrape(tel)
     assert m[("dtabproxy_router_unrouted_failures_total", labels(router="r", **{"class": "identify"}))] == 2
     assert m[("dtabproxy_router_unrouted_failures_total", labels(router="r", **{"class": "override"}))] == 1
@@ -145,6 +151,7 @@ def test_unrouted_failures_and_connection_counters() -> None:
     assert m[("dtabproxy_endpoint_connections", el)] == 1
     assert m[("dtabproxy_endpoint_connect_failures_total", el)] == 1
     assert m[("dtabproxy_client_retries_total", labels(router="r", client="/c", traffic="base"))] == 1
+    assert ("dtabproxy_endpoint_retries_total", el) not in m  # a retry is a request's, not an endpoint's
 
 
 def test_decisions_ring_is_bounded_and_sampled() -> None:
@@ -213,3 +220,112 @@ def test_decisions_keep_bursts_and_cap_sustained_load_by_a_token_bucket() -> Non
     assert d.seq == 8 and d.next_at > 100.0  # the bucket is empty: the data plane skips until next_at
     d.offer(None, None, None, None, 200, 0.001, now=d.next_at + 0.001)
     assert d.seq == 9  # refilled at max_per_second
+
+
+# -- issue 11: retries, requeues, deadlines per (service, client); endpoint states ----------------
+
+
+def test_service_client_counters_render_by_pair_and_sum_into_the_levels() -> None:
+    tel = Telemetry()
+    rs = tel.router("r")
+    for service, override in (("/svc/a", False), ("/svc/b", False), ("/svc/a", True)):
+        rs.service(service.encode(), override)
+        rs.client(b"/c", override)
+    a = rs.retry_counters("/svc/a", b"/c")
+    b = rs.retry_counters("/svc/b", b"/c")
+    over = rs.retry_counters("/svc/a", b"/c", override=True)
+    assert rs.retry_counters("/svc/a", b"/c") is a  # bound once, then a dict hit
+    a.retries, a.requeues, a.budget_exhausted = 3, 2, 1
+    b.retries = 4
+    over.retries = 5
+    count_deadline(a, "totalTimeoutMs")
+    count_deadline(a, "totalTimeoutMs")
+    count_deadline(a, "timeoutMs")
+    for left in (0.004, 0.3, 0.5, 400.0):
+        observe_budget(a, left)
+    m = scrape(tel)
+    pa = dict(router="r", service="/svc/a", client="/c", traffic="base")
+    assert m[("dtabproxy_service_client_retries_total", labels(**pa))] == 3
+    assert m[("dtabproxy_service_client_requeues_total", labels(**pa))] == 2
+    assert m[("dtabproxy_service_client_retry_budget_exhausted_total", labels(**pa))] == 1
+    assert m[("dtabproxy_service_client_deadline_exceeded_total", labels(**pa, reason="totalTimeoutMs"))] == 2
+    assert m[("dtabproxy_service_client_deadline_exceeded_total", labels(**pa, reason="timeoutMs"))] == 1
+    h = "dtabproxy_service_client_deadline_budget_seconds"
+    assert m[(h + "_bucket", labels(**pa, le="0.005"))] == 1
+    assert m[(h + "_bucket", labels(**pa, le="0.25"))] == 1
+    assert m[(h + "_bucket", labels(**pa, le="0.5"))] == 3  # a bound is inclusive
+    assert m[(h + "_bucket", labels(**pa, le="300.0"))] == 3
+    assert m[(h + "_bucket", labels(**pa, le="+Inf"))] == 4
+    assert m[(h + "_count", labels(**pa))] == 4
+    assert abs(m[(h + "_sum", labels(**pa))] - 400.804) < 1e-9
+    pb = dict(pa, service="/svc/b")
+    assert (h + "_count", labels(**pb)) not in m  # no deadline seen: no histogram
+    assert m[("dtabproxy_service_client_retries_total", labels(**dict(pa, traffic="override")))] == 5
+    # The levels' retries are the pairs' sums, traffic kinds apart.
+    assert m[("dtabproxy_service_retries_total", labels(router="r", service="/svc/a", traffic="base"))] == 3
+    assert m[("dtabproxy_service_retries_total", labels(router="r", service="/svc/b", traffic="base"))] == 4
+    assert m[("dtabproxy_service_retries_total", labels(router="r", service="/svc/a", traffic="override"))] == 5
+    assert m[("dtabproxy_client_retries_total", labels(router="r", client="/c", traffic="base"))] == 7
+    assert m[("dtabproxy_client_retries_total", labels(router="r", client="/c", traffic="override"))] == 5
+    assert m[("dtabproxy_router_retries_total", labels(router="r", traffic="base"))] == 7
+
+
+def _fs_client(addrs: list[tuple[str, int]]) -> tuple[Client, EndpointSet]:
+    es = EndpointSet(addrs)
+    return Client(Bound(Path.read("/#/io.l5d.fs/web"), addr=es)), es
+
+
+def _eject(ep: object, now: float = 0.0) -> None:
+    for _ in range(5):  # io.l5d.consecutiveFailures' default
+        ep.failed(now)  # type: ignore[attr-defined]
+    assert ep.state == "dead"  # type: ignore[attr-defined]
+
+
+def test_endpoint_states_and_ejections_are_read_from_the_clients_at_scrape() -> None:
+    tel = Telemetry()
+    tel.router("r")
+    client, es = _fs_client([("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)])
+    current = {"r": [client]}
+    tel.clients_source = lambda: current
+    c_l = dict(router="r", client="/#/io.l5d.fs/web")
+
+    def states() -> dict[str, float]:
+        m = scrape(tel)
+        return {st: m[("dtabproxy_client_endpoints", labels(**c_l, state=st))] for st in ("available", "probing", "dead")}
+
+    assert states() == {"available": 3, "probing": 0, "dead": 0}
+    eps = {ep.host: ep for ep in client.endpoints()}
+    _eject(eps["10.0.0.2"])
+    assert states() == {"available": 2, "probing": 0, "dead": 1}
+    assert scrape(tel)[("dtabproxy_client_ejections_total", labels(**c_l))] == 1
+    # The dead endpoint leaves the address set, another is ejected: the counter goes on.
+    es.update([("10.0.0.1", 80), ("10.0.0.3", 80)])
+    _eject(eps["10.0.0.3"])
+    assert states() == {"available": 1, "probing": 0, "dead": 1}
+    assert scrape(tel)[("dtabproxy_client_ejections_total", labels(**c_l))] == 2
+    # A reload replaces the client object (fresh accrual): the counter never goes down.
+    fresh, _ = _fs_client([("10.0.0.1", 80)])
+    current["r"] = [fresh]
+    assert states() == {"available": 1, "probing": 0, "dead": 0}
+    assert scrape(tel)[("dtabproxy_client_ejections_total", labels(**c_l))] == 2
+    _eject(fresh.endpoints()[0])
+    assert scrape(tel)[("dtabproxy_client_ejections_total", labels(**c_l))] == 3
+    # A client the router no longer has keeps its counter, and no state gauges.
+    current["r"] = []
+    m = scrape(tel)
+    assert m[("dtabproxy_client_ejections_total", labels(**c_l))] == 3
+    assert ("dtabproxy_client_endpoints", labels(**c_l, state="dead")) not in m
+
+
+def test_a_client_without_failure_accrual_is_all_available() -> None:
+    tel = Telemetry()
+    tel.router("r")
+    client = Client(Bound(Path.read("/$/inet/127.0.0.1/1"), addr=Inet("127.0.0.1", 1)),
+                    ClientPolicy(failure_accrual=FailureAccrualConfig(kind="none")))  # fmt: skip
+    tel.clients_source = lambda: {"r": [client]}
+    for _ in range(10):
+        client.pick().failed(0.0)  # type: ignore[union-attr]
+    m = scrape(tel)
+    c_l = dict(router="r", client="/$/inet/127.0.0.1/1")
+    assert m[("dtabproxy_client_endpoints", labels(**c_l, state="available"))] == 1
+    assert m[("dtabproxy_client_ejections_total", labels(**c_l))] == 0

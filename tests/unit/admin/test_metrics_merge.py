@@ -9,18 +9,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from dtab import Bound, Path
+from proxy.discovery.endpoints import EndpointSet
 from proxy.telemetry.metrics import (
     Telemetry,
     begin,
     combine,
+    count_deadline,
     merge,
     merge_lines,
+    observe_budget,
     record,
     record_pair,
     retired,
     snapshot,
     totals,
 )
+from proxy.upstream.endpoint import Client
 
 SERVICES = [b"/svc/a", b"/svc/b"]
 CLIENTS = [b"/$/inet/127.0.0.1/1", b"/$/inet/127.0.0.1/2"]
@@ -38,6 +43,16 @@ request = st.tuples(
     st.sampled_from([None, None, "connect", "timeout"]),
     st.booleans(),  # finished (else still in flight)
     st.booleans(),  # counted through a pair (the data plane's fast path)
+)
+#: What the attempts and the wire count per (service, client, traffic kind).
+retry_event = st.tuples(
+    st.integers(0, 2),  # the worker
+    st.sampled_from(["web", "api"]),
+    st.integers(0, len(SERVICES) - 1),
+    st.integers(0, len(CLIENTS) - 1),
+    st.booleans(),  # override traffic
+    st.sampled_from(["retry", "requeue", "exhausted", "timeoutMs", "totalTimeoutMs", "budget"]),
+    st.sampled_from([0.001, 0.3, 7.0, 1000.0]),  # the budget left, for "budget"
 )
 
 
@@ -74,13 +89,31 @@ def serve(tel: Telemetry, r: tuple) -> None:
     es.connections += 1
 
 
+def count(tel: Telemetry, e: tuple) -> None:
+    _, label, si, ci, override, kind, left = e
+    rc = tel.router(label).retry_counters(SERVICES[si].decode(), CLIENTS[ci], override)
+    if kind == "retry":
+        rc.retries += 1
+    elif kind == "requeue":
+        rc.requeues += 1
+    elif kind == "exhausted":
+        rc.budget_exhausted += 1
+    elif kind == "budget":
+        observe_budget(rc, left)
+    else:
+        count_deadline(rc, kind)
+
+
 @settings(max_examples=25, deadline=None)
-@given(st.lists(request, max_size=40))
-def test_merged_workers_scrape_like_one_process(requests: list[tuple]) -> None:
+@given(st.lists(request, max_size=40), st.lists(retry_event, max_size=20))
+def test_merged_workers_scrape_like_one_process(requests: list[tuple], events: list[tuple]) -> None:
     one, workers = Telemetry(), [Telemetry() for _ in range(3)]
     for r in requests:
         serve(one, r)
         serve(workers[r[0]], r)
+    for e in events:
+        count(one, e)
+        count(workers[e[0]], e)
     # Through JSON: the snapshot is plain data (what a worker sends).
     snaps = [json.loads(json.dumps(snapshot(w))) for w in workers]
     assert scrape(merge(snaps).render()) == scrape(one.render())
@@ -130,3 +163,38 @@ def test_collector_lines_sum_counters_and_take_the_worst_gauge() -> None:
         "# HELP k_watch_synced Synced.", "# TYPE k_watch_synced gauge", 'k_watch_synced{watch="w"} 0',
         "# HELP k_dtab_invalid Invalid.", "# TYPE k_dtab_invalid gauge", 'k_dtab_invalid{router="r"} 1',
     ]  # fmt: skip
+
+
+def _worker_with_client(ejected: list[str]) -> Telemetry:
+    """A worker's telemetry whose router `web` has one client of three endpoints, with
+    failure accrual having taken out those in `ejected`."""
+    tel = Telemetry()
+    tel.router("web")
+    es = EndpointSet([("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)])
+    client = Client(Bound(Path.read("/#/io.l5d.fs/web"), addr=es))
+    for ep in client.endpoints():
+        if ep.host in ejected:
+            for _ in range(5):
+                ep.failed(0.0)
+    tel.clients_source = lambda: {"web": [client]}
+    return tel
+
+
+def test_endpoint_states_merge_to_the_worst_state_and_ejections_sum() -> None:
+    w0 = _worker_with_client(["10.0.0.1"])
+    w1 = _worker_with_client(["10.0.0.2"])
+    snaps = [json.loads(json.dumps(snapshot(w))) for w in (w0, w1)]
+    m = scrape(merge(snaps).render())
+    lab = (("client", "/#/io.l5d.fs/web"), ("router", "web"))
+
+    def state(m: dict, st: str) -> float:
+        return m[("dtabproxy_client_endpoints", tuple(sorted((*lab, ("state", st)))))]
+
+    # An endpoint one worker took out counts as dead: 10.0.0.1 and 10.0.0.2.
+    assert (state(m, "available"), state(m, "probing"), state(m, "dead")) == (1, 0, 2)
+    assert m[("dtabproxy_client_ejections_total", lab)] == 2
+    assert scrape(merge([combine(snaps)]).render()) == m
+    # A worker that exited leaves its ejections, not its view of the endpoints.
+    m = scrape(merge([snaps[0], retired(snaps[1])]).render())
+    assert (state(m, "available"), state(m, "probing"), state(m, "dead")) == (2, 0, 1)
+    assert m[("dtabproxy_client_ejections_total", lab)] == 2
