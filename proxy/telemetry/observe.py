@@ -25,10 +25,10 @@ import logging
 from time import perf_counter, time
 from typing import Any
 
-from ..route.l5d import FLAG_SAMPLED
 from .accesslog import AccessLog
 from .errorlog import ERRORS
 from .export import Exporter, make_exporter
+from .tracectx import FLAG_SAMPLED
 from .tracing import (
     FLAGS,
     HIGH,

@@ -30,7 +30,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Final
 
-from ..route.l5d import (
+from .tracectx import (
     FLAG_DEBUG,
     FLAG_SAMPLED,
     FLAG_SAMPLING_KNOWN,

@@ -321,11 +321,7 @@ def describe(graph: dict[str, dict[str, list[Import]]], comp: list[str]) -> str:
 #: Cycles found when this test was written, each to be broken, not to be kept: listed so
 #: that a new cycle fails now, while `test_no_package_cycle_at_all` shows (as XFAIL) what
 #: is still to do, and fails once they are gone so this list is emptied.
-KNOWN_CYCLES: list[list[str]] = [
-    # route/request.py uses telemetry (metrics, observe, tracing) per request, and
-    # telemetry/tracing.py and observe.py read the l5d trace header codec in route/l5d.py.
-    ["proxy.route", "proxy.telemetry"],
-]
+KNOWN_CYCLES: list[list[str]] = []  # none: the trace codec moved to telemetry/tracectx.py
 
 
 def test_the_cycle_finder_finds_cycles() -> None:
@@ -341,7 +337,6 @@ def test_no_new_import_cycle_between_packages() -> None:
     assert not new, "import cycles between packages:\n" + "\n".join(describe(graph, c) for c in new)
 
 
-@pytest.mark.xfail(strict=True, reason="proxy.route <-> proxy.telemetry (KNOWN_CYCLES): to be broken")
 def test_no_package_cycle_at_all() -> None:
     graph = package_graph()
     found = cycles(graph)
