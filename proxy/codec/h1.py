@@ -19,8 +19,9 @@ reason-phrase characters. The unit tests pin each rule to a failing input.
 
 Rarer heads get a second pass, flagged by the same scan so a plain head pays nothing:
 a Connection header that nominates Content-Length or Host is refused (RFC 9110 §7.6.1),
-a response loses the fields its Connection header nominates, and `Upgrade: h2c` and
-HTTP2-Settings are removed (a request that offered only h2c is not an upgrade). An
+a response loses the fields its Connection header nominates, the trailers of either
+side lose them too (the same section: "any header or trailer field(s)"), and
+`Upgrade: h2c` and HTTP2-Settings are removed (a request that offered only h2c is not an upgrade). An
 HTTP/1.0 request without Host gets an empty one, an HTTP/0.9 request line (which llhttp
 would hold, waiting for fields) is refused as soon as it ends, and a request body may be
 bounded (`max_body_bytes`: 413).
@@ -499,6 +500,7 @@ class _Reader:
         "upgrade_tail",
         "_side",
         "_status",
+        "_nominated",
     )
 
     def _init(self, max_header_bytes: int, max_headers: int, side: str, status: int) -> None:
@@ -518,6 +520,10 @@ class _Reader:
         self.upgrade_tail = b""
         self._side = side  # "request" / "response", for messages
         self._status = status  # HTTP status our errors carry
+        # The field names an odd head's Connection header nominates (beyond the proxy's
+        # own options), with the list that collects that message's trailers: they lose
+        # those fields too. Tied to the list, so a plain head need not reset it.
+        self._nominated: tuple[set[bytes], Headers] | None = None
 
     def _fail(self, message: str, status: int | None = None) -> PeerProtocolError:
         err = PeerProtocolError(message, status=self._status if status is None else status)
@@ -583,7 +589,12 @@ class _Reader:
         if trailers:
             self._check_trailers(trailers)
             self._headers = []
-            self._events.append(EndOfMessage(trailers))
+            nominated = self._nominated
+            if nominated is not None and nominated[1] is trailers:
+                # RFC 9110 §7.6.1: a nominated field is removed from the trailers as well.
+                names = nominated[0]
+                trailers = [h for h in trailers if h[0] not in names]
+            self._events.append(EndOfMessage(trailers) if trailers else _EOM)
         else:
             self._events.append(_EOM)
         self._state = _IDLE
@@ -736,10 +747,28 @@ class RequestReader(_Reader):
         if tail[-1:] != b"\n":
             return
         line = tail[:-2] if tail[-2:-1] == b"\r" else tail[:-1]
+        if not line:
+            return
         # Without an LF, `line` runs from the feed where the target began (or is longer
         # than `full`, cut above): so a suffix of `full` is the request line itself.
-        if line and (line == full or line.endswith(b"\n" + full) or (b"\n" not in line and full.endswith(line))):
-            raise self._fail("HTTP/0.9 request (no HTTP version in the request line) is not supported")
+        if b"\n" not in line and full.endswith(line):
+            raise self._http09()
+        if not line.endswith(full):
+            return
+        # The request line is `full` when what precedes it ends the previous message: a
+        # line break, or the last body piece of a message that ended in this feed (a
+        # Content-Length body needs no line break after it); the head then began here.
+        before = line[: len(line) - len(full)]
+        if not before or before[-1] == 0x0A:
+            raise self._http09()
+        events = self._events
+        if not self._span and len(events) > 1 and events[-1].__class__ is EndOfMessage:
+            prev = events[-2]
+            if prev.__class__ is Body and before.endswith(prev.data):
+                raise self._http09()
+
+    def _http09(self) -> PeerProtocolError:
+        return self._fail("HTTP/0.9 request (no HTTP version in the request line) is not supported")
 
     def on_body(self, body: bytes) -> None:
         left = self._body_left
@@ -848,12 +877,16 @@ class RequestReader(_Reader):
         """The second pass over a head `_scan` marked odd: refuse a Connection header
         that nominates a field meant for every recipient, remove HTTP2-Settings and
         the `h2c` offer from Upgrade. Returns (headers, extras, upgrade). (The other
-        nominated fields are dropped by the proxy with the rest of the hop-by-hop ones.)"""
-        bad = _nominated(headers) & _END_TO_END
+        nominated fields are dropped from the head by the proxy with the rest of the
+        hop-by-hop ones, and from the trailers here, in `_end_message`.)"""
+        nominated = _nominated(headers)
+        bad = nominated & _END_TO_END
         if bad:
             raise self._fail(
                 f"Connection header nominates {_show_names(bad)}, a field for every recipient (RFC 9110 §7.6.1)"
             )
+        if nominated:
+            self._nominated = (nominated, self._headers)  # this message's trailers, to come
         out: Headers = []
         offered = False  # an Upgrade protocol other than h2c is left
         for item in headers:
@@ -1090,13 +1123,16 @@ class ResponseReader(_Reader):
     def _hop_response(self, headers: Headers) -> Headers:
         """The second pass over a head `_scan` marked odd: remove the fields its
         Connection header nominates (RFC 9110 §7.6.1: a proxy removes them before
-        forwarding, whatever the downstream protocol) and HTTP2-Settings. The
+        forwarding, whatever the downstream protocol; its trailers lose them in
+        `_end_message`) and HTTP2-Settings. The
         proxy's own hop-by-hop fields (Connection, Upgrade, ...) stay for the wire to
         drop or rewrite. A nominated Content-Length is refused (502): the body it frames
         must be framed again downstream, so it cannot be a hop's private field."""
         nominated = _nominated(headers)
         if b"content-length" in nominated:
             raise self._fail("Connection header nominates Content-Length, a field for every recipient (RFC 9110 §7.6.1)")
+        if nominated:
+            self._nominated = (set(nominated), self._headers)  # this message's trailers lose them too
         nominated.add(_HTTP2_SETTINGS)
         return [h for h in headers if h[0] not in nominated]
 

@@ -5,7 +5,8 @@ and their acknowledgement, PING, GOAWAY, flow control in both directions, CONTIN
 sequencing, padding), an HPACK decoder (static and dynamic tables, Huffman strings), a
 static-table-only HPACK encoder, the send-side flow-control queues (DATA that the
 peer's window cannot take yet waits here, in order, with the stream's END_STREAM or
-trailers behind it), and the RFC 9113 §8 checks on field sections in both directions:
+trailers behind it), the bound on control frames queued while the peer does not read
+(`max_queued_control`), and the RFC 9113 §8 checks on field sections in both directions:
 request and response pseudo-headers, connection-specific fields, `te`, field-name case
 and characters, CR/LF/NUL and surrounding whitespace in values, and a `content-length`
 that is not plain digits or disagrees with itself or with the DATA received.
@@ -114,6 +115,13 @@ _DECODER_TABLE_SIZE: Final = 4096
 #: frame on a stream never opened (RFC 9113 §5.1). Frames for a stream we reset are
 #: ignored for as long as it is remembered; a peer's are not that late in practice.
 _CLOSED_MEMORY: Final = 1024
+#: Control frames (PING and SETTINGS acknowledgements, RST_STREAM) that may wait unsent
+#: before the connection ends with GOAWAY(ENHANCE_YOUR_CALM), when the user asks for the
+#: bound (`max_queued_control`). A peer that sends PINGs, SETTINGS or streams to refuse
+#: and never reads would otherwise grow our output without end (the 2019 "ping flood"
+#: and "settings flood", CVE-2019-9512, CVE-2019-9515). 1000 is nghttp2's
+#: max_outbound_ack and Envoy's max_outbound_control_frames default.
+MAX_QUEUED_CONTROL: Final = 1000
 #: Frame header bytes: what each frame of a header block costs on top of its payload. A
 #: block's budget counts them, so empty CONTINUATION frames are not free (CVE-2024-27316,
 #: CVE-2024-28182: floods of them held servers' memory and CPU without ever ending a block).
@@ -561,7 +569,7 @@ class H2Codec:
         "_send_window", "_recv_window", "_recv_unacked", "_conn_credit_at", "_stream_window",
         "_stream_credit_at", "_max_streams", "_max_block", "_remote_initial", "_remote_frame",
         "_remote_max_streams", "_remote_table_size", "_waiting", "_cont_frames", "_max_cont_frames",
-        "resets", "blocks_in",
+        "resets", "blocks_in", "control_queued", "_max_control",
     )
 
     def __init__(
@@ -572,6 +580,7 @@ class H2Codec:
         max_header_list_size: int = 65536,
         stream_window: int = DEFAULT_STREAM_WINDOW,
         connection_window: int = DEFAULT_CONNECTION_WINDOW,
+        max_queued_control: int | None = None,
     ) -> None:
         self.client_side = client_side
         self.drained: list[int] = []
@@ -595,6 +604,10 @@ class H2Codec:
         # so a batch without resets costs it nothing.
         self.resets = 0
         self.blocks_in = 0  # header blocks completed: tells one pending block from the next
+        # Control frames queued since the user last found its write buffer empty (it sets
+        # this to 0 then): past `max_queued_control`, a connection error.
+        self.control_queued = 0
+        self._max_control = max_queued_control if max_queued_control is not None else 1 << 62
         self._highest_in = 0  # the highest stream id the peer opened (GOAWAY's last_stream_id)
         self._next_out = 1 if client_side else 2
         self._inbound_open = 0
@@ -689,6 +702,7 @@ class H2Codec:
                         raise _ConnError(FRAME_SIZE_ERROR, "PING length")
                     if not flags & _ACK:
                         self._out.append(_pack_head(0, 8, _PING, _ACK, 0) + payload)
+                        self._control()
                 elif ftype == _PRIORITY:
                     self._priority(sid, payload, events)
                 elif ftype == _GOAWAY:
@@ -865,8 +879,10 @@ class H2Codec:
             elif self.client_side and not st.response_seen:
                 status = fields[0][1] if fields and fields[0][0] == b":status" else b""
                 if len(status) == 3 and status[0] == 0x31:  # 1xx: informational, more follows
-                    if end:
-                        self._stream_error(st, PROTOCOL_ERROR, events)  # §8.1
+                    if end or status == b"101":
+                        # §8.1 (an interim response cannot end the stream); §8.6: HTTP/2
+                        # has no 101, so one is malformed (a proxy must not start a tunnel).
+                        self._stream_error(st, PROTOCOL_ERROR, events)
                     else:
                         events.append((INFORMATIONAL, sid, fields, 0, False))
                     return
@@ -1023,6 +1039,7 @@ class H2Codec:
                 raise _ConnError(PROTOCOL_ERROR, f"SETTINGS_ENABLE_CONNECT_PROTOCOL {value}")
             # MAX_HEADER_LIST_SIZE is advisory; unknown settings are ignored (§6.5.2)
         self._out.append(_SETTINGS_ACK_FRAME)
+        self._control()
         if window_delta:
             # §6.9.2: every stream's window moves by the change, and may go negative.
             for st in self._streams.values():
@@ -1040,6 +1057,17 @@ class H2Codec:
         self.resets += 1
         if tell:
             events.append((RESET, st.sid, code, 0, False))
+        self._control()
+
+    def _control(self) -> None:
+        """A control frame was queued in answer to the peer: bound them (MAX_QUEUED_CONTROL)."""
+        n = self.control_queued = self.control_queued + 1
+        if n > self._max_control:
+            raise _ConnError(
+                ENHANCE_YOUR_CALM,
+                f"more than {self._max_control} control frames (PING and SETTINGS acks, RST_STREAM) "
+                "queued while the peer does not read",
+            )
 
     def _close(self, st: _Stream, how: int) -> None:
         sid = st.sid
@@ -1162,6 +1190,7 @@ class H2Codec:
         if st is not None and not self._dead:
             self._out.append(_rst_frame(sid, code))
             self._close(st, _GONE_RESET)
+            self.control_queued += 1  # bounded by the user's check (it cannot raise here)
 
     def forget(self, sid: int) -> None:
         """The stream is gone (reset): nothing is kept for it (kept for callers' symmetry)."""
@@ -1472,6 +1501,7 @@ __all__ = [
     "DEFAULT_CONNECTION_WINDOW",
     "DEFAULT_STREAM_WINDOW",
     "INTERNAL_ERROR",
+    "MAX_QUEUED_CONTROL",
     "NO_ERROR",
     "PREFACE",
     "PROTOCOL_ERROR",

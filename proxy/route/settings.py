@@ -35,7 +35,7 @@ class ListenerSettings:
     which belongs to its policy and is dropped with it)."""
 
     __slots__ = (
-        "router", "limits", "config", "timeout", "clear_context", "policy", "sig_header", "add_via",
+        "router", "limits", "config", "timeout", "clear_context", "policy", "sig_header", "sig_strip", "add_via",
         "add_forwarded", "discard_limit", "open_upstream", "max_concurrent", "_override_cache",
     )  # fmt: skip
 
@@ -58,6 +58,9 @@ class ListenerSettings:
         self.clear_context = config.clear_context
         self.policy = policy
         self.sig_header = policy.hmac_header or b"\x00"  # a name no header has
+        # The signature field's name when no l5d- rule keeps it from the next hop: the
+        # wire drops it from every request (it is the proxy's credential).
+        self.sig_strip = policy.hmac_header if policy.hmac_header and policy.hmac_header[:4] != b"l5d-" else None
         self.add_via = add_via
         self.add_forwarded = add_forwarded
         self.discard_limit = DISCARD_LIMIT

@@ -5,7 +5,10 @@ result decides (`h2` -> HTTP/2, `http/1.1` or none -> HTTP/1.1, RFC 9113 §3.2).
 clear text an `h2` router looks at the first bytes: the HTTP/2 client preface (prior
 knowledge, RFC 9113 §3.3) selects HTTP/2, anything else HTTP/1.1, so one port serves
 both. Bytes that are neither the preface nor an HTTP/1.x request line are an invalid
-preface: GOAWAY(PROTOCOL_ERROR) and close (RFC 9113 §3.4); an HTTP/0.9 line (`GET /`)
+preface: GOAWAY(PROTOCOL_ERROR) and close (RFC 9113 §3.4), lingering as `ServerH2` does
+(our side ends after the GOAWAY, what the client still sends is read and dropped until it
+closes too or `CLOSE_LINGER_S` passes, so no TCP reset destroys the GOAWAY unread); an
+HTTP/0.9 line (`GET /`)
 goes to `ServerH1`, which answers it 400 and closes. An `http` router in clear
 text gets `ServerH1` directly, with no detection.
 
@@ -26,7 +29,7 @@ from typing import Any
 
 from ..codec.h2 import PREFACE
 from .h1 import ServerH1
-from .h2 import ServerH2
+from .h2 import CLOSE_LINGER_S, ServerH2
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ def _is_http09(line: bytes) -> bool:
 class Detect:
     """Holds a connection until its protocol is known, then hands it over."""
 
-    __slots__ = ("_server", "_transport", "_buf", "_h2_allowed", "last_active", "head_started")
+    __slots__ = ("_server", "_transport", "_buf", "_h2_allowed", "last_active", "head_started", "_refused")
 
     def __init__(self, server: Any, h2_allowed: bool) -> None:
         self._server = server
@@ -59,6 +62,7 @@ class Detect:
         self._h2_allowed = h2_allowed
         self.last_active = 0.0
         self.head_started = 0.0  # when the first byte arrived (the listener's sweep reads it)
+        self._refused = False  # GOAWAY sent: what still arrives is dropped until the close
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
@@ -76,6 +80,8 @@ class Detect:
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after our GOAWAY: read and dropped
         self.last_active = self._server.loop.time()
         if not self.head_started:
             self.head_started = self.last_active
@@ -104,12 +110,19 @@ class Detect:
             self._buf = buf  # a prefix of the preface: wait for the rest
 
     def _refuse(self) -> None:
+        """GOAWAY(PROTOCOL_ERROR), then a lingering close: closing with the client's bytes
+        unread would send a TCP reset, which can destroy the GOAWAY before it is read."""
         t = self._transport
-        self._transport = None
         self._buf = b""
+        self._refused = True
+        self.head_started = 0.0
         if t is not None:
             t.write(_GOAWAY_PROTOCOL_ERROR)
-            t.close()
+            if t.can_write_eof():
+                t.write_eof()
+                self._server.loop.call_later(CLOSE_LINGER_S, t.close)
+            else:
+                t.close()
 
     def eof_received(self) -> bool:
         return False
@@ -139,6 +152,8 @@ class Detect:
 
     def head_timeout(self, limit: float) -> None:
         """The preface or first line took too long: the protocol it began answers."""
+        if self._refused:
+            return
         buf = self._buf
         h2 = self._h2_allowed and PREFACE.startswith(buf[:_PREFACE_LEN])
         proto = ServerH2(self._server) if h2 else ServerH1(self._server)

@@ -31,12 +31,14 @@ from ..codec.h1 import (
     encode_trailers,
 )
 from ..errors import (
+    BadResponse,
     Overloaded,
     PeerProtocolError,
     ProxyError,
     StreamIdle,
     Timeout,
 )
+from ..route.l5d import strip_l5d_response
 from ..route.request import DL_ATTEMPT, DL_IDLE, DL_ROUTER, RoutedRequest, drop_set
 from ..route.settings import Listener
 from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER
@@ -54,6 +56,7 @@ _CHUNKED: Final = (b"transfer-encoding", b"chunked")
 _CONN_CLOSE: Final = (b"connection", b"close")
 _CONN_KEEP_ALIVE: Final = (b"connection", b"keep-alive")
 _CONN_UPGRADE: Final = (b"connection", b"upgrade")
+_NO_CONTENT: Final = (b"content-length", b"0")
 _PAUSE_QUEUE: Final = 1  # too many pipelined events queued
 _PAUSE_UPSTREAM: Final = 2  # the upstream cannot take more request body yet
 #: Pipelined events queued behind an in-flight request before reads pause.
@@ -247,16 +250,15 @@ class ServerH1(RoutedRequest):
 
     def _bad_input(self, exc: PeerProtocolError) -> None:
         """The request stream broke. Whole requests parsed before the error are still
-        answered, in order; the 400 follows them and the connection closes."""
-        events = self._reader.take_events()
-        end = 0
-        for i, ev in enumerate(events):
-            if ev.__class__ is EndOfMessage:
-                end = i + 1
+        answered, in order; the 400 follows them and the connection closes. The broken
+        request itself is never started: its head and body pieces, whether parsed in
+        this read or queued from earlier ones behind a busy exchange, are dropped."""
         q = self._queue
-        if self._busy and not self._req_done and not any(e.__class__ is EndOfMessage for e in events[:end]) and not any(
-            e.__class__ is EndOfMessage for e in q
-        ):
+        q.extend(self._reader.take_events())
+        end = len(q)
+        while end and q[end - 1].__class__ is not EndOfMessage:
+            end -= 1
+        if not end and self._busy and not self._req_done:
             # The error is inside the body being forwarded now: that exchange cannot end.
             q.clear()
             up, self._up = self._up, None
@@ -268,7 +270,8 @@ class ServerH1(RoutedRequest):
                 self._resp_done = True
                 self._write_error(exc, close=True)
             return
-        q.extend(events[:end])
+        while len(q) > end:
+            q.pop()  # the broken request, not started: nothing of it goes upstream
         q.append(exc)  # answered after the responses already owed, then close
         self._pump()
 
@@ -372,6 +375,9 @@ class ServerH1(RoutedRequest):
         extras = head.extras
         if extras is None:  # plain: nothing to drop or read, forward the fields as they came
             out = head.headers.copy()
+            if settings.sig_strip is not None:  # the override signature never goes on
+                sig = settings.sig_strip
+                out = [h for h in out if h[0] != sig]
         else:
             # The codec listed the few hop-by-hop and l5d- fields while it scanned the
             # head; everything else is filtered in one comprehension, not a Python loop.
@@ -433,12 +439,17 @@ class ServerH1(RoutedRequest):
                 buf.append(encode_chunk(ev.data) if self._resp_chunked else ev.data)
         elif cls is ResponseHead:
             if ev.status < 200 and ev.status != 101:  # 1xx: pass it on, the final one follows
-                buf.append(encode_response_head(ev.status, ev.reason, [h for h in ev.headers if h[0] not in _RESP_DROP]))
+                clear = self._settings.clear_context  # docs/dtab.md §13.5: interim heads too
+                fields = [h for h in ev.headers if h[0] not in _RESP_DROP and not (clear and h[0][:4] == b"l5d-")]
+                buf.append(encode_response_head(ev.status, ev.reason, fields))
                 return
             self._response_head(ev)
         elif cls is EndOfMessage:
             if self._resp_chunked:
-                buf.append(encode_trailers(ev.trailers) if ev.trailers else LAST_CHUNK)
+                trailers = ev.trailers
+                if trailers and self._settings.clear_context:  # docs/dtab.md §13.5: trailers too
+                    trailers = [h for h in trailers if h[0][:4] != b"l5d-"]
+                buf.append(encode_trailers(trailers) if trailers else LAST_CHUNK)
             self.flush_writes()
             self._response_end()
 
@@ -453,26 +464,36 @@ class ServerH1(RoutedRequest):
     def _response_head(self, ev: ResponseHead) -> None:
         head = self._head
         assert head is not None
+        status = ev.status
         self._resp_started = True
-        self._status = ev.status
+        self._status = status
         # The timeout covers the wait for a response, as in Linkerd; a streamed body may
         # take as long as it takes. The timer itself stays armed for later requests.
         self._deadline = 0.0
-        status = ev.status
-        clear = self._settings.clear_context
+        self._resp_head_only = head.method == b"HEAD"
         if ev.plain:
             out = ev.headers.copy()
-        elif clear:
-            out = [h for h in ev.headers if h[0] not in _RESP_DROP and not h[0].startswith(b"l5d-")]
+        elif self._settings.clear_context:
+            out, inner_err = strip_l5d_response(h for h in ev.headers if h[0] not in _RESP_DROP)
+            if inner_err and status >= 200 and status != 204 and status != 304 and status != 101:
+                # docs/dtab.md §13.5: an edge clears the body of a response that carries an
+                # inner proxy's error (its text names dtabs and addresses), as Linkerd does;
+                # the caller gets the status with no content, framed as such.
+                out = [h for h in out if h[0] != b"content-length"]
+                out.append(_NO_CONTENT)
+                self._resp_head_only = True  # the body's pieces are read and dropped
         else:
             out = [h for h in ev.headers if h[0] not in _RESP_DROP]
         route = self._route
         if route is not None and route.actions is not None:  # matched rules' response header edits
             out = route.actions.edit_response(out)
-        self._resp_head_only = head.method == b"HEAD"
         bodyless = self._resp_head_only or status in (204, 304)
         self._resp_chunked = False
         if status == 101:
+            if not (head.upgrade and self._upgrade is not None):
+                self._resp_started = False  # nothing of this head goes to the client
+                self._unasked_switch()
+                return
             out.append(_CONN_UPGRADE)
             for n, v in ev.headers:
                 if n == b"upgrade":
@@ -483,7 +504,7 @@ class ServerH1(RoutedRequest):
                 out.append(_CHUNKED)
             else:
                 self._close_after = True  # HTTP/1.0 client: the body ends when we close
-        elif self._resp_head_only and ev.chunked:
+        elif self._resp_head_only and ev.chunked and head.method == b"HEAD":
             out.append(_CHUNKED)  # HEAD mirrors GET's framing (RFC 9110 §9.3.2)
         if self._close_after:
             out.append(_CONN_CLOSE)
@@ -496,6 +517,20 @@ class ServerH1(RoutedRequest):
         if status == 101:
             self.flush_writes()
             self._start_tunnel()
+
+    def _unasked_switch(self) -> None:
+        """101 to a request that asked for no upgrade: RFC 9110 §15.2.2 (a server must not
+        switch to a protocol the request's Upgrade did not offer). The upstream broke the
+        exchange: 502, and its connection, no longer HTTP/1.1, is closed."""
+        up, self._up = self._up, None
+        where = "the upstream"
+        if up is not None:
+            if up.endpoint is not None:
+                where = str(up.endpoint)
+            up.cancel()
+        self._respond_error(BadResponse(
+            f"{where} answered 101 Switching Protocols to a request that offered no Upgrade (RFC 9110 §15.2.2)"
+        ))  # fmt: skip
 
     def _response_end(self) -> None:
         self._resp_done = True
@@ -601,6 +636,14 @@ class ServerH1(RoutedRequest):
             self._queue.clear()
             t.close()
             return
+        if self._reader.upgraded:
+            # The request that asked to upgrade is the last one the reader parsed: this
+            # one, unless a later head still waits in the queue. It ended without a 101.
+            for ev in self._queue:
+                if ev.__class__ is RequestHead:
+                    break
+            else:
+                self._decline_upgrade()
         if self._queue:
             self._pump()
 
@@ -633,6 +676,20 @@ class ServerH1(RoutedRequest):
             self._up.resume_reading()
 
     # -- upgrade (WebSocket) ---------------------------------------------------------------
+
+    def _decline_upgrade(self) -> None:
+        """The exchange that asked to upgrade ended without a 101 (the upstream answered
+        it, or the proxy did): the connection stays HTTP/1.1, and the bytes that followed
+        the request, held for a tunnel, are parsed as the requests they are."""
+        reader = self._reader
+        try:
+            events = reader.decline_upgrade()
+        except PeerProtocolError as exc:
+            self._bad_input(exc)
+            return
+        self._queue.extend(events)
+        if reader.in_head() and not self.head_started:
+            self.head_started = self._loop.time()  # the header read timeout runs from now
 
     def _start_tunnel(self) -> None:
         """After a 101, bytes flow unparsed both ways until either side closes."""

@@ -17,7 +17,9 @@ Flow control forwards: request DATA is acknowledged to the client only once hand
 the upstream and the upstream has not asked the client to pause; response DATA the
 client's window cannot take waits in the codec, and the upstream is paused while more
 than SEND_HIGH_WATER waits. Output is batched: everything queued during a read or a
-loop iteration leaves in one write.
+loop iteration leaves in one write. While the connection's write buffer is above its
+high-water mark it reads nothing (a client that does not read cannot make us queue
+without end), and control frames queued unsent are bounded (`h2c.MAX_QUEUED_CONTROL`).
 
 No task per stream: timers are loop handles; everything else is a callback.
 """
@@ -34,7 +36,7 @@ from typing import Any, Final
 from ..codec import grpc
 from ..codec import h2 as h2c
 from ..codec.h1 import Body, EndOfMessage, ResponseHead
-from ..errors import BadRequest, BodyTooLarge, PeerProtocolError, ProxyError, StreamIdle, Timeout
+from ..errors import BadRequest, BadResponse, BodyTooLarge, PeerProtocolError, ProxyError, StreamIdle, Timeout
 from ..route.l5d import (
     encode_l5d_err,
     err_body,
@@ -191,8 +193,13 @@ class _Stream(RoutedRequest):
                 out.append(item)
         if host is not None:
             out[0] = (b"host", host)
-        else:
-            del out[0]
+        # Else the request named no authority (RFC 9113 §8.3.1 omits :authority then) and
+        # the placeholder stays: an empty Host, which RFC 9112 §3.2 prescribes for an
+        # HTTP/1.1 request whose target has no authority (an HTTP/2 upstream gets no
+        # :authority from it). The endpoint's address is not the request's authority.
+        if settings.sig_strip is not None:  # the override signature never goes on
+            sig = settings.sig_strip
+            out = [h for h in out if h[0] != sig]
         if cookies is not None:
             out.append((b"cookie", b"; ".join(cookies)))
         if ended:
@@ -271,10 +278,10 @@ class _Stream(RoutedRequest):
         conn = self.conn
         codec = conn._codec
         if cls is Body:
+            if self.head_only or not ev.data:
+                return  # a bodiless response's HEADERS wait for its end (END_STREAM on them)
             if self.head_out is not None:
                 self._send_head(False)
-            if self.head_only or not ev.data:
-                return
             self._bytes_out += len(ev.data)
             queued = codec.send_data(self.sid, ev.data)
             conn.want_flush()
@@ -308,14 +315,30 @@ class _Stream(RoutedRequest):
         clear = self.settings.clear_context
         status_field = _STATUS.get(status)
         if status_field is None or status == 101:
-            self.upstream_failed(PeerProtocolError(f"upstream answered status {status}, which HTTP/2 cannot carry"))
+            # The upstream's fault (RFC 9113 §8.6: no 101 on HTTP/2): 502, and the attempt
+            # is cancelled, which closes a connection a 101 took out of HTTP/1.1.
+            self.respond_error(BadResponse(f"upstream answered status {status}, which HTTP/2 cannot carry"))
             return
         out = [status_field]
-        for h in ev.headers:
-            name = h[0]
-            if name in _RESP_DROP or (clear and name[:4] == b"l5d-"):
-                continue
-            out.append(h)
+        if not clear:
+            out += [h for h in ev.headers if h[0] not in _RESP_DROP]
+        else:  # an edge: no l5d- field goes back (docs/dtab.md §13.5)
+            inner_err = False  # an inner proxy's l5d-err
+            for h in ev.headers:
+                name = h[0]
+                if name in _RESP_DROP:
+                    continue
+                if name[:4] == b"l5d-":
+                    if name == b"l5d-err":
+                        inner_err = True
+                    continue
+                out.append(h)
+            if inner_err and status >= 200 and status != 204 and status != 304:
+                # The body of an inner proxy's error is cleared: the response ends with its
+                # HEADERS (END_STREAM) or its trailers, and says no length (a gRPC error's
+                # trailers-only form keeps its shape).
+                out = [h for h in out if h[0] != b"content-length"]
+                self.head_only = True
         route = self._route
         if route is not None and route.actions is not None:  # matched rules' response edits
             out = route.actions.edit_response(out)
@@ -540,17 +563,16 @@ class ServerH2:
         limits = server.settings.limits
         max_streams = server.settings.max_concurrent or DEFAULT_MAX_STREAMS
         self._codec = h2c.H2Codec(
-            client_side=False, max_concurrent_streams=max_streams, max_header_list_size=limits.max_header_bytes
-        )
+            client_side=False, max_concurrent_streams=max_streams, max_header_list_size=limits.max_header_bytes,
+            max_queued_control=h2c.MAX_QUEUED_CONTROL,
+        )  # fmt: skip
         transport.write(self._codec.take_output())
         self.last_active = self._loop.time()
         server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        streams, self._streams = self._streams, {}
-        for st in streams.values():
-            st.client_reset()
+        self._drop_streams()
         self._server.connections.discard(self)
         self._server.connection_closed(self)
 
@@ -578,6 +600,12 @@ class ServerH2:
     def data_received(self, data: bytes) -> None:
         now = self.last_active = self._loop.time()
         codec = self._codec
+        if codec.control_queued:
+            if not self._transport.get_write_buffer_size():
+                codec.control_queued = 0  # every control frame queued so far has left
+            elif codec.control_queued > h2c.MAX_QUEUED_CONTROL:  # our own resets did it
+                self._control_flood()
+                return
         resets = codec.resets
         try:
             events = codec.feed(data)
@@ -734,8 +762,30 @@ class ServerH2:
 
     def _connection_error(self, exc: PeerProtocolError) -> None:
         """The codec found a connection error and queued GOAWAY: send it, drop every stream, close."""
-        log.debug("h2 connection error from %s: %s", self._peer_ip, exc)
+        if self._codec.control_queued > h2c.MAX_QUEUED_CONTROL:
+            _warn_limited("h2: closing the connection from %s: %s", self._peer_ip, exc)
+        else:
+            log.debug("h2 connection error from %s: %s", self._peer_ip, exc)
         self._close_now()
+
+    def _control_flood(self) -> None:
+        """More control frames queued than MAX_QUEUED_CONTROL while the client does not
+        read, found as the next read begins (the codec's bound, reached by resets the
+        wire sent; the codec stops its own floods itself): GOAWAY(ENHANCE_YOUR_CALM)."""
+        n = self._codec.control_queued
+        _warn_limited("h2: closing the connection from %s: %d control frames queued unsent", self._peer_ip, n)
+        self._codec.abort(h2c.ENHANCE_YOUR_CALM, f"{n} control frames queued while the peer does not read")
+        self._close_now()
+
+    def _drop_streams(self) -> None:
+        """The connection ends under its streams: each is cancelled upstream and
+        accounted once, as a request whose client went away (499, cancelled)."""
+        streams = self._streams
+        if streams:
+            for st in list(streams.values()):
+                st.client_reset()  # its finish() takes it out of `streams` and accounts it
+            streams.clear()
+            self._close_soon = False  # the close is the caller's (it may linger)
 
     def _close_now(self) -> None:
         """GOAWAY is queued: send it, drop every stream, close. The close lingers: our
@@ -745,9 +795,7 @@ class ServerH2:
         reads it (nginx's lingering close, for the same reason)."""
         self.head_started = 0.0
         t = self._transport
-        streams, self._streams = self._streams, {}
-        for st in streams.values():
-            st.client_reset()
+        self._drop_streams()
         if t is not None:
             data = self._codec.take_output()
             if data:
@@ -790,14 +838,24 @@ class ServerH2:
 
     # -- backpressure ------------------------------------------------------------------------
 
-    def pause_writing(self) -> None:  # our client reads slower than upstreams send
+    def pause_writing(self) -> None:  # our client reads slower than we write
+        # Reading stops too: every frame read may add output (a PING's ACK, a SETTINGS
+        # ACK, a refused stream's RST_STREAM, a new stream's response), so a client that
+        # does not read cannot make our output grow past the high-water mark by more
+        # than one read's worth (TCP pushes back on it meanwhile).
         self._write_paused = True
+        t = self._transport
+        if t is not None:
+            t.pause_reading()
         for st in self._streams.values():
             if st._up is not None:
                 st._up.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        t = self._transport
+        if t is not None:
+            t.resume_reading()
         for st in self._streams.values():
             if st._up is not None and not st.up_paused:
                 st._up.resume_reading()

@@ -104,6 +104,31 @@ def test_response_drops_the_fields_its_connection_header_nominates():
     assert not head.plain and end == EndOfMessage()
 
 
+def test_nominated_fields_leave_the_trailers_of_that_message_only():
+    """RFC 9110 §7.6.1 removes a nominated field wherever it is, header or trailer
+    section; the next message's trailers are its own."""
+    events = parse(
+        b"POST / HTTP/1.1\r\nHost: h\r\nConnection: x-hop, keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1\r\na\r\n0\r\nX-Hop: 1\r\nX-Keep: 2\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: h\r\nConnection: x-hop\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\nX-Hop: 3\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Hop: 4\r\n\r\n"
+    )
+    ends = [e for e in events if isinstance(e, EndOfMessage)]
+    assert ends == [EndOfMessage([(b"x-keep", b"2")]), EndOfMessage(), EndOfMessage([(b"x-hop", b"4")])]
+    reader = ResponseReader()
+    for _ in range(3):
+        reader.expect(b"GET")
+    events = reader.feed(
+        b"HTTP/1.1 103 Early Hints\r\nConnection: x-a\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\nX-Secret: s\r\nX-A: a\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Secret: t\r\n\r\n"
+    )
+    ends = [e for e in events if isinstance(e, EndOfMessage)]
+    assert ends == [EndOfMessage([(b"x-a", b"a")]), EndOfMessage([(b"x-secret", b"t")])]
+
+
 def test_response_nominations_apply_to_interim_and_101_responses():
     reader = ResponseReader()
     reader.expect(b"GET")
@@ -241,6 +266,26 @@ def test_http09_line_after_a_whole_request():
     with pytest.raises(PeerProtocolError, match="HTTP/0.9"):
         reader.feed(NEXT + b"GET /\r\n")
     assert [type(e) for e in reader.take_events()] == [RequestHead, EndOfMessage]
+
+
+@pytest.mark.parametrize("body", [b"abc", b"abc\r", b"GET /"])
+def test_http09_line_right_after_a_content_length_body(body):
+    """A Content-Length body needs no line break after it: the HTTP/0.9 line that follows
+    its last byte in the same read is still seen whole (it once waited for fields)."""
+    first = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    reader = RequestReader()
+    with pytest.raises(PeerProtocolError, match="HTTP/0.9"):
+        reader.feed(first + b"GET /\r\n")
+    assert merged(reader.take_events())[1:] == [Body(body), EndOfMessage()]
+
+
+def test_a_field_after_a_body_that_reads_like_the_line_waits():
+    """The body check looks at this read's last body piece only where the head began in
+    this read; a field value ending like the request line is still a field."""
+    data = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nabGET / HTTP/1.1\r\nX-A: GET /\r\n"
+    reader = RequestReader()
+    events = reader.feed(data)
+    assert [type(e) for e in events] == [RequestHead, Body, EndOfMessage] and reader.in_head()
 
 
 @pytest.mark.parametrize(

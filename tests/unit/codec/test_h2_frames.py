@@ -383,6 +383,18 @@ def test_client_refuses_push_and_a_server_enabling_it() -> None:
     assert goaway_code(ours, setting(2, 1)) == c.PROTOCOL_ERROR
 
 
+def test_client_resets_a_101_response() -> None:
+    """RFC 9113 §8.6: HTTP/2 has no 101 (Switching Protocols); a peer sending one sent a
+    malformed response, never a reason to tunnel."""
+    ours, peer = _pair()
+    sid = ours.next_stream_id()
+    ours.send_headers(sid, REQ, end_stream=True)
+    peer.receive_data(ours.take_output())
+    events = ours.feed(frame(1, END_HEADERS, sid, hpack.Encoder().encode([(b":status", b"101")])))
+    assert events == [(c.RESET, sid, c.PROTOCOL_ERROR, 0, False)]
+    assert rst_codes(ours) == [(sid, c.PROTOCOL_ERROR)]
+
+
 def test_client_head_response_and_content_length() -> None:
     ours, peer = _pair()
     sid = ours.next_stream_id()

@@ -1,7 +1,8 @@
 """What bounds an abusive HTTP/2 peer in `proxy.codec.h2`: header blocks bounded in
 CONTINUATION frames and in bytes with frame overhead (the 2024 CONTINUATION floods),
 what the wire layer's header-read timer reads (`reading_head`, `blocks_in`), the reset
-counter the rapid-reset accounting compares, refused streams, and one rule with the
+counter the rapid-reset accounting compares, refused streams, the bound on control
+frames queued unsent (ping and settings floods), and one rule with the
 HTTP/1.1 reader for the bytes of a request's target and host."""
 
 from __future__ import annotations
@@ -147,6 +148,40 @@ def test_abort_sends_one_goaway_with_the_reason_and_stops_reading() -> None:
     assert codec.feed(headers(5)) == []
     codec.abort(c.PROTOCOL_ERROR, "again")
     assert codec.take_output() == b""
+
+
+# -- control frames queued unsent (ping and settings floods) ---------------------------------------
+
+
+@pytest.mark.parametrize("flood", [frame(6, 0, 0, b"12345678"), frame(4, 0, 0)], ids=["ping", "settings"])
+def test_control_frames_queued_unsent_are_bounded(flood: bytes) -> None:
+    codec = server(max_queued_control=10)
+    codec.control_queued = 0  # the user found its buffer empty (the preface's ack left)
+    codec.feed(flood * 10)  # up to the bound: answered
+    assert codec.control_queued == 10 and len(frames(codec.take_output())) == 10
+    codec.control_queued = 0  # they left: the count starts again
+    codec.feed(flood * 10)
+    with pytest.raises(PeerProtocolError, match="control frames"):
+        codec.feed(flood * 5)  # the 11th queued unsent: a flood
+    _, code, debug = goaway(codec)
+    assert code == c.ENHANCE_YOUR_CALM and b"queued while the peer does not read" in debug
+    assert codec.feed(flood) == []
+
+
+def test_resets_count_as_control_frames_and_no_bound_unless_asked() -> None:
+    codec = server(max_queued_control=2)
+    enc = hpack.Encoder()
+    codec.control_queued = 0
+    codec.feed(headers(1, POST, END_HEADERS, enc) + headers(3, POST, END_HEADERS, enc))
+    codec.reset(1)  # the user's own reset counts, without raising there
+    codec.reset(3)
+    codec.feed(frame(6, 0, 0, b"12345678") * 0)
+    assert codec.control_queued == 2
+    with pytest.raises(PeerProtocolError, match="control frames"):
+        codec.feed(frame(6, 0, 0, b"12345678"))
+    unbounded = server()
+    unbounded.feed(frame(6, 0, 0, b"12345678") * 5000)
+    assert unbounded.control_queued == 5001 and len(frames(unbounded.take_output())) == 5000
 
 
 # -- one rule for a request's target and host, HTTP/1.1 and HTTP/2 ---------------------------------
