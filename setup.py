@@ -27,6 +27,8 @@ COMPILED = [
     "proxy/route/request.py",
     "proxy/route/router.py",
     "proxy/route/settings.py",
+    "proxy/route/identify.py",
+    "proxy/telemetry/tracectx.py",
     "proxy/upstream/attempt.py",
     "proxy/upstream/endpoint.py",
     "proxy/upstream/policy.py",

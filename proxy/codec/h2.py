@@ -445,24 +445,30 @@ class FieldEncoder:
         self._pending_update = True  # the peer's SETTINGS_HEADER_TABLE_SIZE changed
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        static, names, lengths = _STATIC_ENCODED, _name_prefixes, _LENGTHS
+        # One lookup by name (bytes keys hash once per object, and names decoded from
+        # the static table are the same objects): the name's literal prefix, and the
+        # static table's full entries for that name, if it has any (`:status: 200`).
+        by_name, lengths = _by_name, _LENGTHS
         parts = [_SIZE_ZERO] if self._pending_update else []
         self._pending_update = False
         append = parts.append
         for h in headers:
-            if h.__class__ is not tuple:  # never indexed (or a caller's own tuple type)
+            if type(h) is not tuple:  # never indexed (or a caller's own tuple type)
                 append(_encode_field(h))
                 continue
-            b = static.get(h)
-            if b is not None:
-                append(b)
-                continue
-            name, value = h
-            prefix = names.get(name)
-            if prefix is None:
-                prefix = _name_prefix(name, 0x00)
+            name: bytes = h[0]
+            value: bytes = h[1]
+            entry = by_name.get(name)
+            if entry is None:
+                entry = _name_entry(name)
+            full = entry[1]
+            if full is not None:
+                b = full.get(value)
+                if b is not None:
+                    append(b)
+                    continue
             n = len(value)
-            append(prefix)
+            append(entry[0])
             append(lengths[n] if n < 127 else _integer(n, 7, 0x00))
             append(value)
         return b"".join(parts)
@@ -489,14 +495,21 @@ def _string(data: bytes) -> bytes:
 def _name_prefix(name: bytes, first: int) -> bytes:
     """A literal field's representation up to its value: §6.2.2 (without indexing,
     `first` 0x00) or §6.2.3 (never indexed, 0x10), the name by static index if it has
-    one. Cached per name: the value after it is the only per-request part."""
+    one."""
     idx = _STATIC_NAME.get(name)
-    prefix = _integer(idx, 4, first) if idx is not None else bytes((first,)) + _string(name)
-    if first == 0x00:
-        if len(_name_prefixes) >= _NAME_CACHE_MAX:  # names come from peers: bounded
-            _name_prefixes.clear()
-        _name_prefixes[name] = prefix
-    return prefix
+    return _integer(idx, 4, first) if idx is not None else bytes((first,)) + _string(name)
+
+
+def _name_entry(name: bytes) -> tuple[bytes, dict[bytes, bytes] | None]:
+    """The encoder's entry for a name outside the static table: its literal prefix,
+    cached (the value after it is the only per-request part). Names come from peers, so
+    the cache is bounded; the static table's names are never evicted."""
+    entry = (_name_prefix(name, 0x00), None)
+    if len(_by_name) >= _NAME_CACHE_MAX:
+        _by_name.clear()
+        _by_name.update(_STATIC_BY_NAME)
+    _by_name[name] = entry
+    return entry
 
 
 def _encode_field(h: Any) -> bytes:
@@ -517,7 +530,15 @@ for _i in range(1, _STATIC_LEN + 1):
 _SIZE_ZERO: Final = b"\x20"  # §6.3 dynamic table size update to 0
 _LENGTHS: Final = tuple(bytes((n,)) for n in range(127))  # §5.2 short string lengths, H clear
 _NAME_CACHE_MAX: Final = 4096
-_name_prefixes: dict[bytes, bytes] = {}
+#: Per name: its literal prefix (§6.2.2, static name index when it has one) and the
+#: static table's full entries for it (value -> §6.1 index), or None when it has none.
+_STATIC_BY_NAME: Final[dict[bytes, tuple[bytes, dict[bytes, bytes] | None]]] = {}
+for (_n, _v), _enc in _STATIC_ENCODED.items():
+    _full = _STATIC_BY_NAME[_n][1] if _n in _STATIC_BY_NAME else {}
+    assert _full is not None
+    _full[_v] = _enc
+    _STATIC_BY_NAME[_n] = (_name_prefix(_n, 0x00), _full)
+_by_name: Final[dict[bytes, tuple[bytes, dict[bytes, bytes] | None]]] = dict(_STATIC_BY_NAME)
 
 
 # -- the connection ---------------------------------------------------------------------------

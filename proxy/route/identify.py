@@ -34,7 +34,7 @@ HeaderLookup = Callable[[bytes], "bytes | None"]
 #: Entries per identifier memo. The key space is what clients send (Host values, URL
 #: segments), so it must be bounded; 4096 names covers a large mesh, and clearing when
 #: full costs one rebuild per name instead of LRU bookkeeping on every hit.
-MEMO_SIZE: Final = 4096
+MEMO_SIZE = 4096  # not Final: tests lower it, and the compiled module reads it at run time
 
 #: How much of the request-target an `Unknown destination` message quotes: the message
 #: goes into `l5d-err`, which is cut at 8 KiB anyway.
