@@ -122,7 +122,7 @@ class _Stream(RoutedRequest):
 
     __slots__ = ("conn", "sid", "req_done", "resp_started", "resp_done", "is_grpc", "timer",
                  "unacked", "acks_paused", "up_paused", "head_out", "head_only", "head_at", "call_at",
-                 "by_router", "settings", "opened_at")
+                 "by_router", "settings", "opened_at", "rt_entry")
 
     def __init__(self, conn: ServerH2, sid: int) -> None:
         self._init_routing(conn._server.settings.router, conn._server)
@@ -143,6 +143,7 @@ class _Stream(RoutedRequest):
         self.by_router = False  # head_at is the router's timeoutMs (else the request's deadline)
         self.settings = conn._server.settings  # the listener's, when the stream opened
         self.opened_at = conn.last_active  # the read that opened it (rapid-reset accounting)
+        self.rt_entry: list[Any] | None = None  # its place in the connection's router-timeout queue
 
     # -- opening -------------------------------------------------------------------------
 
@@ -238,7 +239,9 @@ class _Stream(RoutedRequest):
                 self.by_router = True
                 if self.timer is not None:
                     self.timer.cancel()
-                self.timer = loop.call_at(at, self.on_timeout)
+                    self.timer = None
+                if not self.conn.router_deadline(self, at):
+                    self.timer = loop.call_at(at, self.on_timeout)
                 return
         if self.head_at and self.timer is None:
             self.timer = self.conn._loop.call_at(self.head_at, self.on_timeout)
@@ -348,9 +351,13 @@ class _Stream(RoutedRequest):
             return
         self.resp_started = True
         self._status = status
+        # The router timeout covers the wait for the response head, as on HTTP/1.1; a
+        # gRPC deadline covers the whole call (the client gives up at that point).
+        entry = self.rt_entry
+        if entry is not None:
+            entry[1] = None
+            self.rt_entry = None
         if self.timer is not None:
-            # The router timeout covers the wait for the response head, as on HTTP/1.1; a
-            # gRPC deadline covers the whole call (the client gives up at that point).
             self.timer.cancel()
             self.timer = None
         if self.call_at:
@@ -410,6 +417,10 @@ class _Stream(RoutedRequest):
 
     def on_timeout(self) -> None:
         self.timer = None
+        entry = self.rt_entry
+        if entry is not None:
+            entry[1] = None
+            self.rt_entry = None
         if self.resp_done:
             return
         before_head = not self.resp_started or self.head_out is not None
@@ -509,6 +520,10 @@ class _Stream(RoutedRequest):
         self.finish()
 
     def finish(self) -> None:
+        entry = self.rt_entry
+        if entry is not None:
+            entry[1] = None
+            self.rt_entry = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -525,7 +540,8 @@ class ServerH2:
 
     __slots__ = ("_server", "_loop", "_transport", "_codec", "_streams", "_peer_ip", "last_active",
                  "_flush_scheduled", "_deferred", "_write_paused", "_closing", "_close_soon", "_in_read",
-                 "_scheme", "_body_limit", "head_started", "_head_blocks", "_opened", "_premature")
+                 "_scheme", "_body_limit", "head_started", "_head_blocks", "_opened", "_premature",
+                 "_rt_queue", "_rt_next", "_rt_timer")
 
     def __init__(self, server: Listener) -> None:
         self._server = server
@@ -549,6 +565,13 @@ class ServerH2:
         self._head_blocks = 0  # the codec's blocks_in when head_started was set
         self._opened = 0  # streams the client opened, and those that ended prematurely
         self._premature = 0  # (see PREMATURE_RESET_S)
+        # The router's timeoutMs of the streams waiting for a response head: one timeout
+        # for the whole router, so deadlines come in the order requests end, and a queue
+        # with one loop timer (at its head) replaces a timer per stream. Entries are
+        # [deadline, stream]; a stream answered in time clears its entry's stream.
+        self._rt_queue: list[list[Any]] = []
+        self._rt_next = 0  # the queue's first live index (popped entries are skipped, then cut)
+        self._rt_timer: asyncio.TimerHandle | None = None
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -573,11 +596,72 @@ class ServerH2:
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._drop_streams()
+        if self._rt_timer is not None:
+            self._rt_timer.cancel()
+            self._rt_timer = None
+        self._rt_queue = []
+        self._rt_next = 0
         self._server.connections.discard(self)
         self._server.connection_closed(self)
 
     def idle(self) -> bool:
         return not self._streams
+
+    # -- the router's timeoutMs, one timer per connection ------------------------------------
+
+    def router_deadline(self, st: _Stream, at: float) -> bool:
+        """Queue `st`'s router deadline; False when it would come before one already queued
+        (the router's timeout changed on reload): the stream then keeps a timer of its own."""
+        q = self._rt_queue
+        if q and q[-1][0] > at:
+            return False
+        if self._transport is None:
+            return False
+        i, n = self._rt_next, len(q)
+        while i < n and q[i][1] is None:  # answered in time, mostly in order: skipped here
+            i += 1
+        if i >= n:
+            q.clear()
+            i = 0
+        elif i > 64 and i * 2 > n:  # cut what was skipped, in amortised O(1)
+            del q[:i]
+            i = 0
+        self._rt_next = i
+        entry: list[Any] = [at, st]
+        st.rt_entry = entry
+        q.append(entry)
+        if self._rt_timer is None:
+            self._rt_timer = self._loop.call_at(at, self._router_timeouts)
+        return True
+
+    def _router_timeouts(self) -> None:
+        """The queue's timer: every stream whose deadline passed times out (those answered
+        meanwhile left an empty entry), then the timer moves to the next live deadline."""
+        self._rt_timer = None
+        q = self._rt_queue
+        i, n = self._rt_next, len(q)
+        now = self._loop.time()
+        due: list[_Stream] = []
+        while i < n:
+            at, st = q[i]
+            if st is None:
+                i += 1
+                continue
+            if at > now:
+                break
+            due.append(st)
+            i += 1
+        if i >= n:
+            q.clear()
+            i = 0
+        elif i > 64 and i * 2 > n:  # cut what was skipped, in amortised O(1)
+            del q[:i]
+            i = 0
+        self._rt_next = i
+        if q:
+            self._rt_timer = self._loop.call_at(q[i][0], self._router_timeouts)
+        for st in due:
+            st.on_timeout()
 
     def sweep_streams(self, now: float, limit: float) -> None:
         for st in list(self._streams.values()):
