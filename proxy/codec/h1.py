@@ -46,7 +46,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import httptools
 
@@ -1154,6 +1154,9 @@ _LAST_CHUNK_LINE = b"0\r\n"
 _REQUEST_LINE_END = b" HTTP/1.1\r\n"
 
 
+_CR_LF_NUL: Final = b"\r\n\x00"
+
+
 def _encode(first: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     # One join per field and one for the head: measured fastest (a %-format per field
     # costs a third more; bench/micro/codec_h1.py).
@@ -1164,11 +1167,13 @@ def _encode(first: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     else:
         out = first + _CRLF
         lines = 2
-    # A few C passes instead of a test per field: the head holds exactly one CR and one
-    # LF per line and no NUL, so a CR, LF or NUL inside a field or the start line shows
-    # in the counts. Such a byte would let a value end the head early on the next hop
-    # (response splitting / smuggling).
-    if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\x00" in out:
+    # One C pass instead of a test per field: the head holds exactly one CR and one LF
+    # per line (the separators written here) and no NUL, so deleting every CR, LF and
+    # NUL removes exactly 2 bytes per line unless a field or the start line held one.
+    # Such a byte would let a value end the head early on the next hop (response
+    # splitting / smuggling). (Half the cost of counting CR and LF and then looking for
+    # NUL: three passes.)
+    if len(out) - len(out.translate(None, _CR_LF_NUL)) != 2 * lines:
         raise LocalProtocolError("CR, LF or NUL in a header field or start line")
     return out
 

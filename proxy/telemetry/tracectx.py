@@ -134,8 +134,15 @@ def parse_sample(value: bytes | None) -> float | None:
 
 
 
+_getrandbits: Final = random.getrandbits  # the module's generator (random.seed still applies)
+_b2a_hex: Final = binascii.b2a_hex
+_b2a_base64: Final = binascii.b2a_base64
+
+
 def new_root_trace() -> tuple[bytes, bytes]:
     """(`l5d-reqid`, `l5d-ctx-trace`) of a new root span: the per-request fast path of
-    `TraceContext.root()` with `reqid()` and `encode()`, without the tuple."""
-    i = random.getrandbits(64) or 1
-    return b"%016x" % i, binascii.b2a_base64(_TRACE4.pack(i, i, i, 0), newline=False)
+    `TraceContext.root()` with `reqid()` and `encode()`, without the tuple. Span, parent
+    and trace id are one id, so the request id is the hex of the first 8 bytes."""
+    i = _getrandbits(64) or 1
+    raw = _TRACE4.pack(i, i, i, 0)
+    return _b2a_hex(raw[:8]), _b2a_base64(raw, newline=False)
