@@ -46,7 +46,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import httptools
 
@@ -56,25 +56,25 @@ log = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
 
-_OWS = b" \t"
-_CRLF = b"\r\n"
-_HEAD_END = b"\r\n\r\n"
-_HTTP_10 = b"1.0"
-_HTTP_11 = b"1.1"
+_OWS: Final = b" \t"
+_CRLF: Final = b"\r\n"
+_HEAD_END: Final = b"\r\n\r\n"
+_HTTP_10: Final = b"1.0"
+_HTTP_11: Final = b"1.1"
 # httptools reports the version as a str; anything but these two is refused (llhttp
 # itself accepts 0.9, a missing version, and 2.0).
-_VERSIONS = {"1.1": _HTTP_11, "1.0": _HTTP_10}
-_HEAD = b"HEAD"
-_CONNECT = b"CONNECT"
-_OPTIONS = b"OPTIONS"
-_SPECIAL_METHODS = (_HEAD, _CONNECT)  # responses to these are cut at the head
-_CHUNKED = b"chunked"
-_CLOSE = b"close"
-_KEEP_ALIVE = b"keep-alive"
-_KEEP_ALIVE_VALUES = frozenset((b"keep-alive", b"Keep-Alive"))
-_CONTINUE = b"100-continue"
+_VERSIONS: Final = {"1.1": _HTTP_11, "1.0": _HTTP_10}
+_HEAD: Final = b"HEAD"
+_CONNECT: Final = b"CONNECT"
+_OPTIONS: Final = b"OPTIONS"
+_SPECIAL_METHODS: Final = (_HEAD, _CONNECT)  # responses to these are cut at the head
+_CHUNKED: Final = b"chunked"
+_CLOSE: Final = b"close"
+_KEEP_ALIVE: Final = b"keep-alive"
+_KEEP_ALIVE_VALUES: Final = frozenset((b"keep-alive", b"Keep-Alive"))
+_CONTINUE: Final = b"100-continue"
 # llhttp parses RTSP/1.0 request lines too; these methods only exist there.
-_RTSP_ONLY = frozenset(
+_RTSP_ONLY: Final = frozenset(
     (
         b"DESCRIBE",
         b"ANNOUNCE",
@@ -92,7 +92,7 @@ _RTSP_ONLY = frozenset(
 # Fields that decide framing or connection handling; everything else passes through.
 # The small ints keep the per-field test to one dict probe and int comparisons.
 _CL, _TE, _HOST, _CONN, _EXPECT, _HOP, _ODD, _TRACE = 1, 2, 3, 4, 5, 6, 7, 8
-_FRAMING = {
+_FRAMING: Final = {
     b"content-length": _CL,
     b"transfer-encoding": _TE,
     b"host": _HOST,
@@ -118,13 +118,13 @@ _FRAMING = {
     b"x-b3-sampled": _TRACE,
     b"x-b3-flags": _TRACE,
 }
-_H2C = b"h2c"
-_UPGRADE = b"upgrade"
-_HTTP2_SETTINGS = b"http2-settings"
+_H2C: Final = b"h2c"
+_UPGRADE: Final = b"upgrade"
+_HTTP2_SETTINGS: Final = b"http2-settings"
 # Connection options whose fields the proxy already drops or re-frames itself (RFC 9110
 # §7.6.1, RFC 9112 §6.1): naming them in Connection changes nothing. Any other option
 # sends the head through `_hop_request` / `_hop_response`.
-_OWN_OPTIONS = frozenset(
+_OWN_OPTIONS: Final = frozenset(
     (b"close", b"keep-alive", b"upgrade", b"te", b"trailer", b"proxy-connection",
      b"transfer-encoding", b"http2-settings", b"connection")
 )  # fmt: skip
@@ -133,34 +133,34 @@ _OWN_OPTIONS = frozenset(
 # that is intended for all recipients of the content"). Dropping Content-Length would
 # leave the body unframed on the next hop; dropping Host would leave an HTTP/1.1
 # request without one. So such a message is refused, never forwarded half-stripped.
-_END_TO_END = frozenset((b"content-length", b"host"))
-_L = 0x6C  # b"l": the first byte of an l5d- field name
+_END_TO_END: Final = frozenset((b"content-length", b"host"))
+_L: Final = 0x6C  # b"l": the first byte of an l5d- field name
 # RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ] -- unreserved, pct-encoded,
 # sub-delims, ":" and the IP-literal brackets. `translate(None, chars)` deletes them,
 # so a valid value translates to b"" (one C pass instead of a regex).
-_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]"
+_HOST_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]"
 # RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ); llhttp lets CTLs by.
-_REASON_CHARS = bytes([9, 32, *range(0x21, 0x7F), *range(0x80, 0x100)])
+_REASON_CHARS: Final = bytes([9, 32, *range(0x21, 0x7F), *range(0x80, 0x100)])
 # Checking a value with `translate` builds a table from the allowed characters each
 # time (a few thousand instructions); the common values are known good instead: the
 # registered reason phrases, and Host values seen valid before (bounded: hosts come
 # from clients).
-_KNOWN_REASONS = frozenset(s.phrase.encode("latin-1") for s in HTTPStatus) | {b""}
+_KNOWN_REASONS: Final = frozenset(s.phrase.encode("latin-1") for s in HTTPStatus) | {b""}
 _GOOD_HOSTS: set[bytes] = set()
-_GOOD_HOSTS_MAX = 4096
+_GOOD_HOSTS_MAX: Final = 4096
 
 # Reader states.
-_IDLE = 0  # between messages
-_IN_HEAD = 1  # start line or fields being read
-_IN_BODY = 2  # body with a known end (Content-Length, chunked, or none)
-_UNTIL_EOF = 3  # response body delimited by the connection closing (RFC 9112 §6.3 item 8)
+_IDLE: Final = 0  # between messages
+_IN_HEAD: Final = 1  # start line or fields being read
+_IN_BODY: Final = 2  # body with a known end (Content-Length, chunked, or none)
+_UNTIL_EOF: Final = 3  # response body delimited by the connection closing (RFC 9112 §6.3 item 8)
 
 # Why a response head stopped the parser (ResponseReader._detach).
-_NO_BODY = 1  # response to HEAD: the next response follows the head
-_TUNNEL = 2  # 2xx to CONNECT: the connection is a tunnel after the head
+_NO_BODY: Final = 1  # response to HEAD: the next response follows the head
+_TUNNEL: Final = 2  # 2xx to CONNECT: the connection is a tunnel after the head
 
 
-_DERIVED = frozenset(("plain", "extras"))  # hints computed from the headers, not values
+_DERIVED: Final = frozenset(("plain", "extras"))  # hints computed from the headers, not values
 
 
 class _Event:
@@ -325,7 +325,7 @@ class EndOfMessage(_Event):
 
 
 # Shared instance for the common case: events are facts, nobody mutates them.
-_EOM = EndOfMessage(None)
+_EOM: Final = EndOfMessage(None)
 
 RequestEvent = RequestHead | Body | EndOfMessage
 ResponseEvent = ResponseHead | Body | EndOfMessage
@@ -453,7 +453,7 @@ def _show_names(names: Iterable[bytes]) -> str:
     return ", ".join(sorted(n.decode("latin-1") for n in names))
 
 
-_EXTRA_KINDS = frozenset((_TE, _CONN, _HOP, _ODD, _TRACE))
+_EXTRA_KINDS: Final = frozenset((_TE, _CONN, _HOP, _ODD, _TRACE))
 
 
 def _extras_of(headers: Headers) -> Headers | None:
@@ -1147,26 +1147,31 @@ class ResponseReader(_Reader):
 # Encoders. Header names must be tokens (the parser guarantees it for forwarded
 # fields; the proxy's own are constants); CR, LF and NUL anywhere are refused.
 
-_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in HTTPStatus}
-_REASONS = {s.value: s.phrase.encode("latin-1") for s in HTTPStatus}
-LAST_CHUNK = b"0\r\n\r\n"
-_LAST_CHUNK_LINE = b"0\r\n"
-_REQUEST_LINE_END = b" HTTP/1.1\r\n"
+_STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in HTTPStatus}
+_REASONS: Final = {s.value: s.phrase.encode("latin-1") for s in HTTPStatus}
+LAST_CHUNK: Final = b"0\r\n\r\n"
+_LAST_CHUNK_LINE: Final = b"0\r\n"
+_REQUEST_LINE_END: Final = b" HTTP/1.1\r\n"
 
 
 _CR_LF_NUL: Final = b"\r\n\x00"
+_COLON_SP: Final = b": "
 
 
-def _encode(first: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    # One join per field and one for the head: measured fastest (a %-format per field
-    # costs a third more; bench/micro/codec_h1.py).
-    fields = [b": ".join(h) for h in headers]
-    if fields:
-        out = b"".join((first, b"\r\n".join(fields), b"\r\n\r\n"))
-        lines = len(fields) + 2  # the start line, the fields, the empty line
-    else:
-        out = first + _CRLF
-        lines = 2
+def _encode(first: bytes, headers: Iterable[Any]) -> bytes:
+    # One join for the whole head, its pieces appended as they are: no string per field
+    # (a join per field, then one for the head, costs a third more; a %-format per field
+    # more still: bench/micro/codec_h1.py). `headers` is typed loosely so the compiled
+    # code hands each (name, value) tuple on as it is, without unpacking and re-boxing it.
+    parts = [first]
+    for h in headers:
+        parts.append(h[0])
+        parts.append(_COLON_SP)
+        parts.append(h[1])
+        parts.append(_CRLF)
+    lines = (len(parts) - 1) // 4 + 2  # the start line, the fields, the empty line
+    parts.append(_CRLF)
+    out = b"".join(parts)
     # One C pass instead of a test per field: the head holds exactly one CR and one LF
     # per line (the separators written here) and no NUL, so deleting every CR, LF and
     # NUL removes exactly 2 bytes per line unless a field or the start line held one.

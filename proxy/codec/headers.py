@@ -11,6 +11,7 @@ import anything beyond the standard library (codecs import this module).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -29,8 +30,8 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     )
 )
 
-_OWS = b" \t"
-_CONNECTION = b"connection"
+_OWS: Final = b" \t"
+_CONNECTION: Final = b"connection"
 
 
 def split_tokens(value: bytes) -> list[bytes]:

@@ -58,9 +58,9 @@ STATES: Final = (AVAILABLE, PROBING, DEAD)
 
 #: Finagle's minimum number of requests in the window before the windowed success rate
 #: may eject (FailureAccrualPolicy.DefaultMinimumRequestThreshold).
-MIN_REQUESTS_IN_WINDOW = 5
+MIN_REQUESTS_IN_WINDOW: Final = 5
 #: Slices of the windowed request count (Finagle's choice, "arbitrarily").
-_WINDOW_SLICES = 5
+_WINDOW_SLICES: Final = 5
 
 
 class AccrualPolicy(Protocol):

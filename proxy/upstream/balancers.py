@@ -47,7 +47,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from config.policy import LoadBalancerConfig
 
@@ -58,9 +58,9 @@ Rand = Callable[[], float]
 
 #: Load of an endpoint with no latency observation but requests outstanding (Finagle:
 #: `Long.MaxValue >> 16` nanoseconds, about 1.4e5 s): above any real cost * load.
-EWMA_PENALTY = 1.4e5
+EWMA_PENALTY: Final = 1.4e5
 #: What the heap adds to a node it found unusable, so it sinks below every usable one.
-_HEAP_DOWN = 1 << 40
+_HEAP_DOWN: Final = 1 << 40
 
 
 class EndpointLike(Protocol):

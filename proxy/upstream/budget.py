@@ -32,13 +32,14 @@ seconds.
 from __future__ import annotations
 
 import math
+from typing import Final
 
 #: How many slices a ttl is cut into. Finagle's WindowedAdder uses 10.
-SLICES = 10
+SLICES: Final = 10
 #: Token scale: a deposit is worth SCALE tokens, so the integer rounding of a share stays
 #: below 1e-6 of it even at 1000 (Finagle scales by 1000: 0.3 costs it 0.01%).
-SCALE = 1_000_000_000
-_FAR_PAST = -(1 << 62)
+SCALE: Final = 1_000_000_000
+_FAR_PAST: Final = -(1 << 62)
 
 
 def slice_index(now: float, slice_s: float) -> int:

@@ -147,6 +147,6 @@ def retry_budget(service: ServicePolicy) -> RetryBudget:
 
 #: No retries, no requeues, no buffering: what a request gets when nothing is configured
 #: (tests and tools that build a route without a router config).
-NONE = RequestPolicy()
+NONE: Final = RequestPolicy()
 
 __all__ = ["DEFER", "FAILURE", "NONE", "RETRYABLE", "SUCCESS", "RequestPolicy", "request_policy", "retry_budget"]

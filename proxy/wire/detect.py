@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from ..codec.h2 import PREFACE
 from .h1 import ServerH1
@@ -33,13 +33,13 @@ from .h2 import CLOSE_LINGER_S, ServerH2
 
 log = logging.getLogger(__name__)
 
-_PREFACE_LEN = len(PREFACE)
+_PREFACE_LEN: Final = len(PREFACE)
 #: The first line an HTTP/1.x client sends ends with one of these (RFC 9112 §3).
-_HTTP1_VERSIONS = frozenset((b" HTTP/1.1", b" HTTP/1.0"))
+_HTTP1_VERSIONS: Final = frozenset((b" HTTP/1.1", b" HTTP/1.0"))
 #: Bytes to wait for a first line before letting the HTTP/1.1 codec judge (and refuse) it.
-_MAX_FIRST_LINE = 8192 + 64
+_MAX_FIRST_LINE: Final = 8192 + 64
 #: GOAWAY, last stream 0, PROTOCOL_ERROR (RFC 9113 §6.8): frame header then payload.
-_GOAWAY_PROTOCOL_ERROR = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x01"
+_GOAWAY_PROTOCOL_ERROR: Final = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x01"
 
 
 def _is_http09(line: bytes) -> bool:
