@@ -501,7 +501,9 @@ class _Reader:
         "_side",
         "_status",
         "_nominated",
+        "_conn_seen",
     )
+    _parser: Any  # httptools' request or response parser, made by the side's reader
 
     def _init(self, max_header_bytes: int, max_headers: int, side: str, status: int) -> None:
         self._events: list[RequestHead | ResponseHead | Body | EndOfMessage] = []
@@ -524,6 +526,7 @@ class _Reader:
         # own options), with the list that collects that message's trailers: they lose
         # those fields too. Tied to the list, so a plain head need not reset it.
         self._nominated: tuple[set[bytes], Headers] | None = None
+        self._conn_seen = False  # the message being read has a Connection field
 
     def _fail(self, message: str, status: int | None = None) -> PeerProtocolError:
         err = PeerProtocolError(message, status=self._status if status is None else status)
@@ -578,8 +581,28 @@ class _Reader:
     # httptools callbacks shared by both sides.
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Lowercase once, here; llhttp leaves trailing OWS in the value (RFC 9110 §5.5).
-        self._headers.append((name.lower(), value.rstrip(_OWS)))
+        # Lowercase once, here; llhttp leaves trailing OWS in the value (RFC 9110 §5.5),
+        # which few values have: a test of the last byte spares the call.
+        name = name.lower()
+        if len(name) == 10 and name == b"connection":
+            self._conn_seen = True
+        n = len(value)
+        if n and (value[n - 1] == 32 or value[n - 1] == 9):
+            value = value.rstrip(_OWS)
+        self._headers.append((name, value))
+
+    def _version(self) -> bytes:
+        """The message's HTTP version. httptools formats it as text per call (a
+        str.format, the costliest call of a plain head); llhttp accepts only 0.9, 1.0,
+        1.1 and 2.0, and only 1.1 keeps the connection without a Connection field, so
+        a head without one that keeps the connection is HTTP/1.1 and needs no call."""
+        parser = self._parser
+        if not self._conn_seen and parser.should_keep_alive():
+            return _HTTP_11
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise self._fail(f"unsupported HTTP version {parser.get_http_version()}")
+        return version
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Body(body))
@@ -795,6 +818,7 @@ class RequestReader(_Reader):
             self._state = _IN_HEAD
             self._start_len = self._feed_len
             self._span = 0
+            self._conn_seen = False
             target = url
         if len(target) > self._max_target:
             # RFC 9110 §15.5.15
@@ -807,9 +831,7 @@ class RequestReader(_Reader):
         self._headers = []  # collects trailers, if any
         self._state = _IN_BODY
         target = self._target
-        version = _VERSIONS.get(parser.get_http_version())
-        if version is None:
-            raise self._fail(f"unsupported HTTP version {parser.get_http_version()}")
+        version = self._version()
         method: bytes = parser.get_method()
         # Cheap test first: the feeds that carried this head bound its size.
         if len(headers) > self._max_headers or self._start_len + self._span > self._max_header_bytes:
@@ -1058,6 +1080,7 @@ class ResponseReader(_Reader):
 
     def on_message_begin(self) -> None:
         self._state = _IN_HEAD
+        self._conn_seen = False
         self._reason = b""
         self._start_len = self._feed_len
         self._span = 0
@@ -1070,9 +1093,7 @@ class ResponseReader(_Reader):
         headers = self._headers
         self._headers = []
         self._state = _IN_BODY
-        version = _VERSIONS.get(parser.get_http_version())
-        if version is None:
-            raise self._fail(f"unsupported HTTP version {parser.get_http_version()}")
+        version = self._version()
         status: int = parser.get_status_code()
         if not 100 <= status <= 599:
             raise self._fail(f"invalid status code {status}")  # RFC 9110 §15

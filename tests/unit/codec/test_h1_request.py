@@ -573,3 +573,22 @@ def test_plain_marks_heads_a_proxy_may_forward_without_walking_them() -> None:
                   b"Upgrade: h2c\r\nConnection: upgrade\r\n", b"Proxy-Connection: x\r\n",
                   b"l5d-dtab: /a=>/b\r\n", b"L5D-Ctx-Foo: 1\r\n"):
         assert head(extra).plain is False, extra  # type: ignore[attr-defined]
+
+
+def test_version_is_read_per_message_in_a_pipeline():
+    # The version of a head that keeps the connection without a Connection field is
+    # HTTP/1.1 with no call to httptools (codec/h1.py `_version`); a Connection field
+    # in one message must not leak into the next one's reading, either way.
+    events = RequestReader().feed(
+        b"GET /a HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"
+        b"GET /c HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"
+        b"GET /d HTTP/1.0\r\nHost: h\r\n\r\n"
+    )
+    heads = [e for e in events if isinstance(e, RequestHead)]
+    assert [(h.target, h.version, h.keep_alive) for h in heads] == [
+        (b"/a", b"1.0", True),
+        (b"/b", b"1.1", True),
+        (b"/c", b"1.1", True),
+        (b"/d", b"1.0", False),
+    ]
