@@ -230,6 +230,20 @@ def rss_kib(pid: int) -> int:
     return total
 
 
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) of `pid` and its descendants, in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
+
+
 def raise_nofile() -> tuple[int, int]:
     """Soft RLIMIT_NOFILE raised to the hard limit; children inherit it. 10,000 idle
     connections need 10,000 descriptors in the client and as many in the proxy."""

@@ -107,6 +107,7 @@ def tables(doc: dict[str, Any]) -> str:
                 r["target"],
                 r["scenario"],
                 _fmt(m.get("rps")),
+                _fmt(m.get("cpu_us_per_req"), ".1f"),
                 _fmt(m.get("p50_ms"), ".3f"),
                 _fmt(m.get("p99_ms"), ".3f"),
                 _fmt(m.get("p999_ms"), ".3f"),
@@ -143,6 +144,7 @@ def tables(doc: dict[str, Any]) -> str:
                     "target",
                     "scenario",
                     "req/s",
+                    "CPU µs/req",
                     "p50 ms",
                     "p99 ms",
                     "p99.9 ms",
@@ -151,12 +153,13 @@ def tables(doc: dict[str, Any]) -> str:
                     "note",
                 ],
                 main,
-                {2, 3, 4, 5, 6, 7},
+                {2, 3, 4, 5, 6, 7, 8},
             )
         )
         parts.append(
             "x direct / x envoy: req/s ratio for max-rate scenarios (higher is better); "
-            "p99 ratio for fixed-rate scenarios (*-rate, lower is better)."
+            "p99 ratio for fixed-rate scenarios (*-rate, lower is better). CPU µs/req: the "
+            "target's process tree's CPU time over the requests it served (direct: the backend's)."
         )
     if added:
         parts.append(

@@ -337,8 +337,14 @@ def _run_scenario(
                         if not row.reps:
                             row.mark("skipped", f"time budget of {settings.budget_s:.0f}s exhausted")
                         continue
+                    cpu0 = procs.cpu_s(inst.rss_pid) if inst.rss_pid is not None else None
                     try:
                         m = lp.measure(s, inst.ports[s.protocol], settings.duration_s)
+                        if cpu0 is not None and inst.rss_pid is not None and m.get("requests"):
+                            # The target's own CPU per request (its whole process tree; for
+                            # `direct`, the backend's): the cost, whoever was the bottleneck.
+                            used = procs.cpu_s(inst.rss_pid) - cpu0
+                            m["cpu_us_per_req"] = round(used * 1e6 / float(m["requests"]), 1)  # type: ignore[arg-type]
                     except (loadgen.LoadgenError, procs.ProcError) as exc:
                         row.errors.append(str(exc))
                         if len(row.errors) >= 2 or not row.reps and rep == settings.reps - 1:
