@@ -29,6 +29,8 @@ COMPILED = [
     "proxy/route/settings.py",
     "proxy/route/identify.py",
     "proxy/telemetry/tracectx.py",
+    "proxy/telemetry/observe.py",
+    "proxy/telemetry/accesslog.py",
     "proxy/upstream/attempt.py",
     "proxy/upstream/endpoint.py",
     "proxy/upstream/policy.py",

@@ -11,6 +11,7 @@ while collecting counts: the parsers, routing, the upstream pool and the event l
     python -m bench.icount --shapes h1,h2c -n 5000
     python -m bench.icount --src /path/to/other/checkout   # the same shapes, another tree
     python -m bench.icount --shapes h1 --keep out/  # keep the callgrind file for callgrind_annotate
+    python -m bench.icount --shapes h1 --access-log combined   # the access log's cost
 
 Shapes: h1 (HTTP/1.1 to an HTTP/1.1 backend), h1-dtab (the same with a 3-entry l5d-dtab), h2c
 (h2c to an h2c backend), grpc (gRPC unary, h2c to h2c), h2h1 (h2c clients, HTTP/1.1 backend).
@@ -37,7 +38,7 @@ SHAPES = ("h1", "h1-dtab", "h2c", "grpc", "h2h1")
 L5D_DTAB = "l5d-dtab: /a=>/b;/c=>/d;/e=>/f"
 
 
-def _config(admin: int, h1: int, h2c: int, h2h1: int, b_h1: int, b_h2: int) -> str:
+def _config(admin: int, h1: int, h2c: int, h2h1: int, b_h1: int, b_h2: int, alog: str) -> str:
     return f"""\
 admin:
   ip: 127.0.0.1
@@ -50,7 +51,7 @@ routers:
     header: Host
   dtab: |
     /svc => /$/inet/127.0.0.1/{b_h1};
-  servers:
+{alog}  servers:
   - ip: 127.0.0.1
     port: {h1}
 - protocol: h2
@@ -104,7 +105,9 @@ def _total(path: Path) -> int:
     raise RuntimeError(f"no totals in {path}")
 
 
-def measure(src: Path, shapes: list[str], n: int, warmup: int, keep: Path | None, pure: bool) -> dict[str, float]:
+def measure(
+    src: Path, shapes: list[str], n: int, warmup: int, keep: Path | None, pure: bool, access_log: str | None = None
+) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="icount-"))
     body = work / "grpc.body"
     body.write_bytes(GRPC_REQUEST)
@@ -112,7 +115,8 @@ def measure(src: Path, shapes: list[str], n: int, warmup: int, keep: Path | None
     ports = {k: procs.free_port() for k in ("h1", "h2c", "h2h1")}
     admin = procs.free_port()
     cfg = work / "icount.yaml"
-    cfg.write_text(_config(admin, ports["h1"], ports["h2c"], ports["h2h1"], b_h1, b_h2))
+    alog = f"  httpAccessLog: {work / 'access.log'}\n  httpAccessLogFormat: {access_log}\n" if access_log else ""
+    cfg.write_text(_config(admin, ports["h1"], ports["h2c"], ports["h2h1"], b_h1, b_h2, alog))
     env = dict(os.environ, PYTHONPATH=str(src))
     if pure:
         env["DTABPROXY_PURE"] = "1"
@@ -172,12 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--src", type=Path, default=REPO, help="the checkout whose proxy runs")
     ap.add_argument("--pure", action="store_true", help="DTABPROXY_PURE=1 (the uncompiled sources)")
     ap.add_argument("--keep", type=Path, help="directory to keep the callgrind files in")
+    ap.add_argument("--access-log", choices=("combined", "json"), help="the h1 router writes an access log")
     args = ap.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
     for s in shapes:
         if s not in SHAPES:
             ap.error(f"unknown shape {s!r}; one of {', '.join(SHAPES)}")
-    res = measure(args.src.resolve(), shapes, args.n, args.warmup, args.keep, args.pure)
+    res = measure(args.src.resolve(), shapes, args.n, args.warmup, args.keep, args.pure, args.access_log)
     for s in shapes:
         print(f"{s:<8} {res[s]:>10,.0f} instructions/request")
 

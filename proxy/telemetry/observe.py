@@ -104,11 +104,13 @@ def end(req: Any, rec: tuple[Any, ...] | None, _clock: Any = perf_counter) -> No
                 # Atoms only (bytes, ints, floats): a tuple the collector stops tracking, and
                 # nothing of the request (its header list) kept alive until the flush.
                 ua = ref = b"-"
-                for n, v in rec[_HEADERS]:
+                headers: list[tuple[bytes, bytes]] = rec[_HEADERS]
+                for h in headers:
+                    n = h[0]
                     if n == b"user-agent":
-                        ua = v
+                        ua = h[1]
                     elif n == b"referer":
-                        ref = v
+                        ref = h[1]
                 route = req._route
                 bound = req._bound
                 if bound is None:
