@@ -298,8 +298,8 @@ def pyload(
 class IdleHolder:
     """`bench.pyload idle` as a running child: open, report, hold until released."""
 
-    def __init__(self, port: int, conns: int, cpu: int | None) -> None:
-        argv = _pyload_argv("idle", port, conns=conns, hold_max_s=120)
+    def __init__(self, port: int, conns: int, cpu: int | None, mode: str = "idle") -> None:
+        argv = _pyload_argv(mode, port, conns=conns, hold_max_s=120)
         self.proc = subprocess.Popen(
             procs.pin_command(argv, cpu),
             stdin=subprocess.PIPE,

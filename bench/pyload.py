@@ -15,6 +15,10 @@ Modes (each prints one JSON object on stdout and exits):
   idle    open N connections, send one request on each, then hold them open until a
           line arrives on stdin (or --hold-max-s passes), and report how many survived.
   grpc    closed-loop unary calls with grpcio (fallback when h2load is absent).
+  h2rate  `rate` over h2c (prior knowledge): each request a new stream on the pooled
+          connection with the fewest open (h2load has no coordinated-omission-free
+          fixed rate); a minimal client on raw frames, hpack's decoder for responses.
+  idle-h2 `idle` over h2c: preface, SETTINGS, one GET stream, then held idle.
 
 It must stay a separate process from the harness (it needs a core of its own, and
 must not share an event loop with anything it measures).
@@ -151,6 +155,309 @@ class ClientConn(asyncio.Protocol):
         if was_busy:
             self._on_done(self, False)
         self._on_lost(self)
+
+
+# -- h2c (prior knowledge): a minimal client on raw frames ------------------------------------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_F_DATA, _F_HEADERS, _F_RST, _F_SETTINGS, _F_PING, _F_GOAWAY, _F_CONT = 0, 1, 3, 4, 6, 7, 9
+_END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+_MAX_WINDOW = (1 << 31) - 1
+
+
+def h2_frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+
+
+def _hpack_literal(index: int, value: bytes) -> bytes:
+    """RFC 7541 §6.2.2, literal without indexing, name from the static table (index < 15),
+    plain string: the same bytes are valid in every header block of a connection."""
+    n = len(value)
+    length = bytes((n,)) if n < 127 else bytes((127,)) + _hpack_int_rest(n - 127)
+    return bytes((index,)) + length + value
+
+
+def _hpack_int_rest(v: int) -> bytes:
+    out = bytearray()
+    while v >= 128:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def h2_request_block(path: str, host: str) -> bytes:
+    """GET http://host/path as one header block: :method GET and :scheme http indexed
+    (RFC 7541 Appendix A: 2 and 6), :path and :authority literal (names 4 and 1)."""
+    p = path.encode()
+    return b"\x82\x86" + (b"\x84" if p == b"/" else _hpack_literal(4, p)) + _hpack_literal(1, host.encode())
+
+
+def h2_client_preface() -> bytes:
+    """Preface, SETTINGS (no push, the largest stream window), and the connection window
+    opened as far as it goes: the client never has to send WINDOW_UPDATE."""
+    settings = (2).to_bytes(2, "big") + (0).to_bytes(4, "big") + (4).to_bytes(2, "big") + _MAX_WINDOW.to_bytes(4, "big")
+    return H2_PREFACE + h2_frame(_F_SETTINGS, 0, 0, settings) + h2_frame(8, 0, 0, (_MAX_WINDOW - 65_535).to_bytes(4, "big"))
+
+
+class H2ClientConn(asyncio.Protocol):
+    """One h2c connection: `request()` opens a stream with a fixed header block; frames
+    are parsed as they come (split anywhere); a stream ends at END_STREAM on HEADERS or
+    DATA (ok when the response's :status is 200) or at RST_STREAM; GOAWAY or a lost
+    connection fails what is open. The response header block is decoded with hpack's
+    decoder (the peer may use its dynamic table), one per connection."""
+
+    def __init__(self, block: bytes, on_done: Callable[[H2ClientConn, int, bool], None],
+                 on_lost: Callable[[H2ClientConn], None]) -> None:  # fmt: skip
+        from hpack import Decoder
+
+        self._block = block
+        self._on_done = on_done
+        self._on_lost = on_lost
+        self._decoder = Decoder()
+        self._transport: asyncio.Transport | None = None
+        self._buf = b""
+        self._next_sid = 1
+        self.open: dict[int, bool] = {}  # stream id -> saw :status 200
+        self._pending_block: tuple[int, int, bytes] | None = None  # (sid, flags, fragments) until END_HEADERS
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(h2_client_preface())  # type: ignore[attr-defined]
+        self._transport = transport  # type: ignore[assignment]
+
+    def request(self) -> int:
+        sid = self._next_sid
+        self._next_sid += 2
+        self.open[sid] = False
+        assert self._transport is not None
+        self._transport.write(h2_frame(_F_HEADERS, _END_STREAM | _END_HEADERS, sid, self._block))
+        return sid
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        pos, end = 0, len(buf)
+        while end - pos >= 9:
+            length = int.from_bytes(buf[pos : pos + 3], "big")
+            if end - pos < 9 + length:
+                break
+            ftype, flags = buf[pos + 3], buf[pos + 4]
+            sid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            payload = buf[pos + 9 : pos + 9 + length]
+            pos += 9 + length
+            self._frame(ftype, flags, sid, payload)
+            if self.closed:
+                return
+        self._buf = buf[pos:]
+
+    def _frame(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
+        if ftype in (_F_HEADERS, _F_CONT):
+            if ftype == _F_HEADERS:
+                if flags & _PADDED:
+                    payload = payload[1 : len(payload) - payload[0]]
+                if flags & _PRIORITY:
+                    payload = payload[5:]
+                self._pending_block = (sid, flags, payload)
+            elif self._pending_block is not None:
+                psid, pflags, frag = self._pending_block
+                self._pending_block = (psid, pflags | (flags & _END_HEADERS), frag + payload)
+            if self._pending_block is None or not self._pending_block[1] & _END_HEADERS:
+                return
+            sid, flags, block = self._pending_block
+            self._pending_block = None
+            fields = list(self._decoder.decode(block, raw=True))
+            if sid in self.open and fields and fields[0][0] == b":status":
+                self.open[sid] = self.open[sid] or fields[0][1] == b"200"
+            if flags & _END_STREAM:
+                self._end(sid)
+        elif ftype == _F_DATA:
+            if flags & _END_STREAM:
+                self._end(sid)
+        elif ftype == _F_SETTINGS:
+            if not flags & _ACK:
+                assert self._transport is not None
+                self._transport.write(h2_frame(_F_SETTINGS, _ACK, 0))
+        elif ftype == _F_PING:
+            if not flags & _ACK:
+                assert self._transport is not None
+                self._transport.write(h2_frame(_F_PING, _ACK, 0, payload))
+        elif ftype == _F_RST:
+            if self.open.pop(sid, None) is not None:
+                self._on_done(self, sid, False)
+        elif ftype == _F_GOAWAY:
+            self.close()
+
+    def _end(self, sid: int) -> None:
+        ok = self.open.pop(sid, None)
+        if ok is not None:
+            self._on_done(self, sid, ok)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self._transport is not None:
+                self._transport.close()
+            self._fail_open()
+
+    def _fail_open(self) -> None:
+        open_, self.open = self.open, {}
+        for sid in open_:
+            self._on_done(self, sid, False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._transport = None
+        self._fail_open()
+        self._on_lost(self)
+
+
+async def run_h2rate(args: argparse.Namespace) -> dict[str, object]:
+    """The `rate` mode over h2c: request i is due at t0 + i/rate and goes out as a new
+    stream on the connection with the fewest streams open (streams are concurrent, so
+    no request waits for a free connection); latency counts from the due time."""
+    loop = asyncio.get_running_loop()
+    block = h2_request_block(args.path, args.host)
+    stats = Stats()
+    conns: list[H2ClientConn] = []
+    due_of: dict[tuple[int, int], tuple[int, int]] = {}  # (conn id, stream) -> (due, sent)
+
+    def on_done(conn: H2ClientConn, sid: int, ok: bool) -> None:
+        t = perf_ns()
+        due, sent = due_of.pop((id(conn), sid), (t, t))
+        if ok:
+            stats.ok += 1
+            stats.lat_ns.append(t - due)
+            stats.send_lat_ns.append(t - sent)
+        else:
+            stats.errors += 1
+
+    def on_lost(conn: H2ClientConn) -> None:
+        pass
+
+    async def open_conn() -> None:
+        try:
+            _, conn = await loop.create_connection(lambda: H2ClientConn(block, on_done, on_lost), "127.0.0.1", args.port)
+        except OSError:
+            stats.errors += 1
+            return
+        conns.append(conn)
+
+    await asyncio.gather(*(open_conn() for _ in range(args.conns)))
+    if not conns:
+        raise SystemExit("h2rate: no connection could be opened")
+    # One request per connection before the clock starts: the SETTINGS exchange is done.
+    warm = [c.request() for c in conns]
+    deadline = time.monotonic() + 5
+    while any(sid in c.open for c, sid in zip(conns, warm, strict=True)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    stats.ok = stats.errors = 0
+    stats.lat_ns.clear()
+    stats.send_lat_ns.clear()
+    interval_ns = int(1e9 / args.rate)
+    total = int(args.rate * args.duration)
+    t0 = perf_ns() + 2_000_000
+    done = asyncio.Event()
+
+    def fire(due: int) -> None:
+        live = [c for c in conns if not c.closed]
+        if not live:
+            stats.errors += 1
+            return
+        conn = min(live, key=lambda c: len(c.open))
+        sid = conn.request()
+        due_of[(id(conn), sid)] = (due, perf_ns())
+
+    def ticker() -> None:  # as in run_rate: a thread, for sub-millisecond due times
+        call = loop.call_soon_threadsafe
+        for i in range(total):
+            due = t0 + i * interval_ns
+            wait = (due - perf_ns()) / 1e9
+            if wait > 0:
+                time.sleep(wait)
+            call(fire, due)
+        call(done.set)
+
+    thread = threading.Thread(target=ticker, name="bench-ticker", daemon=True)
+    thread.start()
+    await done.wait()
+    deadline = time.monotonic() + max(2.0, args.duration)
+    while due_of and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    stats.errors += len(due_of)
+    elapsed = (perf_ns() - t0) / 1e9
+    for c in conns:
+        c.close()
+    return {
+        "requests": stats.ok,
+        "errors": stats.errors,
+        "duration_s": elapsed,
+        "rps": stats.ok / args.duration if args.duration > 0 else 0.0,
+        "target_rate": args.rate,
+        "latency_us": percentiles_us(stats.lat_ns),
+        "service_latency_us": percentiles_us(stats.send_lat_ns),
+        "connections": len(conns),
+        "extra_connections": 0,
+    }
+
+
+async def run_idle_h2(args: argparse.Namespace) -> dict[str, object]:
+    """`idle` over h2c: each connection does the preface and SETTINGS exchange and one
+    GET stream to its end, then is held open, idle, until released."""
+    loop = asyncio.get_running_loop()
+    block = h2_request_block(args.path, args.host)
+    sem = asyncio.Semaphore(args.concurrency)
+    conns: list[H2ClientConn] = []
+    waiting: dict[tuple[int, int], asyncio.Future[bool]] = {}
+    failed = 0
+    lost_while_held = 0
+    holding = False
+
+    def on_done(conn: H2ClientConn, sid: int, ok: bool) -> None:
+        fut = waiting.pop((id(conn), sid), None)
+        if fut is not None and not fut.done():
+            fut.set_result(ok)
+
+    def on_lost(conn: H2ClientConn) -> None:
+        nonlocal lost_while_held
+        if holding:
+            lost_while_held += 1
+
+    async def one() -> None:
+        nonlocal failed
+        async with sem:
+            try:
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: H2ClientConn(block, on_done, on_lost), "127.0.0.1", args.port), 10
+                )
+            except (OSError, TimeoutError):
+                failed += 1
+                return
+            fut: asyncio.Future[bool] = loop.create_future()
+            waiting[(id(conn), conn.request())] = fut
+            try:
+                ok = await asyncio.wait_for(fut, 10)
+            except TimeoutError:
+                ok = False
+            if ok and not conn.closed:
+                conns.append(conn)
+            else:
+                failed += 1
+                conn.close()
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(args.conns)))
+    holding = True
+    print(json.dumps({"ready": True, "open": len(conns), "failed": failed, "open_s": time.monotonic() - t0}), flush=True)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        await asyncio.wait_for(reader.readline(), args.hold_max_s)
+    except TimeoutError:
+        pass
+    alive = sum(1 for c in conns if not c.closed)
+    for c in conns:
+        c.close()
+    return {"open": len(conns), "failed": failed, "alive_at_end": alive, "lost_while_held": lost_while_held}
 
 
 async def run_closed(args: argparse.Namespace) -> dict[str, object]:
@@ -439,7 +746,14 @@ async def run_grpc(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-MODES = {"closed": run_closed, "rate": run_rate, "idle": run_idle, "grpc": run_grpc}
+MODES = {
+    "closed": run_closed,
+    "rate": run_rate,
+    "idle": run_idle,
+    "grpc": run_grpc,
+    "h2rate": run_h2rate,
+    "idle-h2": run_idle_h2,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -458,7 +772,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, default=200, help="idle: connections opened at once")
     ap.add_argument("--hold-max-s", type=float, default=120.0)
     args = ap.parse_args(argv)
-    if args.mode == "rate" and args.conns > args.max_conns:
+    if args.mode in ("rate", "h2rate") and args.conns > args.max_conns:
         args.conns = args.max_conns
     coro = MODES[args.mode](args)
     try:

@@ -90,6 +90,7 @@ def tables(doc: dict[str, Any]) -> str:
             idle.append(
                 [
                     r["target"],
+                    r["scenario"],
                     _fmt(m.get("conns")),
                     _fmt(m.get("rss_before_kib", 0) / 1024, ".1f"),
                     _fmt(m.get("rss_after_kib", 0) / 1024, ".1f"),
@@ -170,9 +171,9 @@ def tables(doc: dict[str, Any]) -> str:
         parts.append(
             "Idle keep-alive connections (VmRSS of the target's processes, before and after):\n"
             + _grid(
-                ["target", "conns", "RSS before MiB", "RSS after MiB", "KiB/conn", "x direct", "x envoy"],
+                ["target", "scenario", "conns", "RSS before MiB", "RSS after MiB", "KiB/conn", "x direct", "x envoy"],
                 idle,
-                {1, 2, 3, 4, 5, 6},
+                {2, 3, 4, 5, 6, 7},
             )
         )
     d10 = _median(doc, "dtabproxy", "dentries-10")

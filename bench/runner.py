@@ -314,7 +314,7 @@ def _run_scenario(
                     continue
                 assert inst.rss_pid is not None
                 try:
-                    m = lp.measure_idle(inst.ports["h1"], inst.rss_pid)
+                    m = lp.measure_idle(inst.ports[s.protocol], inst.rss_pid, s.protocol)
                 except (loadgen.LoadgenError, procs.ProcError) as exc:
                     rows[name].mark("failed", str(exc))
                     continue

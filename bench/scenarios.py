@@ -65,6 +65,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "h2c-mux", "h2c GET, 1 connection x 64 concurrent streams", "h2c", "max", "rps", conns=1, streams=64
     ),
     Scenario(
+        "h2c-5x20", "h2c GET, 5 connections x 20 concurrent streams", "h2c", "max", "rps",
+        conns=5, streams=20, quick=False,
+    ),
+    Scenario("h2c-rate", "h2c GET at a fixed 1,000 req/s (open loop)", "h2c", "rate", "p99", quick=False),
+    Scenario(
         "grpc-unary",
         "gRPC unary (empty message), 5 connections x 10 streams",
         "grpc",
@@ -102,6 +107,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario("idle-conns", "idle keep-alive connections: RSS per connection", "h1", "idle", "kib_per_conn"),
     Scenario(
+        "idle-conns-h2c", "idle h2c connections (one GET stream each, then idle): RSS per connection", "h2c",
+        "idle", "kib_per_conn",
+    ),
+    Scenario(
         "dentries-10",
         "h1 max rate, Host over 10,000 names, dtab of 10 dentries",
         "h1",
@@ -136,9 +145,11 @@ class LoadPlan:
     def generator(self, s: Scenario) -> tuple[str | None, str]:
         """(generator, note); generator None means the scenario cannot run here."""
         if s.kind == "rate":
+            if s.protocol == "h2c":
+                return "pyload", "bench.pyload h2rate open loop (h2load has no omission-free fixed rate)"
             return "pyload", "bench.pyload open loop (wrk has no fixed-rate mode)"
         if s.kind == "idle":
-            return "pyload", "bench.pyload idle"
+            return "pyload", "bench.pyload idle-h2" if s.protocol == "h2c" else "bench.pyload idle"
         if s.protocol == "h1":
             if self.tools.get("wrk") and not self.force_python:
                 return "wrk", "wrk -t1"
@@ -182,7 +193,7 @@ class LoadPlan:
             )
         if s.kind == "rate":
             return loadgen.pyload(
-                "rate",
+                "h2rate" if s.protocol == "h2c" else "rate",
                 port,
                 duration_s=duration_s,
                 cpu=self.cpu,
@@ -213,10 +224,10 @@ class LoadPlan:
             hosts=s.hosts,
         )
 
-    def measure_idle(self, port: int, rss_pid: int) -> dict[str, Any]:
+    def measure_idle(self, port: int, rss_pid: int, protocol: str = "h1") -> dict[str, Any]:
         """RSS of the target's process tree before and after N idle connections."""
         before = _settled_rss(rss_pid)
-        holder = loadgen.IdleHolder(port, self.idle_conns, self.cpu)
+        holder = loadgen.IdleHolder(port, self.idle_conns, self.cpu, mode="idle-h2" if protocol == "h2c" else "idle")
         try:
             ready: dict[str, Any] = holder.wait_ready(timeout_s=60 + self.idle_conns / 200)
             after = _settled_rss(rss_pid)
@@ -233,7 +244,7 @@ class LoadPlan:
             "rss_before_kib": before,
             "rss_after_kib": after,
             "kib_per_conn": round((after - before) / opened, 3),
-            "loadgen": "pyload-idle",
+            "loadgen": "pyload-idle-h2" if protocol == "h2c" else "pyload-idle",
         }
 
 

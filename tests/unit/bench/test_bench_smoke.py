@@ -32,7 +32,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
         "--targets",
         "direct,dtabproxy",
         "--scenarios",
-        "h1-max,h1-rate,idle-conns",
+        "h1-max,h1-rate,idle-conns,h2c-rate,idle-conns-h2c",
         "--backend",
         "builtin",
         "--loadgen",
@@ -79,25 +79,28 @@ def test_document_has_every_section(run: tuple[dict[str, Any], str]) -> None:
     assert doc["settings"]["mode"] == "quick"
     assert doc["backend"]["kind"] == "builtin"
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["python"]
-    assert set(doc["scenarios"]) == {"h1-max", "h1-rate", "idle-conns"}
+    assert set(doc["scenarios"]) == {"h1-max", "h1-rate", "idle-conns", "h2c-rate", "idle-conns-h2c"}
     assert doc["targets"]["direct"]["status"] == "ok"
 
 
 def test_direct_figures_are_positive(run: tuple[dict[str, Any], str]) -> None:
     doc, _ = run
     rows = {r["scenario"]: r for r in doc["results"] if r["target"] == "direct"}
-    assert set(rows) == {"h1-max", "h1-rate", "idle-conns"}
-    for name in ("h1-max", "h1-rate"):
+    assert set(rows) == {"h1-max", "h1-rate", "idle-conns", "h2c-rate", "idle-conns-h2c"}
+    for name in ("h1-max", "h1-rate", "h2c-rate"):
         r = rows[name]
         assert r["status"] == "ok", r
         assert r["reps"] and r["loadgen"].startswith("bench.pyload")
         _positive_numbers(r["median"], ("rps", "p50_ms", "p99_ms", "p999_ms", "requests"))
         assert r["median"]["p50_ms"] <= r["median"]["p99_ms"] <= r["median"]["p999_ms"]
         assert r["vs_direct"] == 1.0
-    idle = rows["idle-conns"]
-    assert idle["status"] == "ok", idle
-    assert idle["median"]["conns"] == 50
-    _positive_numbers(idle["median"], ("rss_before_kib", "rss_after_kib"))
+    _positive_numbers(rows["h1-max"]["median"], ("cpu_us_per_req",))  # the backend's CPU per request
+    for name in ("idle-conns", "idle-conns-h2c"):
+        idle = rows[name]
+        assert idle["status"] == "ok", idle
+        assert idle["median"]["conns"] == 50
+        _positive_numbers(idle["median"], ("rss_before_kib", "rss_after_kib"))
+    assert rows["idle-conns-h2c"]["reps"][0]["loadgen"] == "pyload-idle-h2"
 
 
 def test_dtabproxy_is_measured_or_skipped_with_a_reason(run: tuple[dict[str, Any], str]) -> None:
@@ -110,15 +113,20 @@ def test_dtabproxy_is_measured_or_skipped_with_a_reason(run: tuple[dict[str, Any
         return
     r = rows["h1-max"]
     assert r["status"] == "ok", r
-    _positive_numbers(r["median"], ("rps", "p50_ms", "p99_ms"))
+    _positive_numbers(r["median"], ("rps", "p50_ms", "p99_ms", "cpu_us_per_req"))
     _positive_numbers(r, ("vs_direct",))
+    r = rows["h2c-rate"]  # the h2c open-loop client through the proxy, and its added latency
+    assert r["status"] == "ok", r
+    assert r["median"]["errors"] == 0 and r["median"]["requests"] > 0
+    assert set(r["added_ms"]) == {"p50_ms", "p99_ms", "p999_ms"}
+    assert rows["idle-conns-h2c"]["status"] == "ok" and rows["idle-conns-h2c"]["median"]["conns"] == 50
 
 
 def test_table_is_printed(run: tuple[dict[str, Any], str]) -> None:
     _, stdout = run
     lines = stdout.splitlines()
     header = next(ln for ln in lines if ln.startswith("target ") and "req/s" in ln)
-    for col in ("scenario", "p50 ms", "p99 ms", "x direct", "x envoy"):
+    for col in ("scenario", "CPU µs/req", "p50 ms", "p99 ms", "x direct", "x envoy"):
         assert col in header
     assert any(ln.startswith("direct ") and "h1-max" in ln for ln in lines)
     assert "Idle keep-alive connections" in stdout
