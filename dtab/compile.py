@@ -116,7 +116,10 @@ class CompiledDtab:
         trees = tuple(rewrite(dentries[i].dst, Path(elems[len(dentries[i].prefix.elems) :])) for i in idx)
         tree = NEG if not trees else trees[0] if len(trees) == 1 else Alt(trees)
         if len(memo) >= self._memo_size:
-            del memo[next(iter(memo))]  # oldest first: a bound, not a policy
+            # A bound, not a policy: the newer half stays, rebuilt at once (amortised O(1);
+            # deleting the oldest one at a time leaves holes that iteration walks past).
+            items = list(memo.items())
+            memo = self._memo = dict(items[len(items) // 2 :])
         hit = memo[path] = (trees, tree)
         return hit
 

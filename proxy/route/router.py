@@ -39,6 +39,14 @@ _SVC: Final = Path((b"svc",))
 ROUTE_CACHE_SIZE: Final = 10_000
 
 
+def _newest_half(cache: dict[Any, Any]) -> dict[Any, Any]:
+    """A full cache keeps its newer half, rebuilt at once: amortised O(1) per insert.
+    (Deleting the oldest entry per insert leaves holes at the front of the dict that
+    each `next(iter(...))` walks past: a cost that grows with the cache.)"""
+    items = list(cache.items())
+    return dict(items[len(items) // 2 :])
+
+
 class Route:
     """A bound name, ready to pick a client per request."""
 
@@ -247,7 +255,7 @@ class Router:
         except BindError as exc:
             r = Route(service, None, local, self.clients, error=str(exc), stats=self.stats, policies=self._policies)
         if len(routes) >= ROUTE_CACHE_SIZE:
-            del routes[next(iter(routes))]
+            routes = self._routes = _newest_half(routes)
         routes[key] = r
         return r
 
@@ -297,7 +305,7 @@ class Router:
             r = Route(service, None, local, self.clients, error=str(exc), overlay=overlay, stats=self.stats,
                       policies=self._policies)  # fmt: skip
         if len(routes) >= ROUTE_CACHE_SIZE:
-            del routes[next(iter(routes))]
+            routes = self._routes = _newest_half(routes)
         routes[key] = r
         return r
 
