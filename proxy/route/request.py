@@ -405,7 +405,11 @@ class RoutedRequest:
         # -- access log, span, proxy-error warning (telemetry/observe.py) --
         rec = self._rec
         if rec is not None or self._ferr is not None:
-            observe.end(self, rec)
+            if self._ferr is None and len(rec) == observe.PLAIN_RECORD:  # the access log only
+                observe.log_request(self._router.obs, rec, self._status, self._bytes_out, self._route, self._bound,
+                                    self._fclass)  # fmt: skip
+            else:
+                observe.end(self, rec)
             self._rec = self._ferr = None
         # --
         svc = self._svc

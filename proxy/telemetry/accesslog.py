@@ -59,12 +59,13 @@ def _escape(value: bytes) -> bytes:
 
 # combined: `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i"` (with the body bytes
 # a number, as nginx prints them), then the service, the client and the duration in ms.
-_LINE: Final = b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s" "%s" "%s" %.3f\n'
 _JSON_LINE: Final = (
     b'{"time":"%s","router":%s,"remote":"%s","method":%s,"uri":%s,"protocol":"HTTP/%s","status":%d,'
     b'"bytes":%d,"referer":%s,"user_agent":%s,"service":%s,"client":%s,"duration_ms":%.3f,"failure":%s}\n'
 )
 _NULL: Final = b"null"
+_SMALL: Final = tuple(b"%d" % i for i in range(1000))  # the text of small numbers, made once
+_FRAC3: Final = tuple(b"%03d" % i for i in range(1000))  # three decimals
 
 #: One request's fields, as `observe.end` appends them: (start, peer, method, target,
 #: version, user agent, referer, status, body bytes, service, client, end, failure).
@@ -289,12 +290,14 @@ class AccessLog:
         # something to escape (rare) is formatted escaping field by field.
         columns = list(zip(*batch, strict=True))
         clean = _ESC.search(b" ".join(chain(columns[3], columns[5], columns[6]))) is None
+        # The line is one join of its pieces, numbers from tables of their text (a bytes
+        # %-format per line parsed twelve conversions each time: half the cost).
         esc = _escape
         stamp = self._clock.stamp
-        fmt = _LINE
+        small, frac3 = _SMALL, _FRAC3
         peers: dict[str, bytes] = {}
         last_sec, stamp_text = -1, b""
-        out = []
+        out: list[bytes] = []
         for t0, peer, method, target, version, ua, ref, status, nbytes, service, client, t1, _ in batch:
             if not clean:
                 target, ua, ref = esc(target), esc(ua), esc(ref)
@@ -305,9 +308,14 @@ class AccessLog:
             p = peers.get(peer)
             if p is None:
                 p = peers[peer] = peer.encode("latin-1") if peer else b"-"
-            out.append(fmt % (
-                p, stamp_text, method, target, b"2.0" if version == b"2" else version, status, nbytes, ref, ua,
-                service, client, (t1 - t0) * 1000,
+            us = int((t1 - t0) * 1_000_000 + 0.5)  # the duration in ms with 3 decimals, as %.3f
+            ms = us // 1000
+            out.extend((
+                p, b" - - [", stamp_text, b'] "', method, b" ", target, b" HTTP/",
+                b"2.0" if version == b"2" else version, b'" ',
+                small[status] if 0 <= status < 1000 else b"%d" % status, b" ",
+                small[nbytes] if 0 <= nbytes < 1000 else b"%d" % nbytes, b' "', ref, b'" "', ua, b'" "',
+                service, b'" "', client, b'" ', small[ms] if ms < 1000 else b"%d" % ms, b".", frac3[us % 1000], b"\n",
             ))  # fmt: skip
         return b"".join(out)
 

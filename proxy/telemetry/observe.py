@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter, time
-from typing import Any
+from typing import Any, Final
 
 from .accesslog import AccessLog
 from .errorlog import ERRORS
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 #: header list; `propagate` appends the span of a sampled request.
 RECORD = ("start", "peer", "method", "target", "version", "headers", "span")
 _T0, _PEER, _METHOD, _TARGET, _VERSION, _HEADERS, _SPAN = range(7)
+PLAIN_RECORD: Final = 6  # a record without a span: (t0, peer, method, target, version, headers)
 
 
 class RouterObs:
@@ -92,36 +93,43 @@ def propagate(req: Any, obs: RouterObs | None, l5d_value: bytes | None,
     return b"%016x" % ctx[TRACE], encode_l5d(ctx)
 
 
+def log_request(obs: RouterObs, rec: tuple[Any, ...], status: int, nbytes: int, route: Any, bound: Any,
+                fclass: str | None) -> None:  # fmt: skip
+    """The access log's entry for a request that ended (typed, so the compiled request path
+    calls it directly: route/request.py `_account` does for a request with no span and no
+    proxy error). The log gets atoms only; `AccessLog.format` does the rest, in batches."""
+    alog = obs.alog
+    if alog is None:
+        return
+    pending = alog.pending
+    if len(pending) >= alog.max_pending:
+        alog.dropped += 1
+        return
+    # Atoms only (bytes, ints, floats): a tuple the collector stops tracking, and nothing
+    # of the request (its header list) kept alive until the flush.
+    ua = ref = b"-"
+    headers: list[tuple[bytes, bytes]] = rec[_HEADERS]
+    for h in headers:
+        n = h[0]
+        if n == b"user-agent":
+            ua = h[1]
+        elif n == b"referer":
+            ref = h[1]
+    if bound is None:
+        client = b"-"
+    else:
+        hit = alog.names.get(id(bound))
+        client = hit[1] if hit is not None and hit[0] is bound else alog.name_of(bound)
+    pending.append((rec[0], rec[1], rec[2], rec[3], rec[4], ua, ref, status, nbytes,
+                    route.service_hdr if route is not None else b"-", client, perf_counter(), fclass))  # fmt: skip
+
+
 def end(req: Any, rec: tuple[Any, ...] | None, _clock: Any = perf_counter) -> None:
-    """A request ended (called once, from `_account`, while its fields are still set).
-    The access log gets references only; `AccessLog.format` does the rest, in batches."""
+    """A request ended (called once, from `_account`, while its fields are still set):
+    its access log line, its span, the proxy-error warning."""
     if rec is not None:
         obs: RouterObs = req._router.obs
-        alog = obs.alog
-        if alog is not None:  # AccessLog.add, inlined: this runs per request
-            pending = alog.pending
-            if len(pending) < alog.max_pending:
-                # Atoms only (bytes, ints, floats): a tuple the collector stops tracking, and
-                # nothing of the request (its header list) kept alive until the flush.
-                ua = ref = b"-"
-                headers: list[tuple[bytes, bytes]] = rec[_HEADERS]
-                for h in headers:
-                    n = h[0]
-                    if n == b"user-agent":
-                        ua = h[1]
-                    elif n == b"referer":
-                        ref = h[1]
-                route = req._route
-                bound = req._bound
-                if bound is None:
-                    client = b"-"
-                else:
-                    hit = alog.names.get(id(bound))
-                    client = hit[1] if hit is not None and hit[0] is bound else alog.name_of(bound)
-                pending.append((rec[0], rec[1], rec[2], rec[3], rec[4], ua, ref, req._status, req._bytes_out,
-                                route.service_hdr if route is not None else b"-", client, _clock(), req._fclass))  # fmt: skip
-            else:
-                alog.dropped += 1
+        log_request(obs, rec, req._status, req._bytes_out, req._route, req._bound, req._fclass)
         if len(rec) > _SPAN:  # a sampled trace's span
             _finish_span(rec[_SPAN], obs, rec, req, _clock() - rec[_T0])
     exc = req._ferr

@@ -10,6 +10,8 @@ import os
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.telemetry import accesslog
 from proxy.telemetry.accesslog import AccessLog
@@ -44,6 +46,28 @@ def test_combined_line_with_service_client_and_duration(tmp_path) -> None:
     line = log.format([entry(bytes=0, ua=b'x" 1\n\xff', ref=b"-", service=b"-", client=b"-", status=400,
                              version=b"2")]).decode()  # fmt: skip
     assert '"GET /x?y=1 HTTP/2.0" 400 0 "-" "x\\" 1\\x0a\\xff" "-" "-" ' in line and line.count("\n") == 1
+
+
+#: The combined line as one %-format (what AccessLog.format builds by joining pieces).
+REFERENCE = b'%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s" "%s" "%s" %.3f\n'
+_PRINTABLE = st.binary(min_size=1, max_size=12).map(lambda b: bytes(0x21 + (c % 94) for c in b).replace(b'"', b"q").replace(b"\\", b"b"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    status=st.integers(100, 599), nbytes=st.integers(0, 5_000_000), dur_us=st.integers(0, 5_000_000),
+    target=_PRINTABLE, ua=_PRINTABLE, version=st.sampled_from([b"1.0", b"1.1", b"2"]),
+)  # fmt: skip
+def test_combined_line_is_the_apache_format(tmp_path_factory, status, nbytes, dur_us, target, ua, version) -> None:
+    log = AccessLog(str(tmp_path_factory.mktemp("l") / "a.log"), router="web")
+    e = entry(status=status, bytes=nbytes, dur=dur_us / 1e6, target=target, ua=ua, version=version)
+    line = log.format([e])
+    ref = REFERENCE % (b"10.0.0.1", b"06/Dec/2025:05:46:40 +0000", b"GET", target, b"2.0" if version == b"2" else version,
+                       status, nbytes, b"http://a/", ua, b"/svc/web", b"/$/inet/127.0.0.1/7778", (e[11] - e[0]) * 1000)  # fmt: skip
+    head, _, dur = line.rstrip(b"\n").rpartition(b" ")
+    ref_head, _, ref_dur = ref.rstrip(b"\n").rpartition(b" ")
+    assert head == ref_head and line.endswith(b"\n") and line.count(b"\n") == 1
+    assert abs(float(dur) - float(ref_dur)) <= 0.0011  # the same to the last printed digit, rounding aside
 
 
 def test_json_lines(tmp_path) -> None:
