@@ -46,6 +46,10 @@ from .wire.upstream_h2 import make_h2_opener
 
 log = logging.getLogger(__name__)
 
+#: A connection idle this long lets go of what only a request in flight needs (its
+#: deadline timer: re-arming one per request would cost more than keeping it).
+SHED_AFTER_S: Final = 1.0
+
 #: How often pooled upstream connections are checked against their idle time
 #: (client.hostConnectionPool.idleTimeMs, default client.idleTimeoutMs): a second is far
 #: below any useful idle time, and a sweep costs one look per pooled connection.
@@ -225,8 +229,11 @@ class Listener:
             if started and head_limit and now - started > head_limit:
                 conn.head_timeout(head_limit)
             elif conn.idle():
-                if now - conn.last_active > idle_limit:
+                quiet = now - conn.last_active
+                if quiet > idle_limit:
                     conn.close_when_idle()
+                elif quiet >= SHED_AFTER_S:
+                    conn.shed()  # what only a request in flight needs (a pending deadline timer)
             elif stream_limit:  # limits.streamIdleTimeoutMs: requests that move nothing
                 conn.sweep_streams(now, stream_limit)
         self._schedule_sweep()

@@ -644,7 +644,7 @@ class RequestReader(_Reader):
     An HTTP/1.0 request without Host gets an empty one (see `on_headers_complete`).
     """
 
-    __slots__ = ("_target", "_max_target", "_upgrade_body", "_declined", "_max_body", "_body_left", "_line")
+    __slots__ = ("_target", "_max_target", "_upgrade_body", "_declined", "_max_body", "_body_left", "_line", "home")
 
     def __init__(
         self,
@@ -667,6 +667,13 @@ class RequestReader(_Reader):
         self._body_left: int | None = None  # bytes a chunked body may still add (None: uncounted)
         self._line = b""  # the end of a head still in its request line (_check_request_line)
         self._parser = httptools.HttpRequestParser(self)  # looks our callbacks up once
+        self.home: list[Any] | None = None  # the pool it returns to between messages, if any
+
+    def at_rest(self) -> bool:
+        """Between messages, with nothing of a next one parsed, no error, no upgrade and
+        no end of connection: it could read another connection's requests. (The bytes
+        of a method alone leave no trace here; the caller knows whether any came.)"""
+        return self._state == _IDLE and not self._slow and not self._upgrade_body and not self._declined
 
     def feed(self, data: bytes) -> list[RequestEvent]:
         if self._slow:

@@ -32,11 +32,11 @@ DISCARD_LIMIT: Final = 64 * 1024
 
 class ListenerSettings:
     """One listener's per-request configuration (immutable but for its override cache,
-    which belongs to its policy and is dropped with it)."""
+    which belongs to its policy and is dropped with it, and its pool of request readers)."""
 
     __slots__ = (
         "router", "limits", "config", "timeout", "clear_context", "policy", "sig_header", "sig_strip", "add_via",
-        "add_forwarded", "discard_limit", "open_upstream", "max_concurrent", "_override_cache",
+        "add_forwarded", "discard_limit", "open_upstream", "max_concurrent", "_override_cache", "readers",
     )  # fmt: skip
 
     def __init__(
@@ -67,6 +67,9 @@ class ListenerSettings:
         self.open_upstream = open_upstream
         self.max_concurrent = config.max_concurrent_requests  # servers[].maxConcurrentRequests
         self._override_cache: dict[tuple[Any, ...], tuple[Dtab, bytes]] = {}  # answers of one policy
+        # HTTP/1.1 request readers between messages, made under these limits and lent to
+        # the connection that reads next (wire/h1.py): an idle connection holds none.
+        self.readers: list[Any] = []
 
     def with_router(self, router: Router) -> ListenerSettings:
         """The same settings over another router snapshot (a dtab change, a reload)."""
@@ -75,6 +78,7 @@ class ListenerSettings:
             add_via=self.add_via, add_forwarded=self.add_forwarded,
         )  # fmt: skip
         new._override_cache = self._override_cache  # the same policy's answers
+        new.readers = self.readers  # and the same limits
         return new
 
     def check_override(

@@ -146,6 +146,9 @@ class Detect:
     def idle(self) -> bool:
         return True
 
+    def shed(self) -> None:
+        pass
+
     def close_when_idle(self) -> None:
         if self._transport is not None:
             self._transport.close()

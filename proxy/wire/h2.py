@@ -607,6 +607,16 @@ class ServerH2:
     def idle(self) -> bool:
         return not self._streams
 
+    def shed(self) -> None:
+        """Idle a while (the listener's sweep): the router-timeout queue's timer, armed
+        for a stream long answered, is dropped with the queue's empty entries."""
+        t = self._rt_timer
+        if t is not None and not self._streams:
+            t.cancel()
+            self._rt_timer = None
+            self._rt_queue = []
+            self._rt_next = 0
+
     # -- the router's timeoutMs, one timer per connection ------------------------------------
 
     def router_deadline(self, st: _Stream, at: float) -> bool:

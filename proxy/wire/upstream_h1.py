@@ -35,6 +35,12 @@ _CHUNKED_LINE: Final = b"transfer-encoding: chunked\r\n\r\n"
 
 
 def set_nodelay(transport: Any) -> None:
+    """TCP_NODELAY on the transport's socket. uvloop sets it on every TCP handle (TLS
+    ones run over one), so its transports are left alone: asking for the socket there
+    makes a socket object that lives as long as the connection. asyncio sets it on the
+    sockets it connects, not on those it accepts."""
+    if transport.__class__.__module__ == "uvloop.loop":
+        return
     sock = transport.get_extra_info("socket")
     if sock is not None:
         try:
