@@ -3,8 +3,8 @@
 Times move by 10-30% between runs on a shared machine; instruction counts of the same build,
 inputs and environment do not (valgrind counts them whatever else the machine is doing). This
 starts the built-in backend, runs `python -m proxy run` under `valgrind --tool=callgrind` with
-collection off, warms the proxy up, switches instrumentation on for N sequential requests (h2load,
-one connection, one stream at a time), switches it off, and divides. Everything the process does
+collection off, warms the proxy up, switches instrumentation on for N requests (h2load, by
+default one connection, one stream at a time), switches it off, and divides. Everything the process does
 while collecting counts: the parsers, routing, the upstream pool and the event loop's own wake-ups.
 
     python -m bench.icount                      # every shape, this checkout
@@ -12,6 +12,7 @@ while collecting counts: the parsers, routing, the upstream pool and the event l
     python -m bench.icount --src /path/to/other/checkout   # the same shapes, another tree
     python -m bench.icount --shapes h1 --keep out/  # keep the callgrind file for callgrind_annotate
     python -m bench.icount --shapes h1 --access-log combined   # the access log's cost
+    python -m bench.icount --shapes h2h1 --conns 5 --streams 20   # multiplexed, as h2c-5x20
 
 Shapes: h1 (HTTP/1.1 to an HTTP/1.1 backend), h1-dtab (the same with a 3-entry l5d-dtab), h2c
 (h2c to an h2c backend), grpc (gRPC unary, h2c to h2c), h2h1 (h2c clients, HTTP/1.1 backend).
@@ -75,11 +76,11 @@ routers:
 """
 
 
-def _h2load(shape: str, ports: dict[str, int], n: int, body: str) -> None:
+def _h2load(shape: str, ports: dict[str, int], n: int, body: str, conns: int = 1, streams: int = 1) -> None:
     exe = shutil.which("h2load")
     if exe is None:
         sys.exit("icount: h2load is not installed (apt-get install nghttp2-client)")
-    argv = [exe, "-n", str(n), "-c", "1", "-m", "1", "-t", "1", "-H", ":authority: bench"]
+    argv = [exe, "-n", str(n), "-c", str(conns), "-m", str(streams), "-t", "1", "-H", ":authority: bench"]
     if shape in ("h1", "h1-dtab"):
         argv.append("--h1")
         if shape == "h1-dtab":
@@ -106,7 +107,8 @@ def _total(path: Path) -> int:
 
 
 def measure(
-    src: Path, shapes: list[str], n: int, warmup: int, keep: Path | None, pure: bool, access_log: str | None = None
+    src: Path, shapes: list[str], n: int, warmup: int, keep: Path | None, pure: bool, access_log: str | None = None,
+    conns: int = 1, streams: int = 1,
 ) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="icount-"))
     body = work / "grpc.body"
@@ -137,10 +139,10 @@ def measure(
         for p in ports.values():
             procs.wait_port(p, 300, alive=lambda: proxy.poll() is None, what="proxy under valgrind")
         for shape in shapes:
-            _h2load(shape, ports, warmup, str(body))
+            _h2load(shape, ports, warmup, str(body), conns, streams)
             subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True)
             subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
-            _h2load(shape, ports, n, str(body))
+            _h2load(shape, ports, n, str(body), conns, streams)
             # Dump while instrumented: switching instrumentation off drops what was counted.
             before = set(work.glob("callgrind.out*"))
             subprocess.run(["callgrind_control", "-d", shape, str(proxy.pid)], check=True, capture_output=True)
@@ -177,12 +179,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pure", action="store_true", help="DTABPROXY_PURE=1 (the uncompiled sources)")
     ap.add_argument("--keep", type=Path, help="directory to keep the callgrind files in")
     ap.add_argument("--access-log", choices=("combined", "json"), help="the h1 router writes an access log")
+    ap.add_argument("--conns", type=int, default=1, help="client connections (default 1)")
+    ap.add_argument("--streams", type=int, default=1, help="requests in flight per connection (default 1: one at a time)")
     args = ap.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
     for s in shapes:
         if s not in SHAPES:
             ap.error(f"unknown shape {s!r}; one of {', '.join(SHAPES)}")
-    res = measure(args.src.resolve(), shapes, args.n, args.warmup, args.keep, args.pure, args.access_log)
+    res = measure(
+        args.src.resolve(), shapes, args.n, args.warmup, args.keep, args.pure, args.access_log, args.conns, args.streams
+    )
     for s in shapes:
         print(f"{s:<8} {res[s]:>10,.0f} instructions/request")
 
