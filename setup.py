@@ -31,6 +31,7 @@ COMPILED = [
     "proxy/telemetry/tracectx.py",
     "proxy/telemetry/observe.py",
     "proxy/telemetry/accesslog.py",
+    "proxy/telemetry/metrics.py",
     "proxy/upstream/attempt.py",
     "proxy/upstream/endpoint.py",
     "proxy/upstream/policy.py",

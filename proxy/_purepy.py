@@ -35,17 +35,25 @@ class SourceFirst(importlib.abc.MetaPathFinder):
 
 
 def stale() -> list[str]:
-    """Compiled modules older than their source (edited since the build)."""
+    """Compiled modules older than their source (edited since the build), or than
+    setup.py in a source checkout (its list of compiled modules changed)."""
     root = os.path.dirname(os.path.abspath(__file__))
     out = []
+    try:
+        setup_mtime = os.stat(os.path.join(os.path.dirname(root), "setup.py")).st_mtime_ns
+    except OSError:
+        setup_mtime = 0
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
             if not f.endswith(_SUFFIXES):
                 continue
             source = os.path.join(dirpath, f.split(".", 1)[0] + ".py")
             try:
-                if os.stat(source).st_mtime_ns > os.stat(os.path.join(dirpath, f)).st_mtime_ns:
+                built = os.stat(os.path.join(dirpath, f)).st_mtime_ns
+                if os.stat(source).st_mtime_ns > built:
                     out.append(os.path.relpath(source, os.path.dirname(root)))
+                elif setup_mtime > built and "setup.py" not in out:
+                    out.append("setup.py")
             except OSError:
                 continue
     return out

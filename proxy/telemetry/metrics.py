@@ -661,9 +661,11 @@ def _escape(value: str) -> str:
     return value
 
 
-def _num(v: float) -> str:
+def _num(v: object) -> str:
+    # `object`, not float: compiled (mypyc), a float parameter turns an int into 1.0.
     if isinstance(v, int):
         return str(v)
+    assert isinstance(v, float)
     if v != v:
         return "NaN"
     if v in (math.inf, -math.inf):
@@ -680,7 +682,7 @@ class _Family:
         self.help = help_text
         self.lines: list[str] = []
 
-    def add(self, labels: str, value: float, suffix: str = "") -> None:
+    def add(self, labels: str, value: int | float, suffix: str = "") -> None:
         self.lines.append(f"{self.name}{suffix}{{{labels}}} {_num(value)}")
 
     def write(self, out: list[str]) -> None:
@@ -1125,6 +1127,7 @@ def merge_lines(groups: Iterable[list[str]]) -> list[str]:
     out: list[str] = []
     for name, samples in series.items():
         out.extend(helps.get(name, []))
-        out.extend(f"{key} {_num(int(v) if math.isfinite(v) and v == int(v) and abs(v) < 1 << 53 else v)}"
-                   for key, v in samples.items())  # fmt: skip
+        for key, v in samples.items():
+            whole = math.isfinite(v) and v == int(v) and abs(v) < 1 << 53
+            out.append(f"{key} {_num(int(v))}" if whole else f"{key} {_num(v)}")
     return out
