@@ -34,6 +34,8 @@ from ..telemetry.metrics import count_deadline, observe_budget, record_pair
 from ..telemetry.metrics import record as record_stats
 from ..telemetry.tracing import FIELDS as TRACE_FIELDS
 from ..upstream.attempt import Attempt
+from ..telemetry.metrics import ClientStats, Pair, Stats
+from .router import Route, Router
 from .l5d import Deadline, decode_trace, format_deadline, new_root_trace, parse_deadline
 
 if TYPE_CHECKING:
@@ -166,7 +168,9 @@ class RoutedRequest:
         sig: bytes | None = None
         self._upgrade = None
         self._idle_since = 0.0
-        router = self._router
+        # Typed locals: compiled, their attributes are read from the object's struct, not
+        # looked up by name as an untyped slot's would be.
+        router: Router = self._router
         # -- access log / tracing (telemetry/observe.py): one attribute test when off --
         obs = router.obs
         if obs is not None:  # the fields at hand, as observe.RECORD lists them
@@ -226,6 +230,7 @@ class RoutedRequest:
             local, local_key = Dtab.EMPTY, b""
 
         acts = None
+        route: Route
         if router.rules is None:  # no match rules: the plain path, one attribute check
             ident = router.identifier.identify(view)
             route = router.route(ident.path, local, local_key)
@@ -237,7 +242,7 @@ class RoutedRequest:
             if acts is not None:
                 out[:] = acts.edit_request(out)  # authority and header edits, before l5d-*
         self._route = route
-        svc = route.stats
+        svc: Stats | None = route.stats
         if svc is not None:
             self._svc = svc
             self._t0 = perf_counter()  # loop.time() is too coarse under uvloop (1 ms)
@@ -301,12 +306,13 @@ class RoutedRequest:
             raise
         ep = attempt.endpoint
         if svc is not None and ep is not None and self._svc is svc:  # not failed already
-            cs = route.cstats.get(client)
-            if cs is not None:  # bind the (service, endpoint) counters
+            cs: ClientStats | None = route.cstats.get(client)
+            rstats = router.stats
+            if cs is not None and rstats is not None:  # bind the (service, endpoint) counters
                 es = cs.endpoint(ep.host, ep.port, ep.addr_key)
                 pair = es.pairs.get(svc)
                 if pair is None:
-                    pair = router.stats.pair(svc, es)
+                    pair = rstats.pair(svc, es)
                 pair.started += 1
                 self._pair = pair
             self._ep_key = ep.addr_key
@@ -412,12 +418,12 @@ class RoutedRequest:
                 observe.end(self, rec)
             self._rec = self._ferr = None
         # --
-        svc = self._svc
+        svc: Stats | None = self._svc
         if svc is not None:
             self._svc = None
             now = perf_counter()
             latency = now - self._t0
-            pair = self._pair
+            pair: Pair | None = self._pair
             if pair is not None:  # reached an endpoint: one update, on the pair
                 self._pair = None
                 record_pair(pair, self._status, latency, self._bytes_in, self._bytes_out, self._fclass)

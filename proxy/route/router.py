@@ -22,6 +22,7 @@ from config.policy import service_policy
 from dtab import EMPTY, FAIL, NEG, BindError, Bound, Dtab, Leaf, NameTree, Path, Union
 
 from ..errors import NoRoute
+from ..telemetry.metrics import ClientStats, RouterStats, Stats
 from ..upstream.endpoint import Client, ClientRegistry
 from ..upstream.policy import NONE, RequestPolicy, request_policy, retry_budget
 from .rules import Actions, Overlay, RuleSet, hash_value, sticky_u
@@ -79,8 +80,8 @@ class Route:
         self._pick = _picker(tree, clients, per_client) if tree is not None else None
         # Telemetry bound once per route (proxy/telemetry/metrics.py): the service's
         # counters, and each reachable client's, split by normal and override traffic.
-        self.stats: Any = None
-        self.cstats: dict[Client, Any] = {}
+        self.stats: Stats | None = None
+        self.cstats: dict[Client, ClientStats] = {}
         if stats is not None:
             override = bool(local.dentries)
             leaves = [b for b in dtab.evaluate(tree) or () if isinstance(b, Bound)] if tree is not None else []
@@ -190,7 +191,7 @@ class Router:
         obs: Any = None,
     ) -> None:
         self.label = label
-        self.stats = stats  # telemetry.RouterStats, kept across snapshots; None: telemetry off
+        self.stats: RouterStats | None = stats  # telemetry.RouterStats, kept across snapshots; None: telemetry off
         # telemetry.observe.RouterObs: access log, tracing, propagator; None: all off
         # (the wire's per-request hooks test this one attribute).
         self.obs = obs
