@@ -324,7 +324,6 @@ class Decoder:
 
     def _decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
-        append = out.append
         static = _STATIC
         table = self._table
         pos, n = 0, len(data)
@@ -382,7 +381,7 @@ class Decoder:
             total += len(field[0]) + len(field[1]) + 32
             if total > limit:
                 raise HeaderListTooLarge(f"header list larger than {limit} bytes")
-            append(field)
+            out.append(field)  # a method call compiles to PyList_Append; a bound `append` would not
         return out
 
     def _add(self, field: tuple[bytes, bytes]) -> None:
@@ -449,12 +448,11 @@ class FieldEncoder:
         # the static table are the same objects): the name's literal prefix, and the
         # static table's full entries for that name, if it has any (`:status: 200`).
         by_name, lengths = _by_name, _LENGTHS
-        parts = [_SIZE_ZERO] if self._pending_update else []
+        parts: list[bytes] = [_SIZE_ZERO] if self._pending_update else []
         self._pending_update = False
-        append = parts.append
         for h in headers:
             if type(h) is not tuple:  # never indexed (or a caller's own tuple type)
-                append(_encode_field(h))
+                parts.append(_encode_field(h))
                 continue
             name: bytes = h[0]
             value: bytes = h[1]
@@ -465,12 +463,12 @@ class FieldEncoder:
             if full is not None:
                 b = full.get(value)
                 if b is not None:
-                    append(b)
+                    parts.append(b)
                     continue
             n = len(value)
-            append(entry[0])
-            append(lengths[n] if n < 127 else _integer(n, 7, 0x00))
-            append(value)
+            parts.append(entry[0])
+            parts.append(lengths[n] if n < 127 else _integer(n, 7, 0x00))
+            parts.append(value)
         return b"".join(parts)
 
 
@@ -690,7 +688,10 @@ class H2Codec:
             pos, n = 0, len(data)
             streams = self._streams
             while n - pos >= 9:
-                hi, lo, ftype, flags, sid = _unpack_head(data, pos)
+                # Typed: the five fields unboxed once, then native arithmetic (untyped,
+                # every shift, mask and comparison below was a generic number operation).
+                head: tuple[int, int, int, int, int] = _unpack_head(data, pos)
+                hi, lo, ftype, flags, sid = head
                 length = (hi << 8) | lo
                 if length > _MAX_FRAME:
                     raise _ConnError(FRAME_SIZE_ERROR, f"frame of {length} bytes")  # §4.2

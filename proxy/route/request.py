@@ -30,13 +30,12 @@ from dtab import Dtab
 from ..codec import grpc
 from ..errors import NoRoute, Timeout
 from ..telemetry import observe
-from ..telemetry.metrics import count_deadline, observe_budget, record_pair
+from ..telemetry.metrics import ClientStats, Pair, Stats, count_deadline, observe_budget, record_pair
 from ..telemetry.metrics import record as record_stats
 from ..telemetry.tracing import FIELDS as TRACE_FIELDS
 from ..upstream.attempt import Attempt
-from ..telemetry.metrics import ClientStats, Pair, Stats
-from .router import Route, Router
 from .l5d import Deadline, decode_trace, format_deadline, new_root_trace, parse_deadline
+from .router import Route, Router
 
 if TYPE_CHECKING:
     import asyncio

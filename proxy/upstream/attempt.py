@@ -263,17 +263,17 @@ class Attempt:
 
     def on_upstream_event(self, ev: Any) -> None:
         if self.committed:
-            if ev.__class__ is EndOfMessage:
+            if isinstance(ev, EndOfMessage):  # a type check, and a typed `ev`
                 self._ended(ev)
                 return
             self.owner.on_upstream_event(ev)
             return
-        if ev.__class__ is ResponseHead and ev.status >= 200:
+        if isinstance(ev, ResponseHead) and ev.status >= 200:
             self._response_head(ev)
             return
         held = self.held
         if held is not None:  # a response held back for its trailers (DEFER)
-            if ev.__class__ is EndOfMessage:
+            if isinstance(ev, EndOfMessage):
                 self._held_end(ev)
                 return
             held.append(ev)

@@ -333,18 +333,17 @@ class ServerH1(RoutedRequest):
         q = self._queue
         while q:
             ev = q[0]
-            cls = ev.__class__
-            if cls is Body:
+            if isinstance(ev, Body):  # a type check, and a typed `ev` (not `ev.__class__` by name)
                 del q[0]
                 if not self._discard and self._up is not None:
                     self._bytes_in += len(ev.data)
                     self._up.send_body(ev.data)
-            elif cls is RequestHead:
+            elif isinstance(ev, RequestHead):
                 if self._busy:
                     break
                 del q[0]
                 self._start(ev)
-            elif cls is EndOfMessage:
+            elif isinstance(ev, EndOfMessage):
                 del q[0]
                 self._request_end(ev.trailers)
             else:  # a PeerProtocolError: the request stream cannot be parsed further
@@ -463,22 +462,21 @@ class ServerH1(RoutedRequest):
         """One response event. Bytes for the client collect in `_wbuf` and go out in one
         write when the upstream's batch ends (`flush_writes`): a head, a body and its end
         usually arrive together, and each write may be a syscall."""
-        cls = ev.__class__
         buf = self._wbuf
         if buf is None:
             buf = self._wbuf = []
-        if cls is Body:
+        if isinstance(ev, Body):  # a type check, and a typed `ev` (not `ev.__class__` by name)
             if not self._resp_head_only:
                 self._bytes_out += len(ev.data)
                 buf.append(encode_chunk(ev.data) if self._resp_chunked else ev.data)
-        elif cls is ResponseHead:
+        elif isinstance(ev, ResponseHead):
             if ev.status < 200 and ev.status != 101:  # 1xx: pass it on, the final one follows
                 clear = self._settings.clear_context  # docs/dtab.md §13.5: interim heads too
                 fields = [h for h in ev.headers if h[0] not in _RESP_DROP and not (clear and h[0][:4] == b"l5d-")]
                 buf.append(encode_response_head(ev.status, ev.reason, fields))
                 return
             self._response_head(ev)
-        elif cls is EndOfMessage:
+        elif isinstance(ev, EndOfMessage):
             if self._resp_chunked:
                 trailers = ev.trailers
                 if trailers and self._settings.clear_context:  # docs/dtab.md §13.5: trailers too

@@ -277,23 +277,24 @@ class _Stream(RoutedRequest):
     # -- owner callbacks (upstream -> downstream) --------------------------------------------
 
     def on_upstream_event(self, ev: Any) -> None:
-        cls = ev.__class__
+        # isinstance of a compiled class: a type check, and a typed `ev` after it.
         conn = self.conn
         codec = conn._codec
-        if cls is Body:
-            if self.head_only or not ev.data:
+        if isinstance(ev, Body):
+            data = ev.data
+            if self.head_only or not data:
                 return  # a bodiless response's HEADERS wait for its end (END_STREAM on them)
             if self.head_out is not None:
                 self._send_head(False)
-            self._bytes_out += len(ev.data)
-            queued = codec.send_data(self.sid, ev.data)
+            self._bytes_out += len(data)
+            queued = codec.send_data(self.sid, data)
             conn.want_flush()
             if queued > h2c.SEND_HIGH_WATER and not self.up_paused and self._up is not None:
                 self.up_paused = True
                 self._up.pause_reading()
-        elif cls is ResponseHead:
+        elif isinstance(ev, ResponseHead):
             self._response_head(ev)
-        elif cls is EndOfMessage:
+        elif isinstance(ev, EndOfMessage):
             self.resp_done = True
             self._up = None
             trailers = ev.trailers

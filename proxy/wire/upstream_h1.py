@@ -22,7 +22,15 @@ import logging
 import socket
 from typing import Any, Final
 
-from ..codec.h1 import LAST_CHUNK, ResponseReader, encode_chunk, encode_request_head, encode_trailers
+from ..codec.h1 import (
+    LAST_CHUNK,
+    EndOfMessage,
+    ResponseHead,
+    ResponseReader,
+    encode_chunk,
+    encode_request_head,
+    encode_trailers,
+)
 from ..errors import BadResponse, ConnectFailed, PeerProtocolError, UpstreamFailed, WriteFailed
 from ..upstream.contracts import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, HIGH_WATER, LOW_WATER, SINK
 from ..upstream.endpoint import CONNECT, Endpoint
@@ -228,7 +236,9 @@ class UpstreamH1:
                     return
                 else:
                     return  # a 101 turned the connection into a tunnel
-            if ev.__class__ is _EOM_CLASS:
+            # isinstance of a compiled class: a type check, and a typed `ev` after it
+            # (`ev.__class__` and `ev.status` on an untyped event were lookups by name).
+            if isinstance(ev, EndOfMessage):
                 self._resp_ended = True
                 owner.on_upstream_event(ev)
                 if self.owner is owner:
@@ -240,7 +250,7 @@ class UpstreamH1:
                         self.owner = None
                         self.close()
                 continue
-            if ev.__class__ is _HEAD_CLASS and ev.status >= 200 and not ev.keep_alive:
+            if isinstance(ev, ResponseHead) and ev.status >= 200 and not ev.keep_alive:
                 self._keep_alive = False
             owner.on_upstream_event(ev)
 
@@ -471,17 +481,3 @@ def open_h1(
     pending = PendingH1(owner, endpoint, head, method, body_mode, loop, connect_timeout)
     pending.connect_or_wait()
     return pending if pending.conn is None else pending.conn
-
-
-_HEAD_CLASS: Any = None
-_EOM_CLASS: Any = None
-
-
-def _bind_classes() -> None:
-    global _HEAD_CLASS, _EOM_CLASS
-    from ..codec.h1 import EndOfMessage, ResponseHead
-
-    _HEAD_CLASS, _EOM_CLASS = ResponseHead, EndOfMessage
-
-
-_bind_classes()
