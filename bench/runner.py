@@ -301,6 +301,16 @@ def _run_scenario(
                 row.mark("failed", f"{s.variant} instance did not start: {exc}")
                 continue
             own.append(inst)
+        elif s.kind == "idle":
+            # A fresh process for each idle measurement: RSS before and after then speak of
+            # these connections only, not of what an earlier scenario (idle-conns before
+            # idle-conns-h2c) left in the allocator to be reused.
+            try:
+                inst = objs[name].start(ctx, None)
+            except procs.ProcError as exc:
+                row.mark("failed", f"fresh instance did not start: {exc}")
+                continue
+            own.append(inst)
         if s.protocol not in inst.ports:
             row.mark("n/a", inst.unsupported.get(s.protocol, f"no {s.protocol} listener"))
             continue

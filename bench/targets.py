@@ -36,6 +36,26 @@ LARGE_BODY_BYTES = 64 * 1024
 PROTOCOLS = ("h1", "h2c", "grpc")
 
 
+def fresh_dir(root: Path, name: str, mode: int = 0o777) -> Path:
+    """A new directory for one instance of a target (`name`, `name-2`, ...): a scenario
+    may start a second instance while the first still runs."""
+    d, n = root / name, 1
+    while d.exists():
+        n += 1
+        d = root / f"{name}-{n}"
+    d.mkdir(mode=mode)
+    return d
+
+
+def fresh_stem(root: Path, stem: str, suffix: str) -> str:
+    """`stem`, or `stem-2`, `stem-3`, ...: the first with no `root/<stem><suffix>` yet."""
+    out, n = stem, 1
+    while (root / f"{out}{suffix}").exists():
+        n += 1
+        out = f"{stem}-{n}"
+    return out
+
+
 @dataclass
 class Ctx:
     workdir: Path
@@ -386,13 +406,16 @@ class DtabProxy(Target):
                 ports["h2c"] = procs.free_port()
                 ports["grpc"] = procs.free_port()
             admin = procs.free_port()
-            cfg_path = ctx.workdir / f"dtabproxy-{tag}{'-h2' if with_h2 else ''}.yaml"
+            # A file of its own per instance: a running one watches its config and would
+            # reload (and take the ports of) another's written to the same path.
+            stem = fresh_stem(ctx.workdir, f"dtabproxy-{tag}{'-h2' if with_h2 else ''}", ".yaml")
+            cfg_path = ctx.workdir / f"{stem}.yaml"
             cfg_path.write_text(self._config(ctx, ports, admin, n, with_h2))
             proc = procs.Proc(
                 f"dtabproxy[{tag}]",
                 [sys.executable, "-m", "proxy", "run", "-c", str(cfg_path)],
                 cpu=ctx.plan.proxy,
-                log_path=ctx.workdir / f"dtabproxy-{tag}{'-h2' if with_h2 else ''}.log",
+                log_path=ctx.workdir / f"{stem}.log",
             )
             try:
                 proc.start(env=_py_env(), cwd=str(REPO))
@@ -476,8 +499,7 @@ class Envoy(Target):
         exe = envoy_exe()
         assert exe is not None
         port, admin = procs.free_port(), procs.free_port()
-        d = ctx.workdir / "envoy"
-        d.mkdir()
+        d = fresh_dir(ctx.workdir, "envoy")
 
         def cluster(name: str, p: int, h2: bool) -> str:
             opts = ""
@@ -586,8 +608,7 @@ class Nginx(Target):
         exe = procs.which("nginx")
         assert exe is not None
         h1, h2 = procs.free_port(), procs.free_port()
-        d = ctx.workdir / "proxy-nginx"
-        d.mkdir(mode=0o755)
+        d = fresh_dir(ctx.workdir, "proxy-nginx", 0o755)
         nofile = procs.raise_nofile()[0]
         h1_loc = textwrap.dedent("""\
             proxy_pass http://be_h1;
@@ -670,8 +691,7 @@ class Haproxy(Target):
         exe = procs.which("haproxy")
         assert exe is not None
         h1, h2 = procs.free_port(), procs.free_port()
-        d = ctx.workdir / "haproxy"
-        d.mkdir()
+        d = fresh_dir(ctx.workdir, "haproxy")
         nofile = procs.raise_nofile()[0]
         # HAProxy refuses to start unless RLIMIT_NOFILE covers 2 descriptors per maxconn
         # (client and server side), so with a hard limit of 20,000 it holds ~9,900 idle
