@@ -19,6 +19,7 @@ server, whose reloads the supervisor fans out to the workers).
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -558,6 +559,9 @@ class Runtime:
     def commit_now(self, cfg: Config, plan: _Plan) -> None:
         """The swap of a prepared plan: one step of the loop, nothing can split it."""
         self._commit(cfg, plan)
+        # What settle_heap froze at start (the first config among it) may be garbage
+        # now; frozen, a cycle of it would never be collected.
+        gc.unfreeze()
 
     async def release(self, cfg: Config, plan: _Plan) -> None:
         """After the swap: listeners no longer wanted drain, replaced namers stop."""
@@ -841,10 +845,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def settle_heap() -> None:
+    """Once started, before the first request: collect, then move every object made so far
+    (modules, the parsed config, the compiled routing table) out of the collector's sight
+    (`gc.freeze`). A full collection walks every tracked object while the loop waits; with
+    a 10,000-entry dtab a third of them are the table, which traffic never frees. A reload
+    unfreezes (`Runtime.commit_now`), so the first config can be collected once replaced."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(config: Config, *, config_path: str | None = None, ready_cb: Any = None) -> int:
     rt = Runtime(config, config_path=config_path)
     rt.install_signals()
     await rt.start()
+    settle_heap()
     if ready_cb is not None:
         ready_cb(rt)
     await rt.wait()

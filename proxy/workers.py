@@ -55,7 +55,7 @@ from typing import Any, Final
 from config import Config
 from dtab import Dtab, DtabSyntaxError
 
-from .runtime import Runtime, bind_socket
+from .runtime import Runtime, bind_socket, settle_heap
 from .telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -848,6 +848,7 @@ class WorkerAgent:
             self._fail(first, f"cannot start: {exc}")
             await self.channel.writer.drain()
             return 1
+        settle_heap()
         self._reply(first, addresses=[(lst.router.label, *lst.address) for lst in rt.listeners if lst.address], pid=os.getpid())
         reader = asyncio.get_running_loop().create_task(self._read(), name="control channel")
         worker = asyncio.get_running_loop().create_task(self._work(), name="ordered requests")
