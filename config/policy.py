@@ -279,10 +279,22 @@ def default_service_policy(protocol: str) -> ServicePolicy:
     return ServicePolicy(response_classifier=ClassifierConfig(DEFAULT_CLASSIFIER[protocol]))
 
 
-def service_policy(router: RouterConfig, service_path: Path) -> ServicePolicy:
-    """The policy for a logical name (`/svc/web`) of a router. Call once per route."""
-    policy: ServicePolicy = _resolve(default_service_policy(router.protocol), router.service.configs, service_path)
-    return policy
+def service_policy(router: RouterConfig, service_path: Path,
+                   memo: dict[tuple[int, ...], ServicePolicy] | None = None) -> ServicePolicy:  # fmt: skip
+    """The policy for a logical name (`/svc/web`) of a router. Call once per route.
+
+    `memo` (one per router snapshot) shares one policy object among the names that the
+    same `service.configs` entries match: most names match none, and a proxy that meets
+    many names (an ingress, a scan of random Hosts) then keeps one object, not one each."""
+    configs = router.service.configs
+    if memo is None:
+        policy: ServicePolicy = _resolve(default_service_policy(router.protocol), configs, service_path)
+        return policy
+    key = tuple(i for i, c in enumerate(configs) if c.settings and c.prefix.matches(service_path))
+    shared = memo.get(key)
+    if shared is None:
+        shared = memo[key] = _resolve(default_service_policy(router.protocol), configs, service_path)
+    return shared
 
 
 def client_policy(router: RouterConfig, bound_id: Path) -> ClientPolicy:

@@ -38,6 +38,9 @@ _SVC: Final = Path((b"svc",))
 
 #: Bound on cached routes per router: one per (override, name) seen recently.
 ROUTE_CACHE_SIZE: Final = 10_000
+#: Per-name policy state (the service's retry budget and its per-client attempt settings):
+#: bounded as the route cache is, so names from clients (random Hosts) cannot grow it.
+SERVICE_CACHE_SIZE: Final = 10_000
 
 
 def _newest_half(cache: dict[Any, Any]) -> dict[Any, Any]:
@@ -170,7 +173,7 @@ class Router:
 
     __slots__ = (
         "label", "base", "namers", "identifier", "policy", "clients", "_routes", "dst_prefix",
-        "config", "rules", "stats", "transform", "_services", "obs",
+        "config", "rules", "stats", "transform", "_services", "_service_policies", "obs",
     )
 
     def __init__(
@@ -203,6 +206,7 @@ class Router:
         self.clients = clients or ClientRegistry(config if hasattr(config, "client") else None)
         self._routes: dict[tuple[Any, ...], Route] = {}
         self._services: dict[Path, tuple[Any, Any, dict[tuple[Client, bool], RequestPolicy]]] = {}
+        self._service_policies: dict[tuple[int, ...], Any] = {}  # config/policy.py service_policy's memo
         self.config = config
         # The interpreter's transformers (proxy/discovery/k8s_transform.py), applied to
         # each bound tree when a route is bound; None: none configured.
@@ -221,7 +225,11 @@ class Router:
             return None
         cached = self._services.get(service)
         if cached is None:
-            sp = service_policy(rc, service)
+            if len(self._services) >= SERVICE_CACHE_SIZE:
+                # Routes already bound keep what they were given; a name bound again
+                # later starts a fresh budget.
+                self._services = _newest_half(self._services)
+            sp = service_policy(rc, service, self._service_policies)
             cached = self._services[service] = (sp, retry_budget(sp), {})
         sp, budget, by_client = cached
         binding_timeout_s = rc.binding_timeout_ms / 1000 if rc.binding_timeout_ms else 0.0

@@ -194,8 +194,22 @@ _STATUS_KINDS: Final = {
 }
 
 
+#: Classifiers hold no state: one per distinct config (the configs come from the config
+#: file, so there are few), however many routes use it.
+_MADE: dict[ClassifierConfig, Classifier] = {}
+
+
 def make_classifier(config: ClassifierConfig) -> Classifier:
-    """The classifier of a service policy (build once per route)."""
+    """The classifier of a service policy (shared among the routes that use the config)."""
+    made = _MADE.get(config)
+    if made is None:
+        if len(_MADE) >= 1024:
+            _MADE.clear()
+        made = _MADE[config] = _make_classifier(config)
+    return made
+
+
+def _make_classifier(config: ClassifierConfig) -> Classifier:
     kind = config.kind
     for family in ("io.l5d.http.", "io.l5d.h2."):
         if kind.startswith(family) and kind[len(family):] in _STATUS_KINDS:
