@@ -4,7 +4,9 @@ a raw HTTP/1.1 client, and a proxy runtime started from YAML on free ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,6 +197,20 @@ async def start_proxy(yaml_text: str) -> Runtime:
     rt = Runtime(load_text(yaml_text))
     await rt.start()
     return rt
+
+
+@contextlib.asynccontextmanager
+async def proxied(yaml_for: Callable[[int], str], name: str = "b") -> AsyncIterator[tuple[Runtime, Backend]]:
+    """A backend, and a proxy started on `yaml_for(backend port)`; both stopped at the end."""
+    backend = await Backend(name).start()
+    try:
+        rt = await start_proxy(yaml_for(backend.port))
+        try:
+            yield rt, backend
+        finally:
+            await rt.drain()
+    finally:
+        await backend.close()
 
 
 def router_yaml(dtab: str, *, extra: str = "", server_extra: str = "", identifier: str | None = None, label: str = "test") -> str:

@@ -11,26 +11,25 @@ from typing import Any
 from config.load import load_text
 from proxy.runtime import settle_heap
 
-from .harness import Backend, Client, proxy_port, router_yaml, start_proxy
+from .harness import Client, proxied, proxy_port, router_yaml
 
 
 def test_the_started_heap_is_frozen_until_a_reload_replaces_it(run: Any) -> None:
     async def main() -> None:
-        backend = await Backend("b").start()
-        yaml = router_yaml(f"/svc => /$/inet/127.0.0.1/{backend.port}")
-        rt = await start_proxy(yaml)
-        try:
+        def yaml(port: int, prefix: str = "/svc") -> str:
+            return router_yaml(f"{prefix} => /$/inet/127.0.0.1/{port}")
+
+        async with proxied(yaml) as (rt, backend):
             settle_heap()
-            assert gc.get_freeze_count() > 0
-            c = await Client.connect(proxy_port(rt))
-            assert (await c.request("GET", "/", headers={"Host": "web"})).status == 200
-            await rt.apply_config(load_text(yaml.replace("/svc =>", "/svc/web =>")))
-            assert gc.get_freeze_count() == 0
+            try:
+                assert gc.get_freeze_count() > 0
+                c = await Client.connect(proxy_port(rt))
+                assert (await c.request("GET", "/", headers={"Host": "web"})).status == 200
+                await rt.apply_config(load_text(yaml(backend.port, "/svc/web")))
+                assert gc.get_freeze_count() == 0  # the reload unfroze
+            finally:
+                gc.unfreeze()  # whatever happened, nothing stays frozen for the next test
             assert (await c.request("GET", "/", headers={"Host": "web"})).status == 200
             await c.close()
-        finally:
-            gc.unfreeze()
-            await rt.drain()
-            await backend.close()
 
     run(main())

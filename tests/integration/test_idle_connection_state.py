@@ -15,7 +15,7 @@ from config.load import load_text
 from proxy.runtime import SHED_AFTER_S
 
 from .grpc_helpers import H2Client, h2_router_yaml
-from .harness import Backend, Client, proxy_port, read_response, router_yaml, start_proxy
+from .harness import Client, proxied, proxy_port, read_response, router_yaml
 
 WAIT_S = 10.0
 
@@ -28,9 +28,10 @@ def _one_conn(rt: Any) -> Any:
 
 def test_an_idle_h1_connection_sheds_its_timer_and_the_request_it_answered(run: Any) -> None:
     async def main() -> None:
-        backend = await Backend("b").start()
-        rt = await start_proxy(router_yaml(f"/svc => /$/inet/127.0.0.1/{backend.port}", extra="  timeoutMs: 60000\n"))
-        try:
+        def yaml_for(port: int) -> str:
+            return router_yaml(f"/svc => /$/inet/127.0.0.1/{port}", extra="  timeoutMs: 60000\n")
+
+        async with proxied(yaml_for) as (rt, _backend):
             client = await Client.connect(proxy_port(rt))
             r = await client.request("GET", "/a/long/path/kept?no=1", headers={"Host": "web", "x-kept": "no"})
             assert r.status == 200
@@ -50,22 +51,19 @@ def test_an_idle_h1_connection_sheds_its_timer_and_the_request_it_answered(run: 
             assert r.status == 200 and conn._timer is not None
             assert _one_conn(rt) is conn
             await client.close()
-        finally:
-            await rt.drain()
-            await backend.close()
 
     run(main())
 
 
 def test_an_idle_h2_connection_sheds_its_router_timeout_queue(run: Any) -> None:
     async def main() -> None:
-        backend = await Backend("b").start()
-        yaml = h2_router_yaml(
-            f"/svc => /$/inet/127.0.0.1/{backend.port}", upstream="http",
-            identifier="    kind: io.l5d.header.token\n", extra="  timeoutMs: 60000\n",
-        )  # fmt: skip
-        rt = await start_proxy(yaml)
-        try:
+        def yaml_for(port: int) -> str:
+            return h2_router_yaml(
+                f"/svc => /$/inet/127.0.0.1/{port}", upstream="http",
+                identifier="    kind: io.l5d.header.token\n", extra="  timeoutMs: 60000\n",
+            )  # fmt: skip
+
+        async with proxied(yaml_for) as (rt, _backend):
             c = await H2Client.connect(proxy_port(rt))
             sid = c.start([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"web"), (b":path", b"/")])
             await asyncio.wait_for(c.responses[sid].done.wait(), WAIT_S)
@@ -79,18 +77,13 @@ def test_an_idle_h2_connection_sheds_its_router_timeout_queue(run: Any) -> None:
             await asyncio.wait_for(c.responses[sid].done.wait(), WAIT_S)
             assert c.responses[sid].status == 200 and conn._rt_timer is not None
             await c.close()
-        finally:
-            await rt.drain()
-            await backend.close()
 
     run(main())
 
 
 def test_tcp_nodelay_is_on_both_ways(run: Any) -> None:
     async def main() -> None:
-        backend = await Backend("b").start()
-        rt = await start_proxy(router_yaml(f"/svc => /$/inet/127.0.0.1/{backend.port}"))
-        try:
+        async with proxied(lambda port: router_yaml(f"/svc => /$/inet/127.0.0.1/{port}")) as (rt, backend):
             client = await Client.connect(proxy_port(rt))
             r = await client.request("GET", "/", headers={"Host": "web"})
             assert r.status == 200
@@ -102,9 +95,6 @@ def test_tcp_nodelay_is_on_both_ways(run: Any) -> None:
                 s = up.transport.get_extra_info("socket")
                 assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
             await client.close()
-        finally:
-            await rt.drain()
-            await backend.close()
 
     run(main())
 
@@ -116,9 +106,7 @@ def test_request_readers_are_lent_between_requests_and_kept_mid_request(run: Any
     (which the parser holds without a callback), keeps its reader."""
 
     async def main() -> None:
-        backend = await Backend("b").start()
-        rt = await start_proxy(router_yaml(f"/svc => /$/inet/127.0.0.1/{backend.port}"))
-        try:
+        async with proxied(lambda port: router_yaml(f"/svc => /$/inet/127.0.0.1/{port}")) as (rt, backend):
             a = await Client.connect(proxy_port(rt))
             assert (await a.request("GET", "/1", headers={"Host": "web"})).body == b"b GET /1"
             conn_a = _one_conn(rt)
@@ -138,35 +126,26 @@ def test_request_readers_are_lent_between_requests_and_kept_mid_request(run: Any
             assert [s.target for s in backend.seen] == ["/1", "/2", "/3", "/4", "/4", "/4", "/5"]
             await a.close()
             await b.close()
-        finally:
-            await rt.drain()
-            await backend.close()
 
     run(main())
 
 
 def test_a_reload_that_changes_limits_gives_readers_the_new_ones(run: Any) -> None:
     async def main() -> None:
-        backend = await Backend("b").start()
-
-        def yaml(max_target: int) -> str:
+        def yaml(port: int, max_target: int) -> str:
             return router_yaml(
-                f"/svc => /$/inet/127.0.0.1/{backend.port}", extra=f"  limits:\n    maxRequestTargetBytes: {max_target}\n"
+                f"/svc => /$/inet/127.0.0.1/{port}", extra=f"  limits:\n    maxRequestTargetBytes: {max_target}\n"
             )
 
-        rt = await start_proxy(yaml(8192))
-        try:
+        async with proxied(lambda port: yaml(port, 8192)) as (rt, backend):
             c = await Client.connect(proxy_port(rt))
             long = "/" + "x" * 2000
             assert (await c.request("GET", long, headers={"Host": "web"})).status == 200
             assert rt.listeners[0].settings.readers  # a reader made under 8192, pooled
-            await rt.apply_config(load_text(yaml(1024)))
+            await rt.apply_config(load_text(yaml(backend.port, 1024)))
             assert not rt.listeners[0].settings.readers
             r = await c.request("GET", long, headers={"Host": "web"})
             assert r.status == 414 and b"1024" in r.body
             await c.close()
-        finally:
-            await rt.drain()
-            await backend.close()
 
     run(main())
