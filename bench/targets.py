@@ -36,19 +36,9 @@ LARGE_BODY_BYTES = 64 * 1024
 PROTOCOLS = ("h1", "h2c", "grpc")
 
 
-def fresh_dir(root: Path, name: str, mode: int = 0o777) -> Path:
-    """A new directory for one instance of a target (`name`, `name-2`, ...): a scenario
-    may start a second instance while the first still runs."""
-    d, n = root / name, 1
-    while d.exists():
-        n += 1
-        d = root / f"{name}-{n}"
-    d.mkdir(mode=mode)
-    return d
-
-
 def fresh_stem(root: Path, stem: str, suffix: str) -> str:
-    """`stem`, or `stem-2`, `stem-3`, ...: the first with no `root/<stem><suffix>` yet."""
+    """`stem`, or `stem-2`, `stem-3`, ...: the first with no `root/<stem><suffix>` yet (a
+    scenario may start a second instance of a target while the first still runs)."""
     out, n = stem, 1
     while (root / f"{out}{suffix}").exists():
         n += 1
@@ -499,7 +489,8 @@ class Envoy(Target):
         exe = envoy_exe()
         assert exe is not None
         port, admin = procs.free_port(), procs.free_port()
-        d = fresh_dir(ctx.workdir, "envoy")
+        d = ctx.workdir / fresh_stem(ctx.workdir, "envoy", "")
+        d.mkdir()
 
         def cluster(name: str, p: int, h2: bool) -> str:
             opts = ""
@@ -608,7 +599,8 @@ class Nginx(Target):
         exe = procs.which("nginx")
         assert exe is not None
         h1, h2 = procs.free_port(), procs.free_port()
-        d = fresh_dir(ctx.workdir, "proxy-nginx", 0o755)
+        d = ctx.workdir / fresh_stem(ctx.workdir, "proxy-nginx", "")
+        d.mkdir(mode=0o755)
         nofile = procs.raise_nofile()[0]
         h1_loc = textwrap.dedent("""\
             proxy_pass http://be_h1;
@@ -691,7 +683,8 @@ class Haproxy(Target):
         exe = procs.which("haproxy")
         assert exe is not None
         h1, h2 = procs.free_port(), procs.free_port()
-        d = fresh_dir(ctx.workdir, "haproxy")
+        d = ctx.workdir / fresh_stem(ctx.workdir, "haproxy", "")
+        d.mkdir()
         nofile = procs.raise_nofile()[0]
         # HAProxy refuses to start unless RLIMIT_NOFILE covers 2 descriptors per maxconn
         # (client and server side), so with a hard limit of 20,000 it holds ~9,900 idle

@@ -293,7 +293,7 @@ def service_policy(router: RouterConfig, service_path: Path,
     key = tuple(i for i, c in enumerate(configs) if c.settings and c.prefix.matches(service_path))
     shared = memo.get(key)
     if shared is None:
-        shared = memo[key] = _resolve(default_service_policy(router.protocol), configs, service_path)
+        shared = memo[key] = service_policy(router, service_path)
     return shared
 
 

@@ -39,10 +39,7 @@ def stale() -> list[str]:
     setup.py in a source checkout (its list of compiled modules changed)."""
     root = os.path.dirname(os.path.abspath(__file__))
     out = []
-    try:
-        setup_mtime = os.stat(os.path.join(os.path.dirname(root), "setup.py")).st_mtime_ns
-    except OSError:
-        setup_mtime = 0
+    oldest_build: int | None = None
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
             if not f.endswith(_SUFFIXES):
@@ -52,10 +49,14 @@ def stale() -> list[str]:
                 built = os.stat(os.path.join(dirpath, f)).st_mtime_ns
                 if os.stat(source).st_mtime_ns > built:
                     out.append(os.path.relpath(source, os.path.dirname(root)))
-                elif setup_mtime > built and "setup.py" not in out:
-                    out.append("setup.py")
             except OSError:
                 continue
+            oldest_build = built if oldest_build is None else min(oldest_build, built)
+    try:
+        if oldest_build is not None and os.stat(os.path.join(os.path.dirname(root), "setup.py")).st_mtime_ns > oldest_build:
+            out.append("setup.py")
+    except OSError:  # an installed package: no setup.py beside it
+        pass
     return out
 
 
