@@ -1,6 +1,8 @@
 """`DTABPROXY_PURE=1`: import this package's `.py` files even where compiled extensions of
 them exist (setup.py compiles the hot path with mypyc), so one installed tree runs both
-ways and `make test` can prove the pure-Python build too. Nothing else uses it."""
+ways and `make test` can prove the pure-Python build too; an extension written in C
+(`telemetry/_alogfmt.c`) is not imported at all, and its importer uses its Python twin.
+Nothing else uses it."""
 
 from __future__ import annotations
 
@@ -28,10 +30,13 @@ class SourceFirst(importlib.abc.MetaPathFinder):
         origin = spec.origin if spec is not None else None
         if origin is None or not origin.endswith(_SUFFIXES):
             return None
-        source = os.path.join(os.path.dirname(origin), fullname.rpartition(".")[2] + ".py")
-        if not os.path.exists(source):
-            return None
-        return importlib.util.spec_from_file_location(fullname, source)
+        base = os.path.join(os.path.dirname(origin), fullname.rpartition(".")[2])
+        if os.path.exists(base + ".py"):
+            return importlib.util.spec_from_file_location(fullname, base + ".py")
+        if os.path.exists(base + ".c"):  # an extension written in C (the access log's formatter):
+            # not used by a pure-Python run; its importer falls back to Python
+            raise ModuleNotFoundError(f"{fullname} is a C extension; this run uses Python only", name=fullname)
+        return None
 
 
 def stale() -> list[str]:
@@ -45,6 +50,8 @@ def stale() -> list[str]:
             if not f.endswith(_SUFFIXES):
                 continue
             source = os.path.join(dirpath, f.split(".", 1)[0] + ".py")
+            if not os.path.exists(source):  # an extension written in C
+                source = source[:-3] + ".c"
             try:
                 built = os.stat(os.path.join(dirpath, f)).st_mtime_ns
                 if os.stat(source).st_mtime_ns > built:

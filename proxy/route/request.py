@@ -147,6 +147,7 @@ class RoutedRequest:
         authority: bytes | None,
         method: bytes,
         target: bytes,
+        version: bytes,
         body_mode: int,
         scheme: bytes,
         via: tuple[bytes, bytes],
@@ -173,7 +174,7 @@ class RoutedRequest:
         # -- access log / tracing (telemetry/observe.py): one attribute test when off --
         obs = router.obs
         if obs is not None:  # the fields at hand, as observe.RECORD lists them
-            self._rec = (perf_counter(), peer_ip, view.method, view.target, view.version, headers)
+            self._rec = (perf_counter(), peer_ip, method, target, version, headers)
         # --
         if extras is not None:
             clear = settings.clear_context
@@ -407,12 +408,15 @@ class RoutedRequest:
         the counters bound to its route and endpoint, and a sampled decision."""
         if self._counted:
             self._release_slot()
+        now = perf_counter()
         # -- access log, span, proxy-error warning (telemetry/observe.py) --
         rec = self._rec
         if rec is not None or self._ferr is not None:
             if self._ferr is None and len(rec) == observe.PLAIN_RECORD:  # the access log only
-                observe.log_request(self._router.obs, rec, self._status, self._bytes_out, self._route, self._bound,
-                                    self._fclass)  # fmt: skip
+                route: Route | None = self._route
+                router: Router = self._router
+                observe.log_request(router.obs, rec, self._status, self._bytes_out,
+                                    route.service_hdr if route is not None else b"-", self._bound, self._fclass, now)  # fmt: skip
             else:
                 observe.end(self, rec)
             self._rec = self._ferr = None
@@ -420,7 +424,6 @@ class RoutedRequest:
         svc: Stats | None = self._svc
         if svc is not None:
             self._svc = None
-            now = perf_counter()
             latency = now - self._t0
             pair: Pair | None = self._pair
             if pair is not None:  # reached an endpoint: one update, on the pair

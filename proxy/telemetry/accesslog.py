@@ -5,8 +5,13 @@ duration, or as JSON lines (`httpAccessLogFormat: json`).
 The request path only appends one tuple of fields it already has to a bounded list
 (`AccessLog.add`; past `MAX_PENDING` entries a line is dropped and counted). A loop
 timer formats the pending entries in slices, off the request path, and a writer
-thread writes them (disk stalls never block the loop) and rolls the file as the roll
+thread of its own writes them (disk stalls never block the loop) and rolls the file as the roll
 policy says. Nothing here parses a request or touches a transport.
+
+The formatting is in C (`_alogfmt.c`, built beside the mypyc modules): ~7,000
+instructions a line in Python, a few hundred there. `AccessLog.format_py` is the same
+formatter in Python, the reference the tests hold the C one to, and what runs where the
+extension is not built or not used (DTABPROXY_PURE=1, a stale build, no compiler).
 
 Combined line (Apache's `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i"`, then
 ours: service, client, duration in milliseconds):
@@ -17,12 +22,14 @@ ours: service, client, duration in milliseconds):
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import glob
+import importlib
 import json
 import logging
 import os
+import queue
 import re
+import threading
 import time
 from itertools import chain
 from typing import Any, Final
@@ -32,13 +39,29 @@ log = logging.getLogger(__name__)
 #: Entries waiting to be written. At 25k requests/s a 100 ms flush holds ~2,500; the
 #: bound leaves room for a slow disk and caps memory (~32k small tuples, a few MB).
 MAX_PENDING: Final = 32_768
-#: How often pending lines are formatted and handed to the writer thread.
+#: How often formatted lines are handed to the writer thread (and pending ones formatted).
 FLUSH_S: Final = 0.1
+#: Pending entries that get formatted on the next loop turn rather than at the timer: an
+#: entry keeps its request's target and header values alive until it is formatted, and at
+#: 25k requests/s 100 ms of them is about a megabyte the allocator cannot hand to the next
+#: requests while it is still warm in the cache; 128 entries are a few milliseconds.
+FORMAT_AT: Final = 128
 #: Lines formatted per loop callback: a slice of a few milliseconds, so a burst never
 #: holds the loop for long (the rest follows on the next turn).
 SLICE: Final = 1024
 
 _wall, _perf_counter = time.time, time.perf_counter  # module names, so tests can pin them
+
+
+def _load_c() -> Any:
+    """The C formatter, or None (not built; `_purepy` refuses it to a pure-Python run)."""
+    try:
+        return importlib.import_module("proxy.telemetry._alogfmt")
+    except ImportError:
+        return None
+
+
+_C: Final[Any] = _load_c()
 _ESC: Final = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
 _MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _UNITS: Final = {"byte": 1, "bytes": 1, "kilobyte": 1 << 10, "kilobytes": 1 << 10, "megabyte": 1 << 20,
@@ -182,14 +205,16 @@ class _Writer:
 class AccessLog:
     """One router's access log. `add` is the whole per-request cost."""
 
-    __slots__ = ("pending", "max_pending", "names", "path", "json", "router", "lines", "dropped", "write_errors", "_writer", "_clock",
-                 "_loop", "_timer", "_executor", "_writing", "_closed", "_ready", "_iso", "_router_json")  # fmt: skip
+    __slots__ = ("pending", "max_pending", "names", "last_bound", "last_client", "path", "json", "router", "lines", "dropped", "write_errors", "_writer", "_clock",
+                 "_loop", "_timer", "_queue", "_runner", "_sent", "_ready", "_ready_lines", "_closed", "_iso", "_router_json")  # fmt: skip
 
     def __init__(self, path: str, *, fmt: str = "combined", router: str = "", roll_policy: str = "never",
                  append: bool = True, rotate_count: int = -1) -> None:  # fmt: skip
         self.pending: list[Entry] = []
         self.max_pending = MAX_PENDING
-        self.names: dict[int, tuple[Any, bytes]] = {}  # id(Bound) -> (Bound, printed id): see name_of
+        self.names: dict[int, tuple[Any, bytes]] = {}  # id(Bound) -> (Bound, printed id): see client_name
+        self.last_bound: object = None  # the client of the last request logged, and its printed id
+        self.last_client = b"-"
         self.path = path
         self.json = fmt == "json"
         self.router = router
@@ -200,32 +225,49 @@ class AccessLog:
         self._clock = _Clock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"access-log-{router}")
-        self._writing: asyncio.Future[Any] | None = None
+        # Formatted text for the writer thread (started with the first), and the lines
+        # formatted: `_sent - lines - write_errors` are on their way to the file.
+        self._queue: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()
+        self._runner: threading.Thread | None = None
+        self._sent = 0
+        self._ready: list[bytes] = []  # formatted, not yet handed to the thread (`_ready_lines` lines)
+        self._ready_lines = 0
         self._closed = False
-        self._ready: list[tuple[bytes, int]] = []  # formatted (text, lines), waiting for the writer
         self._iso = (-1, b"")
         self._router_json = json.encoder.encode_basestring_ascii(router).encode("ascii")
 
     # -- the request path --------------------------------------------------------------------
 
-    def name_of(self, bound: Any) -> bytes:
+    def client_name(self, bound: Any) -> bytes:
         """A bound client's printed id, remembered by identity (a few clients per router;
-        `observe.end` looks in `names` first)."""
-        text: bytes = bound.id.show().encode("latin-1")
-        if len(self.names) > 4096:
-            self.names.clear()
-        self.names[id(bound)] = (bound, text)
+        `observe.log_request` checks `last_bound` first, the client of the last request)."""
+        hit = self.names.get(id(bound))
+        if hit is not None and hit[0] is bound:
+            text = hit[1]
+        else:
+            text = bound.id.show().encode("latin-1")
+            if len(self.names) > 4096:
+                self.names.clear()
+            self.names[id(bound)] = (bound, text)
+        self.last_bound = bound
+        self.last_client = text
         return text
 
     def add(self, entry: Entry) -> None:
-        """One request's fields (`observe.end` does the same inline); dropped and counted
-        when full. The first field is a perf_counter() time."""
+        """One request's fields (`observe.log_request` does the same inline); dropped and
+        counted when full. The first field is a perf_counter() time."""
         p = self.pending
         if len(p) < self.max_pending:
             p.append(entry)
+            if len(p) == FORMAT_AT:
+                self.poke()
         else:
             self.dropped += 1
+
+    def poke(self) -> None:
+        """FORMAT_AT entries are pending: format them on the next loop turn."""
+        if self._loop is not None and not self._closed:
+            self._loop.call_soon(self._format_soon)
 
     # -- the background ------------------------------------------------------------------------
 
@@ -240,56 +282,94 @@ class AccessLog:
         self.flush()
         self._timer = self._loop.call_later(FLUSH_S, self._tick)
 
-    def flush(self) -> None:
-        """Format up to SLICE pending entries now (more on the next loop turns) and hand
-        the text to the writer thread."""
+    def flush(self, force: bool = False) -> None:
+        """Format pending entries (a slice now, the rest on the next loop turns) and hand
+        the text formatted so far to the writer thread."""
+        self._format_some(force)
+        if self._ready:
+            text = self._ready[0] if len(self._ready) == 1 else b"".join(self._ready)
+            self._ready = []
+            n = self._ready_lines
+            self._ready_lines = 0
+            self._hand_off(text, n)
+
+    def _format_soon(self) -> None:
+        if not self._closed:
+            self._format_some(False)
+
+    def _format_some(self, force: bool) -> None:
+        """Format up to SLICE pending entries into `_ready` (the writer gets them at the
+        next flush); more follow on the next loop turn. While MAX_PENDING lines are on
+        their way to the file (a stalled disk) entries stay pending, where the bound drops
+        and counts them; `force` (the drain) formats them anyway."""
         p = self.pending
-        if p:
-            batch = p[:SLICE]
-            del p[:SLICE]
-            self._ready.append((self.format(batch), len(batch)))
-            if p and self._loop is not None and not self._closed:
-                self._loop.call_soon(self.flush)
-        self._write_ready()
-
-    def _write_ready(self) -> None:
-        if self._writing is not None or not self._ready or self._loop is None:
+        if not p:
             return
-        data = b"".join(c for c, _ in self._ready)
-        n = sum(k for _, k in self._ready)
-        self._ready = []
-        fut = self._loop.run_in_executor(self._executor, self._writer.write, data)
-        self._writing = fut
+        k = SLICE if force else min(SLICE, self.max_pending - (self._sent - self.lines - self.write_errors))
+        if k <= 0:
+            return
+        batch = p[:k]
+        del p[:k]
+        self._ready.append(self.format(batch))
+        self._ready_lines += len(batch)
+        self._sent += len(batch)
+        if len(p) >= FORMAT_AT and self._loop is not None and not self._closed:
+            self._loop.call_soon(self._format_soon)
 
-        def done(f: asyncio.Future[Any], n: int = n) -> None:
-            self._writing = None
-            exc = f.exception() if not f.cancelled() else None
-            if exc is not None:
+    def _hand_off(self, text: bytes, n: int) -> None:
+        if self._runner is None:
+            self._runner = threading.Thread(target=self._run, name=f"access-log-{self.router}", daemon=True)
+            self._runner.start()
+        self._queue.put((text, n))
+
+    def _run(self) -> None:
+        """The writer thread: texts in order, until None. Only this thread counts `lines`
+        and `write_errors` (and the loop only `_sent`), so no count needs a lock."""
+        q = self._queue
+        writer = self._writer
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            text, n = item
+            try:
+                writer.write(text)
+            except OSError as exc:
                 self.write_errors += n
                 log.warning("access log %s: %d lines not written: %s", self.path, n, exc)
             else:
                 self.lines += n
-            if self._ready and not self._closed:
-                self._write_ready()
-
-        fut.add_done_callback(done)
 
     def format(self, batch: list[Entry]) -> bytes:
         """The lines of a batch of entries (off the request path).
 
         An entry is `(start, peer, method, target, version, user agent, referer, status,
         body bytes, service, client, end, failure)`, atoms only, times from perf_counter()
-        (`observe.end` appends it). This loop is the access log's main cost, so it keeps
-        to locals, an inline memo and one escape check per line (measured with callgrind:
-        bench/micro/wire_h1.py accesslog)."""
+        (`observe.end` appends it). The C formatter writes them when it is built; an entry
+        it does not take (a field of another type, a number out of its range) sends the
+        batch to the Python one, which gives the same bytes."""
         offset = _wall() - _perf_counter()  # perf_counter() -> wall clock, once per batch
+        if _C is not None:
+            try:
+                text: bytes = _C.json(batch, offset, self._router_json) if self.json else _C.combined(batch, offset)
+                return text
+            except (TypeError, ValueError, OverflowError):
+                pass
+        return self.format_py(batch, offset)
+
+    def format_py(self, batch: list[Entry], offset: float) -> bytes:
+        """`format` in Python: the reference for the C formatter, and the formatter where
+        it is not built. It keeps to locals, an inline memo and one escape check per batch
+        (measured with callgrind: bench/micro/wire_h1.py accesslog)."""
+        if not batch:
+            return b""
         if self.json:
             return self._json_lines(batch, offset)
-        # One escape check for the whole batch, in C: the targets, user agents and
-        # referers joined (a check per line was a fifth of the cost); a batch with
-        # something to escape (rare) is formatted escaping field by field.
+        # One escape check for the whole batch, in C: the targets, user agents, referers,
+        # services and clients joined (a check per line was a fifth of the cost); a batch
+        # with something to escape (rare) is formatted escaping field by field.
         columns = list(zip(*batch, strict=True))
-        clean = _ESC.search(b" ".join(chain(columns[3], columns[5], columns[6]))) is None
+        clean = _ESC.search(b" ".join(chain(columns[3], columns[5], columns[6], columns[9], columns[10]))) is None
         # The line is one join of its pieces, numbers from tables of their text (a bytes
         # %-format per line parsed twelve conversions each time: half the cost).
         esc = _escape
@@ -300,7 +380,7 @@ class AccessLog:
         out: list[bytes] = []
         for t0, peer, method, target, version, ua, ref, status, nbytes, service, client, t1, _ in batch:
             if not clean:
-                target, ua, ref = esc(target), esc(ua), esc(ref)
+                target, ua, ref, service, client = esc(target), esc(ua), esc(ref), esc(service), esc(client)
             t = t0 + offset
             sec = int(t)
             if sec != last_sec:
@@ -315,7 +395,7 @@ class AccessLog:
                 b"2.0" if version == b"2" else version, b'" ',
                 small[status] if 0 <= status < 1000 else b"%d" % status, b" ",
                 small[nbytes] if 0 <= nbytes < 1000 else b"%d" % nbytes, b' "', ref, b'" "', ua, b'" "',
-                service, b'" "', client, b'" ', small[ms] if ms < 1000 else b"%d" % ms, b".", frac3[us % 1000], b"\n",
+                service, b'" "', client, b'" ', small[ms] if 0 <= ms < 1000 else b"%d" % ms, b".", frac3[us % 1000], b"\n",
             ))  # fmt: skip
         return b"".join(out)
 
@@ -350,21 +430,21 @@ class AccessLog:
         """Write what is pending, then close the file (drain, reload)."""
         if self._closed:
             return
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.flush(force=True)  # what is formatted already, and the first slice
         while self.pending:
-            self.flush()
-        self._closed = True
-        while self._writing is not None or self._ready:
-            if self._writing is None:
-                self._closed = False
-                self._write_ready()
-                self._closed = True
-            if self._writing is not None:
-                try:
-                    await self._writing
-                except OSError:
-                    pass
-        self._executor.submit(self._writer.close).result()
-        self._executor.shutdown(wait=True)
+            self.flush(force=True)
+        thread = self._runner
+        if thread is not None:
+            self._queue.put(None)
+            if self._loop is not None:
+                await self._loop.run_in_executor(None, thread.join)
+            else:
+                thread.join()
+        try:
+            self._writer.close()
+        except OSError:
+            pass

@@ -25,7 +25,7 @@ import logging
 from time import perf_counter, time
 from typing import Any, Final
 
-from .accesslog import AccessLog
+from .accesslog import FORMAT_AT, AccessLog
 from .errorlog import ERRORS
 from .export import Exporter, make_exporter
 from .tracectx import FLAG_SAMPLED
@@ -93,11 +93,12 @@ def propagate(req: Any, obs: RouterObs | None, l5d_value: bytes | None,
     return b"%016x" % ctx[TRACE], encode_l5d(ctx)
 
 
-def log_request(obs: RouterObs, rec: tuple[Any, ...], status: int, nbytes: int, route: Any, bound: Any,
-                fclass: str | None) -> None:  # fmt: skip
-    """The access log's entry for a request that ended (typed, so the compiled request path
-    calls it directly: route/request.py `_account` does for a request with no span and no
-    proxy error). The log gets atoms only; `AccessLog.format` does the rest, in batches."""
+def log_request(obs: RouterObs, rec: tuple[Any, ...], status: int, nbytes: int, service: bytes, bound: object,
+                fclass: str | None, now: float) -> None:  # fmt: skip
+    """The access log's entry for a request that ended at `now` (a perf_counter() time),
+    typed, so the compiled request path calls it directly: route/request.py `_account`
+    does for a request with no span and no proxy error. The log gets atoms only;
+    `AccessLog.format` does the rest, in batches."""
     alog = obs.alog
     if alog is None:
         return
@@ -108,7 +109,7 @@ def log_request(obs: RouterObs, rec: tuple[Any, ...], status: int, nbytes: int, 
     # Atoms only (bytes, ints, floats): a tuple the collector stops tracking, and nothing
     # of the request (its header list) kept alive until the flush.
     ua = ref = b"-"
-    headers: list[tuple[bytes, bytes]] = rec[_HEADERS]
+    headers: list[tuple[bytes, bytes]] = rec[5]  # observe.RECORD's headers
     for h in headers:
         n = h[0]
         if n == b"user-agent":
@@ -117,11 +118,13 @@ def log_request(obs: RouterObs, rec: tuple[Any, ...], status: int, nbytes: int, 
             ref = h[1]
     if bound is None:
         client = b"-"
+    elif bound is alog.last_bound:  # the common case: the same client as the last request
+        client = alog.last_client
     else:
-        hit = alog.names.get(id(bound))
-        client = hit[1] if hit is not None and hit[0] is bound else alog.name_of(bound)
-    pending.append((rec[0], rec[1], rec[2], rec[3], rec[4], ua, ref, status, nbytes,
-                    route.service_hdr if route is not None else b"-", client, perf_counter(), fclass))  # fmt: skip
+        client = alog.client_name(bound)
+    pending.append((rec[0], rec[1], rec[2], rec[3], rec[4], ua, ref, status, nbytes, service, client, now, fclass))
+    if len(pending) == FORMAT_AT:  # formatted soon, not at the timer (see accesslog.FORMAT_AT)
+        alog.poke()
 
 
 def end(req: Any, rec: tuple[Any, ...] | None, _clock: Any = perf_counter) -> None:
@@ -129,7 +132,9 @@ def end(req: Any, rec: tuple[Any, ...] | None, _clock: Any = perf_counter) -> No
     its access log line, its span, the proxy-error warning."""
     if rec is not None:
         obs: RouterObs = req._router.obs
-        log_request(obs, rec, req._status, req._bytes_out, req._route, req._bound, req._fclass)
+        route = req._route
+        log_request(obs, rec, req._status, req._bytes_out, route.service_hdr if route is not None else b"-", req._bound,
+                    req._fclass, _clock())  # fmt: skip
         if len(rec) > _SPAN:  # a sampled trace's span
             _finish_span(rec[_SPAN], obs, rec, req, _clock() - rec[_T0])
     exc = req._ferr

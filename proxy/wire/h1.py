@@ -428,7 +428,7 @@ class ServerH1(RoutedRequest):
         view = self._view.point(head)
         self._prepare(
             settings, self._loop, view, head.headers, extras, out, self._peer_ip, view.headers(b"host"),
-            head.method, head.target, body_mode, b"http", _VIA, head.upgrade,
+            head.method, head.target, head.version, body_mode, b"http", _VIA, head.upgrade,
         )
 
     def _fail_early(self, exc: ProxyError) -> None:

@@ -211,7 +211,7 @@ class _Stream(RoutedRequest):
             body_mode = BODY_CHUNKED
         self._prepare(
             settings, conn._loop, _View(req), req.headers, extras, out, conn._peer_ip, host,
-            req.method, req.path, body_mode, conn._scheme, _VIA,
+            req.method, req.path, b"2", body_mode, conn._scheme, _VIA,
         )
         if self.resp_done:
             return  # answered already (it failed while starting)

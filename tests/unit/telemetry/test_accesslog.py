@@ -96,6 +96,70 @@ def test_lines_are_written_off_the_request_path_and_overflow_is_counted(run, tmp
     run(go())
 
 
+def test_entries_are_formatted_on_the_next_loop_turn_once_enough_are_pending(run, tmp_path) -> None:
+    """An entry holds its request's target and header values until it is formatted:
+    FORMAT_AT of them are formatted on the next loop turn, not at the 100 ms timer, and
+    the text waits for the timer's hand-off to the writer."""
+
+    async def go() -> None:
+        log = AccessLog(str(tmp_path / "a.log"), router="web")
+        log._loop = asyncio.get_running_loop()  # no 100 ms timer: nothing but the mark formats
+        for _ in range(accesslog.FORMAT_AT - 1):
+            log.add(entry())
+        await asyncio.sleep(0)
+        assert len(log.pending) == accesslog.FORMAT_AT - 1  # below the mark: left for the timer
+        log.add(entry())
+        await asyncio.sleep(0)  # one loop turn
+        assert log.pending == [] and (tmp_path / "a.log").read_text() == ""
+        await log.close()
+        assert log.lines == accesslog.FORMAT_AT
+        assert len((tmp_path / "a.log").read_text().splitlines()) == accesslog.FORMAT_AT
+
+    run(go())
+
+
+def test_a_stalled_disk_holds_memory_to_the_bound_and_loses_nothing_accepted(run, tmp_path) -> None:
+    """The log is a FIFO nobody reads yet, so the writer thread blocks in write() as on a
+    stalled disk: the loop stops handing it text once max_pending lines are on their way,
+    later entries wait in `pending` and past its bound are dropped and counted; when the
+    reader comes, every accepted line is written."""
+    path = tmp_path / "a.log"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # so the log's open does not block
+
+    def drain() -> bytes:
+        os.set_blocking(reader, True)
+        out = []
+        while chunk := os.read(reader, 1 << 16):
+            out.append(chunk)
+        return b"".join(out)
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        log = AccessLog(str(path), router="web")
+        log.max_pending = 2000  # ~300 KB of lines: far past what the pipe holds
+        log._loop = loop  # no timer: flushed by hand
+        for _ in range(2000):
+            log.add(entry())
+        while log.pending:
+            log.flush()
+        assert log.lines == 0  # the thread is stuck in its first write
+        for _ in range(2003):
+            log.add(entry())
+        log.flush()  # nothing handed over: 2,000 lines are on their way already
+        assert len(log.pending) == 2000 and log.dropped == 3 and log.lines == 0
+        reading = loop.run_in_executor(None, drain)
+        await log.close()
+        text = await reading
+        assert log.lines == 4000 and log.write_errors == 0 and log.dropped == 3
+        assert len(text.splitlines()) == 4000
+
+    try:
+        run(go())
+    finally:
+        os.close(reader)
+
+
 def test_append_or_truncate_and_roll_by_size_keeping_rotate_count(run, tmp_path) -> None:
     path = tmp_path / "a.log"
     path.write_text("old line\n")

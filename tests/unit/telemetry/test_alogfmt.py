@@ -1,0 +1,171 @@
+"""The access log's C formatter (proxy/telemetry/_alogfmt.c) gives the same bytes as its
+Python twin (`AccessLog.format_py`) for any entry, escapes what a hostile request can put
+in a line, and hands a batch it does not take back to the Python formatter.
+
+The extension is loaded from its file, so the pure-Python run (which never imports it
+for the proxy) still holds it to the Python formatter it runs there."""
+
+from __future__ import annotations
+
+import glob
+import importlib.machinery
+import importlib.util
+import os
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy import _purepy
+from proxy.telemetry import accesslog
+from proxy.telemetry.accesslog import AccessLog
+
+HERE = os.path.dirname(accesslog.__file__)
+
+
+def _load() -> ModuleType | None:
+    found = [p for s in importlib.machinery.EXTENSION_SUFFIXES for p in glob.glob(os.path.join(HERE, "_alogfmt" + s))]
+    if not found:
+        return None
+    loader = importlib.machinery.ExtensionFileLoader("proxy.telemetry._alogfmt", found[0])
+    spec = importlib.util.spec_from_file_location("proxy.telemetry._alogfmt", found[0], loader=loader)
+    assert spec is not None
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+C = _load()
+if C is None and os.environ.get("DTABPROXY_PURE") != "1":
+    # A compiled build without the formatter is a build that failed to compile it.
+    assert not _purepy.compiled(), "the mypyc build is there but proxy/telemetry/_alogfmt.c was not built"
+needs_c = pytest.mark.skipif(C is None, reason="the C formatter is not built (a pure-Python build)")
+
+OFFSET = 1765000000.25 - 1000.0  # perf_counter() 1000.0 reads as 2025-12-06T05:46:40.250Z
+
+
+def test_the_proxy_uses_the_c_formatter_exactly_when_the_request_path_runs_compiled() -> None:
+    assert (accesslog._C is not None) is _purepy.compiled()
+
+
+def log(tmp_path: Any, fmt: str = "combined") -> AccessLog:
+    return AccessLog(str(tmp_path / f"{fmt}.log"), fmt=fmt, router='web "edge"')
+
+
+def entry(t0: float = 1000.0, peer: str = "10.0.0.1", method: bytes = b"GET", target: bytes = b"/x?y=1",
+          version: bytes = b"1.1", ua: bytes = b"curl/8.5.0", ref: bytes = b"-", status: int = 200, nbytes: int = 12,
+          service: bytes = b"/svc/web", client: bytes = b"/$/inet/127.0.0.1/7778", dur: float = 0.000512,
+          failure: str | None = None) -> tuple[Any, ...]:  # fmt: skip
+    return (t0, peer, method, target, version, ua, ref, status, nbytes, service, client, t0 + dur, failure)
+
+
+@needs_c
+def test_a_hostile_request_is_escaped_into_one_line_and_one_field(tmp_path) -> None:
+    assert C is not None
+    e = entry(target=b'/a"b\\c\x1b[31m\xe9', ua=b'x" 1\n\xff', ref=b"\x7f", client=b'c"')
+    text = C.combined([e], OFFSET)
+    assert text == log(tmp_path).format_py([e], OFFSET)
+    assert text == (b'10.0.0.1 - - [06/Dec/2025:05:46:40 +0000] "GET /a\\"b\\\\c\\x1b[31m\\xe9 HTTP/1.1" 200 12 '
+                    b'"\\x7f" "x\\" 1\\x0a\\xff" "/svc/web" "c\\"" 0.512\n')  # fmt: skip
+    j = C.json([e], OFFSET, b'"web \\"edge\\""')
+    assert j == log(tmp_path, "json").format_py([e], OFFSET)
+    assert b'"uri":"/a\\"b\\\\c\\u001b[31m\\u00e9"' in j and b'"referer":"\\u007f"' in j and j.count(b"\n") == 1
+
+
+@needs_c
+def test_every_byte_at_every_offset_of_a_word_is_escaped_alike(tmp_path) -> None:
+    # The C scan reads 8 bytes at a time, then the tail: every byte value at every
+    # offset of two words and a tail, in each escaped field, as Python escapes it.
+    assert C is not None
+    batch = []
+    for b in range(256):
+        for i in range(19):
+            field = bytearray(b"abcdefghijklmnopqrs")
+            field[i] = b
+            batch.append(entry(target=bytes(field), ua=bytes(field[::-1]), ref=bytes(field[1:]), service=bytes(field),
+                               client=bytes(field[:i + 1])))  # fmt: skip
+    assert C.combined(batch, OFFSET) == log(tmp_path).format_py(batch, OFFSET)
+    assert C.json(batch, OFFSET, b'"r"') == AccessLog(str(tmp_path / "j"), fmt="json", router="r").format_py(batch, OFFSET)
+
+
+_TEXT = st.binary(max_size=40)
+_ENTRY = st.builds(
+    entry,
+    t0=st.floats(0.0, 1e7, allow_nan=False),
+    peer=st.sampled_from(["10.0.0.1", "::1", "", "fe80::1%eth0"]),
+    method=st.sampled_from([b"GET", b"POST", b"PRI", b"M-SEARCH", b'"']),
+    target=_TEXT,
+    version=st.sampled_from([b"1.0", b"1.1", b"2", b"0.9"]),
+    ua=st.one_of(st.just(b"-"), _TEXT),
+    ref=st.one_of(st.just(b"-"), _TEXT),
+    status=st.integers(-1000, 2**62),
+    nbytes=st.integers(-5, 2**62),
+    service=st.one_of(st.just(b"-"), _TEXT),
+    client=st.one_of(st.just(b"-"), _TEXT),
+    dur=st.one_of(st.floats(0.0, 3600.0, allow_nan=False), st.just(0.0005), st.just(0.0014995)),
+    failure=st.one_of(st.none(), st.sampled_from(["ConnectionRefused", "timeout", 'a"b\\c\n'])),
+)
+
+
+@needs_c
+@settings(max_examples=400, deadline=None)
+@given(batch=st.lists(_ENTRY, max_size=6), offset=st.sampled_from([OFFSET, 0.0, 1.7e9 + 0.999]))
+def test_c_and_python_give_the_same_bytes(tmp_path_factory, batch, offset) -> None:
+    assert C is not None
+    d = tmp_path_factory.mktemp("alog")
+    assert C.combined(batch, offset) == log(d).format_py(batch, offset)
+    assert C.json(batch, offset, log(d, "json")._router_json) == log(d, "json").format_py(batch, offset)
+
+
+@needs_c
+def test_durations_print_as_python_prints_them_near_every_rounding_edge(tmp_path) -> None:
+    # The C formatter rounds ms x 1000 in integers away from ties and uses snprintf near
+    # them: durations around .0005 ms boundaries, exact binary ties, big and negative ones.
+    assert C is not None
+    import math
+
+    durs = [0.0, -0.0, 1e-9, 0.0005, 0.0015, 0.0025, 1.0005, 2**-11, 3 * 2**-12, 123.4565, 1e5 + 0.0005, 1e6, 1e9,
+            1e12, -1.5, -0.0004, float(2**40) / 1000]  # fmt: skip
+    for d in list(durs):
+        for k in range(-3, 4):
+            durs.append(math.nextafter(d, math.inf) if k > 0 else math.nextafter(d, -math.inf) if k < 0 else d)
+    batch = [(0.0, "1.2.3.4", b"GET", b"/", b"1.1", b"-", b"-", 200, 0, b"-", b"-", d / 1000, None) for d in durs]
+    j = AccessLog(str(tmp_path / "j"), fmt="json", router="r")
+    assert C.json(batch, OFFSET, j._router_json) == j.format_py(batch, OFFSET)
+    assert C.combined(batch, OFFSET) == log(tmp_path).format_py(batch, OFFSET)
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "bad",
+    [
+        entry(peer="é"),  # not ASCII: Python encodes it as Latin-1
+        entry(status=2**70),  # past a long long: Python prints it
+        entry(failure="é"),
+    ],
+)
+def test_what_the_c_formatter_refuses_the_python_one_formats(tmp_path, bad, monkeypatch) -> None:
+    assert C is not None
+    with pytest.raises((TypeError, OverflowError)):
+        C.combined([entry(), bad], OFFSET)
+    monkeypatch.setattr(accesslog, "_C", C)
+    monkeypatch.setattr(accesslog, "_wall", lambda: OFFSET)
+    monkeypatch.setattr(accesslog, "_perf_counter", lambda: 0.0)
+    for fmt in ("combined", "json"):
+        one = log(tmp_path, fmt)
+        assert one.format([entry(), bad]) == one.format_py([entry(), bad], OFFSET)
+
+
+@needs_c
+def test_a_wrong_shape_is_a_type_error_not_a_crash() -> None:
+    assert C is not None
+    for batch in ([(1.0,)], [None], [entry()[:-1]], [(*entry()[:2], "GET", *entry()[3:])]):
+        with pytest.raises(TypeError):
+            C.combined(batch, OFFSET)
+        with pytest.raises(TypeError):
+            C.json(batch, OFFSET, b'"r"')
+    with pytest.raises(TypeError):
+        C.combined((entry(),), OFFSET)  # a list, not a tuple
+    assert C.combined([], OFFSET) == b"" and C.json([], OFFSET, b'"r"') == b""
