@@ -20,6 +20,8 @@ LABELS = {
 COLORS = {
     "direct": "#7f7f7f",
     "dtabproxy": "#d62728",
+    "dtabproxy-log": "#ff9896",
+    "dtabproxy-log-json": "#e377c2",
     "envoy": "#1f77b4",
     "nginx": "#2ca02c",
     "haproxy": "#9467bd",

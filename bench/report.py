@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import statistics
 from pathlib import Path
 from typing import Any
+
+#: The targets that are dtabproxy with its access log on, and the log's format.
+ACCESS_LOG_TARGETS = {"dtabproxy-log": "combined", "dtabproxy-log-json": "JSON lines"}
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 METRIC_KEY = {"rps": "rps", "p99": "p99_ms", "kib_per_conn": "kib_per_conn"}
@@ -24,6 +28,19 @@ def _median(doc: dict[str, Any], target: str, scenario: str) -> dict[str, Any] |
             median: dict[str, Any] | None = r.get("median")
             return median
     return None
+
+
+def _paired_ratio(doc: dict[str, Any], target: str, base: str, scenario: str, key: str) -> float | None:
+    """The median over repetitions of target / base, each repetition's pair measured one
+    after the other (the runner interleaves targets rep by rep): steadier than the ratio of
+    the medians on a machine whose speed drifts between repetitions."""
+    reps: dict[str, list[dict[str, Any]]] = {}
+    for r in doc["results"]:
+        if r["scenario"] == scenario and r["target"] in (target, base) and r["status"] == "ok":
+            reps[r["target"]] = r.get("reps") or []
+    pairs = [a[key] / b[key] for a, b in zip(reps.get(target, []), reps.get(base, []), strict=False)
+             if a.get(key) and b.get(key)]  # fmt: skip
+    return round(statistics.median(pairs), 3) if pairs else None
 
 
 def enrich(doc: dict[str, Any]) -> dict[str, Any]:
@@ -38,6 +55,9 @@ def enrich(doc: dict[str, Any]) -> dict[str, Any]:
             other = _median(doc, ref, r["scenario"])
             if mine is not None and other and other.get(key):
                 r[field] = round(mine / other[key], 3)
+        if r["target"] in ACCESS_LOG_TARGETS:  # with the access log against without, rep by rep
+            r["vs_no_log"] = _paired_ratio(doc, r["target"], "dtabproxy", r["scenario"], key)
+            r["cpu_vs_no_log"] = _paired_ratio(doc, r["target"], "dtabproxy", r["scenario"], "cpu_us_per_req")
         if r["scenario"] == "h1-workers":  # N workers against one, placed alike
             one = _median(doc, r["target"], "h1-workers-1")
             if mine is not None and one and one.get(key):
@@ -180,6 +200,19 @@ def tables(doc: dict[str, Any]) -> str:
     d10k = _median(doc, "dtabproxy", "dentries-10k")
     if d10 and d10k and d10.get("rps"):
         parts.append(f"dtabproxy with 10,000 dentries vs 10: {d10k['rps'] / d10['rps']:.2f}x the req/s")
+    off = _median(doc, "dtabproxy", "h1-accesslog")
+    for target, label in ACCESS_LOG_TARGETS.items():
+        on = _median(doc, target, "h1-accesslog")
+        row = next((r for r in doc["results"] if r["target"] == target and r["scenario"] == "h1-accesslog"), {})
+        if off and on and off.get("rps") and on.get("rps") and row.get("vs_no_log"):
+            cpu = ""
+            if row.get("cpu_vs_no_log"):
+                cpu = f", CPU per request {row['cpu_vs_no_log']:.3f}x"
+            parts.append(
+                f"access log ({label}; {target} vs dtabproxy in h1-accesslog, each rep's pair measured in turn): "
+                f"median of the per-rep ratios {row['vs_no_log']:.3f}x the req/s{cpu} "
+                f"(medians {on['rps']:,.0f} vs {off['rps']:,.0f} req/s, {len(row.get('reps') or [])} reps)"
+            )
     w1 = _median(doc, "dtabproxy", "h1-workers-1")
     wn = _median(doc, "dtabproxy", "h1-workers")
     if w1 and wn and w1.get("rps"):

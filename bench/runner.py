@@ -285,6 +285,13 @@ def _run_scenario(
         if gen is None:
             row.mark("n/a", gen_note)
             continue
+        only = objs[name].only
+        if only is not None and s.name not in only:
+            row.mark("n/a", f"measured in {', '.join(sorted(only))} only")
+            continue
+        if s.targets and name not in s.targets:
+            row.mark("n/a", f"this scenario measures {', '.join(s.targets)} only")
+            continue
         inst = instances[name]
         if s.variant is not None:
             if s.variant not in objs[name].variants:
@@ -338,7 +345,9 @@ def _run_scenario(
                     lp.measure(s, inst.ports[s.protocol], settings.warmup_s)
                 except (loadgen.LoadgenError, procs.ProcError) as exc:
                     rows[name].mark("failed", f"warm-up: {exc}")
-            for rep in range(settings.reps):
+            reps = settings.reps * s.reps_factor
+            duration_s = min(settings.duration_s, s.duration_s) if s.duration_s else settings.duration_s
+            for rep in range(reps):
                 for name, inst in live.items():  # interleaved: A B C A B C ...
                     row = rows[name]
                     if row.status != "ok":
@@ -349,7 +358,7 @@ def _run_scenario(
                         continue
                     cpu0 = procs.cpu_s(inst.rss_pid) if inst.rss_pid is not None else None
                     try:
-                        m = lp.measure(s, inst.ports[s.protocol], settings.duration_s)
+                        m = lp.measure(s, inst.ports[s.protocol], duration_s)
                         if cpu0 is not None and inst.rss_pid is not None and m.get("requests"):
                             # The target's own CPU per request (its whole process tree; for
                             # `direct`, the backend's): the cost, whoever was the bottleneck.
@@ -357,16 +366,16 @@ def _run_scenario(
                             m["cpu_us_per_req"] = round(used * 1e6 / float(m["requests"]), 1)  # type: ignore[arg-type]
                     except (loadgen.LoadgenError, procs.ProcError) as exc:
                         row.errors.append(str(exc))
-                        if len(row.errors) >= 2 or not row.reps and rep == settings.reps - 1:
+                        if len(row.errors) >= 2 or not row.reps and rep == reps - 1:
                             row.mark("failed", str(exc))
                         continue
                     if not m.get("requests"):
                         row.errors.append(f"no successful request ({m.get('errors')} errors)")
-                        if len(row.errors) >= 2 or rep == settings.reps - 1 and not row.reps:
+                        if len(row.errors) >= 2 or rep == reps - 1 and not row.reps:
                             row.mark("failed", row.errors[-1])
                         continue
                     row.reps.append(m)
-                    _progress(t_start, s, name, rep + 1, settings.reps, m)
+                    _progress(t_start, s, name, rep + 1, reps, m)
     finally:
         for inst in own:
             inst.stop()

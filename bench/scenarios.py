@@ -38,6 +38,9 @@ class Scenario:
     streams: int = 1
     hosts: int = 0
     variant: str | None = None  # a dedicated target instance (dtabproxy's table size)
+    targets: tuple[str, ...] = ()  # the only targets measured (empty: all)
+    reps_factor: int = 1  # this many times the run's repetitions
+    duration_s: float = 0.0  # at most this long a measurement (0: the run's duration)
     quick: bool = True
     notes: tuple[str, ...] = field(default=())
 
@@ -104,6 +107,15 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "h1-workers", "as h1-max, dtabproxy with --workers auto (one per CPU), on every CPU", "h1", "max", "rps",
         variant="workers-auto", quick=False,
+    ),
+    # What the access log costs (issue 14: at most 5% of HTTP/1.1 throughput): dtabproxy
+    # without and with its log (combined, JSON lines), interleaved rep by rep, with five
+    # times the repetitions, shorter: the report gives the median of the per-rep ratios,
+    # so a machine whose speed drifts between repetitions moves both sides of each pair.
+    Scenario(
+        "h1-accesslog", "as h1-max, dtabproxy without and with its access log (combined, JSON)", "h1", "max",
+        "rps", targets=("dtabproxy", "dtabproxy-log", "dtabproxy-log-json"), reps_factor=5, duration_s=2.0,
+        quick=False,
     ),
     Scenario("idle-conns", "idle keep-alive connections: RSS per connection", "h1", "idle", "kib_per_conn"),
     Scenario(

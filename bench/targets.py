@@ -251,6 +251,7 @@ class Target:
     name = "?"
     title = "?"
     variants: frozenset[str] = frozenset()  # scenario variants only this target understands
+    only: frozenset[str] | None = None  # the scenarios this target runs in (None: all)
 
     def __init__(self) -> None:
         self.version: str | None = None
@@ -307,6 +308,7 @@ class DtabProxy(Target):
     name = "dtabproxy"
     title = "dtabproxy from this working tree (one worker)"
     variants = frozenset({"dentries-10", "dentries-10000", "workers-1", "workers-auto"})
+    access_log: str | None = None  # httpAccessLogFormat of the h1 router's access log
 
     def unavailable(self) -> str | None:
         if not (REPO / "proxy" / "__main__.py").exists():
@@ -354,11 +356,11 @@ class DtabProxy(Target):
             "  - ip: 127.0.0.1",
             f"    port: {ports['h1']}",
         ]
-        # To measure what the access log costs (README: "Seeing what it does"):
-        # DTABPROXY_BENCH_ACCESS_LOG=combined|json writes one for the h1 router.
-        access_log = os.environ.get("DTABPROXY_BENCH_ACCESS_LOG")
+        # What the access log costs: the dtabproxy-log targets below write one for the h1
+        # router (DTABPROXY_BENCH_ACCESS_LOG=combined|json does it for this one too).
+        access_log = self.access_log or os.environ.get("DTABPROXY_BENCH_ACCESS_LOG")
         if access_log:
-            lines += [f"  httpAccessLog: {ctx.workdir / 'access.log'}", f"  httpAccessLogFormat: {access_log}"]
+            lines += [f"  httpAccessLog: {ctx.workdir / f'access-{self.name}.log'}", f"  httpAccessLogFormat: {access_log}"]
         if with_h2:
             # h2c from clients to the h1 backend (as every peer here does), and gRPC
             # through an h2 client to the backend's h2c port.
@@ -453,6 +455,23 @@ class DtabProxy(Target):
         where = f"CPUs {','.join(map(str, sorted(cpus)))}" if cpus else "any CPU"
         return Instance(procs=[proc], ports=ports, rss_pid=proc.pid,
                         note=f"python -m proxy run --workers {workers} on {where}")  # fmt: skip
+
+
+class DtabProxyLog(DtabProxy):
+    """dtabproxy with the h1 router's access log on, measured beside dtabproxy (the
+    runner interleaves targets rep by rep) in h1-accesslog only: the log's cost."""
+
+    name = "dtabproxy-log"
+    title = "dtabproxy with httpAccessLog (combined), in h1-accesslog only"
+    variants = frozenset()
+    only = frozenset({"h1-accesslog"})
+    access_log = "combined"
+
+
+class DtabProxyLogJson(DtabProxyLog):
+    name = "dtabproxy-log-json"
+    title = "dtabproxy with httpAccessLog (httpAccessLogFormat: json), in h1-accesslog only"
+    access_log = "json"
 
 
 def envoy_exe() -> str | None:
@@ -781,5 +800,5 @@ class Aiohttp(Target):
 
 
 ALL_TARGETS: dict[str, type[Target]] = {
-    t.name: t for t in (Direct, DtabProxy, Envoy, Nginx, Haproxy, Aiohttp)
+    t.name: t for t in (Direct, DtabProxy, DtabProxyLog, DtabProxyLogJson, Envoy, Nginx, Haproxy, Aiohttp)
 }
