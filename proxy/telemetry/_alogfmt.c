@@ -135,12 +135,9 @@ static Py_ssize_t esc_len(const unsigned char *table, span s) {
         if (word_special(x))
             goto count;
     }
-    if (i < s.n) { /* the tail, in a word padded with 'a' (which needs no escape) */
-        uint64_t x = ONES * 'a';
-        memcpy(&x, p + i, (size_t)(s.n - i));
-        if (word_special(x))
+    for (; i < s.n; i++) /* the tail, byte by byte (cheaper than a call to pad it into a word) */
+        if (table[p[i]] != 1)
             goto count;
-    }
     return s.n;
 count:;
     Py_ssize_t n = 0;
