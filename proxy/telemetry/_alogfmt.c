@@ -277,6 +277,48 @@ static int out_of_range(void) {
     return -1;
 }
 
+/* The text of one UTC second, made once a second: the combined log's `%d/%b/%Y:%H:%M:%S
+   +0000` (26 bytes) or ISO 8601's `%Y-%m-%dT%H:%M:%S` (19). */
+typedef struct {
+    long long sec;
+    int n;
+    char text[64];
+} utc_text;
+
+static int utc_at(utc_text *c, long long sec, int iso) {
+    if (sec == c->sec)
+        return 0;
+    time_t tt = (time_t)sec;
+    struct tm g;
+    if (gmtime_r(&tt, &g) == NULL)
+        return out_of_range();
+    int n = iso ? snprintf(c->text, sizeof c->text, "%04d-%02d-%02dT%02d:%02d:%02d", g.tm_year + 1900,
+                           g.tm_mon + 1, g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec)
+                : snprintf(c->text, sizeof c->text, "%02d/%s/%04d:%02d:%02d:%02d +0000", g.tm_mday,
+                           MONTHS[g.tm_mon], g.tm_year + 1900, g.tm_hour, g.tm_min, g.tm_sec);
+    if (n < 0 || n > (iso ? 19 : 26))
+        return out_of_range();
+    c->sec = sec;
+    c->n = n;
+    return 0;
+}
+
+/* The output of a batch: room for `size` bytes, then cut to what was written. Both free
+   the batch's fields. */
+static PyObject *new_out(Py_ssize_t size, fields *fs) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        PyMem_Free(fs);
+    return out;
+}
+
+static PyObject *cut_out(PyObject *out, const char *end, fields *fs) {
+    PyMem_Free(fs);
+    if (_PyBytes_Resize(&out, end - PyBytes_AS_STRING(out)) < 0)
+        return NULL;
+    return out;
+}
+
 /* -- combined ---------------------------------------------------------------------------- */
 
 static PyObject *combined(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -295,38 +337,24 @@ static PyObject *combined(PyObject *Py_UNUSED(self), PyObject *args) {
         size += 64 + 26 + 3 * NUM_MAX + (f->peer.n ? f->peer.n : 1) + f->method.n + f->target_out +
                 (is_v2(f->version) ? 3 : f->version.n) + f->ref_out + f->ua_out + f->service_out + f->client_out;
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
-    if (out == NULL) {
-        PyMem_Free(fs);
+    PyObject *out = new_out(size, fs);
+    if (out == NULL)
         return NULL;
-    }
     char *o = PyBytes_AS_STRING(out);
-    long long last_sec = LLONG_MIN;
-    char stamp[64];
-    int stamp_n = 0;
+    utc_text stamp = {LLONG_MIN, 0, {0}};
     for (Py_ssize_t i = 0; i < count; i++) {
         fields *f = &fs[i];
         long long sec, us;
-        if (trunc_ll(f->t0 + offset, &sec) || trunc_ll((f->t1 - f->t0) * 1000000 + 0.5, &us))
+        if (trunc_ll(f->t0 + offset, &sec) || trunc_ll((f->t1 - f->t0) * 1000000 + 0.5, &us) ||
+            utc_at(&stamp, sec, 0))
             goto fail;
-        if (sec != last_sec) {
-            time_t tt = (time_t)sec;
-            struct tm g;
-            if (gmtime_r(&tt, &g) == NULL)
-                goto range;
-            stamp_n = snprintf(stamp, sizeof stamp, "%02d/%s/%04d:%02d:%02d:%02d +0000", g.tm_mday,
-                               MONTHS[g.tm_mon], g.tm_year + 1900, g.tm_hour, g.tm_min, g.tm_sec);
-            if (stamp_n < 0 || stamp_n > 26)
-                goto range;
-            last_sec = sec;
-        }
         long long ms = floordiv(us, 1000), frac = us - ms * 1000;
         if (f->peer.n)
             o = put(o, f->peer.p, f->peer.n);
         else
             *o++ = '-';
         o = PUTS(o, " - - [");
-        o = put(o, stamp, stamp_n);
+        o = put(o, stamp.text, stamp.n);
         o = PUTS(o, "] \"");
         o = put(o, f->method.p, f->method.n);
         *o++ = ' ';
@@ -353,12 +381,7 @@ static PyObject *combined(PyObject *Py_UNUSED(self), PyObject *args) {
         *o++ = (char)('0' + frac % 10);
         *o++ = '\n';
     }
-    PyMem_Free(fs);
-    if (_PyBytes_Resize(&out, o - PyBytes_AS_STRING(out)) < 0)
-        return NULL;
-    return out;
-range:
-    out_of_range();
+    return cut_out(out, o, fs);
 fail:
     PyMem_Free(fs);
     Py_DECREF(out);
@@ -426,38 +449,23 @@ static PyObject *json_lines(PyObject *Py_UNUSED(self), PyObject *args) {
                 (is_v2(f->version) ? 3 : f->version.n) + f->ref_out + f->ua_out + f->service_out + f->client_out +
                 f->failure_out;
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
-    if (out == NULL) {
-        PyMem_Free(fs);
+    PyObject *out = new_out(size, fs);
+    if (out == NULL)
         return NULL;
-    }
     char *o = PyBytes_AS_STRING(out);
-    long long last_sec = LLONG_MIN;
-    char iso[64];
-    int iso_n = 0;
+    utc_text iso = {LLONG_MIN, 0, {0}};
     for (Py_ssize_t i = 0; i < count; i++) {
         fields *f = &fs[i];
         double t = f->t0 + offset;
         long long sec;
-        if (trunc_ll(t, &sec))
+        if (trunc_ll(t, &sec) || utc_at(&iso, sec, 1))
             goto fail;
-        if (sec != last_sec) {
-            time_t tt = (time_t)sec;
-            struct tm g;
-            if (gmtime_r(&tt, &g) == NULL)
-                goto range;
-            iso_n = snprintf(iso, sizeof iso, "%04d-%02d-%02dT%02d:%02d:%02d", g.tm_year + 1900, g.tm_mon + 1,
-                             g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec);
-            if (iso_n < 0 || iso_n > 19)
-                goto range;
-            last_sec = sec;
-        }
         long long milli = (long long)((t - (double)sec) * 1000);
         double dur_ms = (f->t1 - f->t0) * 1000;
         if (!(dur_ms > -1e300 && dur_ms < 1e300) || milli < 0 || milli > 999)
             goto range;
         o = PUTS(o, "{\"time\":\"");
-        o = put(o, iso, iso_n);
+        o = put(o, iso.text, iso.n);
         *o++ = '.';
         *o++ = (char)('0' + milli / 100);
         *o++ = (char)('0' + milli / 10 % 10);
@@ -492,10 +500,7 @@ static PyObject *json_lines(PyObject *Py_UNUSED(self), PyObject *args) {
         o = f->has_failure ? put_json_str(o, f->failure, f->failure_out) : PUTS(o, "null");
         o = PUTS(o, "}\n");
     }
-    PyMem_Free(fs);
-    if (_PyBytes_Resize(&out, o - PyBytes_AS_STRING(out)) < 0)
-        return NULL;
-    return out;
+    return cut_out(out, o, fs);
 range:
     out_of_range();
 fail:
