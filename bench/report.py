@@ -57,9 +57,15 @@ def enrich(doc: dict[str, Any]) -> dict[str, Any]:
             other = _median(doc, ref, r["scenario"])
             if mine is not None and other and other.get(key):
                 r[field] = round(mine / other[key], 3)
-        if r["target"] in ACCESS_LOG_TARGETS:  # with the access log against without, rep by rep
-            r["vs_no_log"] = _paired_ratio(doc, r["target"], "dtabproxy", r["scenario"], key)
-            r["cpu_vs_no_log"] = _paired_ratio(doc, r["target"], "dtabproxy", r["scenario"], "cpu_us_per_req")
+        if r["target"] in ACCESS_LOG_TARGETS:  # with the access log against without, pair by pair
+            ratios = [m["ratio"] for m in r.get("reps") or [] if m.get("ratio")]
+            cpu = [m["cpu_ratio"] for m in r.get("reps") or [] if m.get("cpu_ratio")]
+            if ratios:  # each pair measured at the same moment (the scenario's pair_with)
+                r["vs_no_log"] = round(statistics.median(ratios), 3)
+                r["cpu_vs_no_log"] = round(statistics.median(cpu), 3) if cpu else None
+            else:
+                r["vs_no_log"] = _paired_ratio(doc, r["target"], "dtabproxy", r["scenario"], key)
+                r["cpu_vs_no_log"] = _paired_ratio(doc, r["target"], "dtabproxy", r["scenario"], "cpu_us_per_req")
         if r["scenario"] == "h1-workers":  # N workers against one, placed alike
             one = _median(doc, r["target"], "h1-workers-1")
             if mine is not None and one and one.get(key):
@@ -208,15 +214,17 @@ def tables(doc: dict[str, Any]) -> str:
     off = _median(doc, "dtabproxy", "h1-accesslog")
     for target, label in ACCESS_LOG_TARGETS.items():
         on = _median(doc, target, "h1-accesslog")
-        row = next((r for r in doc["results"] if r["target"] == target and r["scenario"] == "h1-accesslog"), {})
+        row: dict[str, Any] = next(
+            (r for r in doc["results"] if r["target"] == target and r["scenario"] == "h1-accesslog"), {}
+        )
         if off and on and off.get("rps") and on.get("rps") and row.get("vs_no_log"):
             cpu = ""
             if row.get("cpu_vs_no_log"):
                 cpu = f", CPU per request {row['cpu_vs_no_log']:.3f}x"
             parts.append(
-                f"access log ({label}; {target} vs dtabproxy in h1-accesslog, each rep's pair measured in turn): "
-                f"median of the per-rep ratios {row['vs_no_log']:.3f}x the req/s{cpu} "
-                f"(medians {on['rps']:,.0f} vs {off['rps']:,.0f} req/s, {len(row.get('reps') or [])} reps)"
+                f"access log ({label}; {target} vs dtabproxy in h1-accesslog, both on one core at once): "
+                f"median of the per-pair ratios {row['vs_no_log']:.3f}x the req/s{cpu} "
+                f"(medians {on['rps']:,.0f} vs {off['rps']:,.0f} req/s on half a core each, {len(row.get('reps') or [])} pairs)"
             )
     w1 = _median(doc, "dtabproxy", "h1-workers-1")
     wn = _median(doc, "dtabproxy", "h1-workers")

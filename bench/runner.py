@@ -18,8 +18,9 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import loadgen, machine, procs
@@ -347,6 +348,9 @@ def _run_scenario(
                     rows[name].mark("failed", f"warm-up: {exc}")
             reps = settings.reps * s.reps_factor
             duration_s = min(settings.duration_s, s.duration_s) if s.duration_s else settings.duration_s
+            if s.pair_with is not None:
+                _pairs(s, lp, live, rows, reps, duration_s, deadline, t_start, settings)
+                return list(rows.values())
             for rep in range(reps):
                 for name, inst in live.items():  # interleaved: A B C A B C ...
                     row = rows[name]
@@ -383,6 +387,66 @@ def _run_scenario(
         if row.status == "ok" and not row.reps:
             row.mark("failed", "; ".join(row.errors) or "no measurement")
     return list(rows.values())
+
+
+def _pairs(
+    s: Scenario, lp: LoadPlan, live: dict[str, Instance], rows: dict[str, Row], reps: int, duration_s: float,
+    deadline: float, t_start: float, settings: Settings,
+) -> None:
+    """`s.pair_with` and each other target at the same moment, rep by rep: both run on the
+    proxy CPU (shared), each under its own load generator with half the connections. A
+    pair's `ratio` (the other's requests over the base's) goes on the other's measurement;
+    the base row keeps one measurement per pair."""
+    base = s.pair_with
+    assert base is not None
+    half = replace(s, conns=max(1, s.conns // 2))
+    others = [n for n in live if n != base and rows[n].status == "ok"]
+    if base not in live or rows[base].status != "ok":
+        for n in others:
+            rows[n].mark("failed", f"{base}, the other side of each pair, did not run")
+        return
+    for rep in range(reps):
+        for name in others:
+            if time.monotonic() > deadline:
+                if not rows[name].reps:
+                    rows[name].mark("skipped", f"time budget of {settings.budget_s:.0f}s exhausted")
+                continue
+            got: dict[str, dict[str, object]] = {}
+            errors: list[str] = []
+            threads = [threading.Thread(target=_pair_side, args=(lp, half, live, n, duration_s, got, errors))
+                       for n in (base, name)]  # fmt: skip
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors or not got.get(base, {}).get("requests") or not got.get(name, {}).get("requests"):
+                rows[name].errors.append("; ".join(errors) or "a side of the pair served no request")
+                if len(rows[name].errors) >= 2:
+                    rows[name].mark("failed", rows[name].errors[-1])
+                continue
+            on, off = got[name], got[base]
+            on["ratio"] = round(float(on["requests"]) / float(off["requests"]), 4)  # type: ignore[arg-type]
+            if on.get("cpu_us_per_req") and off.get("cpu_us_per_req"):
+                on["cpu_ratio"] = round(float(on["cpu_us_per_req"]) / float(off["cpu_us_per_req"]), 4)  # type: ignore[arg-type]
+            rows[base].reps.append(got[base])
+            rows[name].reps.append(got[name])
+            _progress(t_start, s, f"{name} | {base}", rep + 1, reps, got[name])
+
+
+def _pair_side(lp: LoadPlan, s: Scenario, live: dict[str, Instance], name: str, duration_s: float,
+               got: dict[str, dict[str, object]], errors: list[str]) -> None:  # fmt: skip
+    """One side of a pair (a thread of its own): its measurement into `got`, or an error."""
+    inst = live[name]
+    cpu0 = procs.cpu_s(inst.rss_pid) if inst.rss_pid is not None else None
+    try:
+        m = lp.measure(s, inst.ports[s.protocol], duration_s)
+    except (loadgen.LoadgenError, procs.ProcError) as exc:
+        errors.append(f"{name}: {exc}")
+        return
+    if cpu0 is not None and inst.rss_pid is not None and m.get("requests"):
+        used = procs.cpu_s(inst.rss_pid) - cpu0
+        m["cpu_us_per_req"] = round(used * 1e6 / float(m["requests"]), 1)  # type: ignore[arg-type]
+    got[name] = m
 
 
 def _progress(t_start: float, s: Scenario, name: str, rep: int, reps: int, m: dict[str, object]) -> None:
