@@ -32,19 +32,6 @@ def _median(doc: dict[str, Any], target: str, scenario: str) -> dict[str, Any] |
     return None
 
 
-def _paired_ratio(doc: dict[str, Any], target: str, base: str, scenario: str, key: str) -> float | None:
-    """The median over repetitions of target / base, each repetition's pair measured one
-    after the other (the runner interleaves targets rep by rep): steadier than the ratio of
-    the medians on a machine whose speed drifts between repetitions."""
-    reps: dict[str, list[dict[str, Any]]] = {}
-    for r in doc["results"]:
-        if r["scenario"] == scenario and r["target"] in (target, base) and r["status"] == "ok":
-            reps[r["target"]] = r.get("reps") or []
-    pairs = [a[key] / b[key] for a, b in zip(reps.get(target, []), reps.get(base, []), strict=False)
-             if a.get(key) and b.get(key)]  # fmt: skip
-    return round(statistics.median(pairs), 3) if pairs else None
-
-
 def enrich(doc: dict[str, Any]) -> dict[str, Any]:
     """Add `vs_direct`, `vs_envoy` (and `added_ms` for fixed rate) to every ok result."""
     for r in doc["results"]:
@@ -58,14 +45,11 @@ def enrich(doc: dict[str, Any]) -> dict[str, Any]:
             if mine is not None and other and other.get(key):
                 r[field] = round(mine / other[key], 3)
         if r["target"] in ACCESS_LOG_TARGETS:  # with the access log against without, pair by pair
+            # each pair measured at the same moment (h1-accesslog's pair_with, runner._pairs)
             ratios = [m["ratio"] for m in r.get("reps") or [] if m.get("ratio")]
             cpu = [m["cpu_ratio"] for m in r.get("reps") or [] if m.get("cpu_ratio")]
-            if ratios:  # each pair measured at the same moment (the scenario's pair_with)
-                r["vs_no_log"] = round(statistics.median(ratios), 3)
-                r["cpu_vs_no_log"] = round(statistics.median(cpu), 3) if cpu else None
-            else:
-                r["vs_no_log"] = _paired_ratio(doc, r["target"], "dtabproxy", r["scenario"], key)
-                r["cpu_vs_no_log"] = _paired_ratio(doc, r["target"], "dtabproxy", r["scenario"], "cpu_us_per_req")
+            r["vs_no_log"] = round(statistics.median(ratios), 3) if ratios else None
+            r["cpu_vs_no_log"] = round(statistics.median(cpu), 3) if cpu else None
         if r["scenario"] == "h1-workers":  # N workers against one, placed alike
             one = _median(doc, r["target"], "h1-workers-1")
             if mine is not None and one and one.get(key):

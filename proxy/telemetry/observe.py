@@ -49,7 +49,14 @@ log = logging.getLogger(__name__)
 #: flush turns it into wall time once per batch), the peer, method, target, version and
 #: header list; `propagate` appends the span of a sampled request.
 RECORD = ("start", "peer", "method", "target", "version", "headers", "span")
-_T0, _PEER, _METHOD, _TARGET, _VERSION, _HEADERS, _SPAN = range(7)
+# The record's fields by position (Final: compiled, each index is a constant, not a lookup).
+_T0: Final = 0
+_PEER: Final = 1
+_METHOD: Final = 2
+_TARGET: Final = 3
+_VERSION: Final = 4
+_HEADERS: Final = 5
+_SPAN: Final = 6
 PLAIN_RECORD: Final = 6  # a record without a span: (t0, peer, method, target, version, headers)
 
 
@@ -109,7 +116,7 @@ def log_request(obs: RouterObs, rec: tuple[Any, ...], status: int, nbytes: int, 
     # Atoms only (bytes, ints, floats): a tuple the collector stops tracking, and nothing
     # of the request (its header list) kept alive until the flush.
     ua = ref = b"-"
-    headers: list[tuple[bytes, bytes]] = rec[5]  # observe.RECORD's headers
+    headers: list[tuple[bytes, bytes]] = rec[_HEADERS]
     for h in headers:
         n = h[0]
         if n == b"user-agent":
@@ -122,7 +129,8 @@ def log_request(obs: RouterObs, rec: tuple[Any, ...], status: int, nbytes: int, 
         client = alog.last_client
     else:
         client = alog.client_name(bound)
-    pending.append((rec[0], rec[1], rec[2], rec[3], rec[4], ua, ref, status, nbytes, service, client, now, fclass))
+    pending.append((rec[_T0], rec[_PEER], rec[_METHOD], rec[_TARGET], rec[_VERSION], ua, ref, status, nbytes, service,
+                    client, now, fclass))  # fmt: skip
     if len(pending) == FORMAT_AT:  # formatted soon, not at the timer (see accesslog.FORMAT_AT)
         alog.poke()
 
