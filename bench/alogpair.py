@@ -6,7 +6,7 @@ connections between them). The kernel gives the two processes equal shares of th
 so the ratio of the requests they serve in a round is the ratio of their costs per request,
 measured under the same conditions at the same moment: a machine whose speed drifts
 between runs (this shared one moves 10-30%) moves both sides alike. `make bench`'s
-`h1-accesslog` scenario measures the same pair one after the other instead.
+`h1-accesslog` scenario measures the same pairs the same way, in shorter rounds.
 
     python -m bench.alogpair                       # combined, 6 rounds of 5 s
     python -m bench.alogpair --format json --rounds 10
