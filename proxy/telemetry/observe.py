@@ -25,7 +25,7 @@ import logging
 from time import perf_counter, time
 from typing import Any, Final
 
-from .accesslog import FORMAT_AT, AccessLog
+from .accesslog import ENTRY, FORMAT_AT, AccessLog
 from .errorlog import ERRORS
 from .export import Exporter, make_exporter
 from .tracectx import FLAG_SAMPLED
@@ -109,28 +109,19 @@ def log_request(obs: RouterObs, rec: tuple[Any, ...], status: int, nbytes: int, 
     alog = obs.alog
     if alog is None:
         return
-    pending = alog.pending
+    pending: list[Any] = alog.pending  # Any: the entry is appended as the object it is (see accesslog.ENTRY)
     if len(pending) >= alog.max_pending:
         alog.dropped += 1
         return
-    # Atoms only (bytes, ints, floats): a tuple the collector stops tracking, and nothing
-    # of the request (its header list) kept alive until the flush.
-    ua = ref = b"-"
-    headers: list[tuple[bytes, bytes]] = rec[_HEADERS]
-    for h in headers:
-        n = h[0]
-        if n == b"user-agent":
-            ua = h[1]
-        elif n == b"referer":
-            ref = h[1]
     if bound is None:
         client = b"-"
     elif bound is alog.last_bound:  # the common case: the same client as the last request
         client = alog.last_client
     else:
         client = alog.client_name(bound)
-    pending.append((rec[_T0], rec[_PEER], rec[_METHOD], rec[_TARGET], rec[_VERSION], ua, ref, status, nbytes, service,
-                    client, now, fclass))  # fmt: skip
+    # Atoms only (bytes, ints, floats): a tuple the collector stops tracking, and nothing
+    # of the request (its header list) kept alive until the flush.
+    pending.append(ENTRY(rec, status, nbytes, service, client, now, fclass))
     if len(pending) == FORMAT_AT:  # formatted soon, not at the timer (see accesslog.FORMAT_AT)
         alog.poke()
 

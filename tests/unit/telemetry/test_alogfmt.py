@@ -169,3 +169,68 @@ def test_a_wrong_shape_is_a_type_error_not_a_crash() -> None:
     with pytest.raises(TypeError):
         C.combined((entry(),), OFFSET)  # a list, not a tuple
     assert C.combined([], OFFSET) == b"" and C.json([], OFFSET, b'"r"') == b""
+
+
+@needs_c
+def test_numbers_print_as_python_prints_them_at_every_digit_count(tmp_path) -> None:
+    # The C side prints numbers two digits a step, with short paths below 1,000: every
+    # power of ten and its neighbours, both signs, up to a long long's ends.
+    assert C is not None
+    nums = {0, -(2**63), 2**63 - 1}
+    for k in range(19):
+        for d in (-1, 0, 1):
+            nums |= {10**k + d, -(10**k + d)}
+    batch = [entry(status=n, nbytes=-n if -n < 2**63 else 0) for n in sorted(nums)]
+    assert C.combined(batch, OFFSET) == log(tmp_path).format_py(batch, OFFSET)
+    assert C.json(batch, OFFSET, b'"r"') == AccessLog(str(tmp_path / "j"), fmt="json", router="r").format_py(batch, OFFSET)
+
+
+@needs_c
+def test_the_second_kept_between_batches_turns_over_with_the_clock(tmp_path) -> None:
+    # Each format keeps its last second's text across calls: batches that go back and
+    # forth between seconds (and between the two formats) still get their own.
+    assert C is not None
+    j = AccessLog(str(tmp_path / "j"), fmt="json", router="r")
+    for t0 in (1000.0, 1000.5, 1001.0, 999.999, 1000.0, 86_400.0 + 1000.0, 1000.0):
+        batch = [entry(t0=t0), entry(t0=t0 + 0.9999)]
+        assert C.combined(batch, OFFSET) == log(tmp_path).format_py(batch, OFFSET)
+        assert C.json(batch, OFFSET, b'"r"') == j.format_py(batch, OFFSET)
+
+
+_NAME = st.sampled_from([b"user-agent", b"referer", b"host", b"User-Agent", b"user-agen", b"referers", b"", b"x"])
+_HEADER_LIST = st.lists(st.tuples(_NAME, st.binary(max_size=12)), max_size=8)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(headers=_HEADER_LIST, span=st.booleans(), failure=st.one_of(st.none(), st.just("timeout")))
+def test_the_c_entry_is_the_python_entry(headers, span, failure) -> None:
+    # The request path's entry: the record's fields, the last User-Agent and Referer of
+    # its header list (lowercase names only, as the codecs give them), what it ended with.
+    assert C is not None
+    rec: tuple[Any, ...] = (1000.0, "10.0.0.1", b"GET", b"/x", b"1.1", headers)
+    if span:
+        rec = (*rec, object())  # a sampled request's record carries its span
+    args = (rec, 200, 12, b"/svc/web", b"-", 1000.5, failure)
+    made = C.entry(*args)
+    assert made == accesslog.entry_py(*args)
+    assert len(made) == 13 and headers not in made  # atoms only: the header list is not kept
+
+
+@needs_c
+def test_the_c_entry_refuses_a_record_it_cannot_read() -> None:
+    assert C is not None
+    ok = (1000.0, "10.0.0.1", b"GET", b"/x", b"1.1", [(b"user-agent", b"ua")])
+    assert C.entry(ok, 200, 0, b"-", b"-", 1000.5, None)[5] == b"ua"
+    for rec in (None, ok[:5], (*ok[:5], ((b"user-agent", b"ua"),)), list(ok)):
+        with pytest.raises(TypeError):
+            C.entry(rec, 200, 0, b"-", b"-", 1000.5, None)
+    with pytest.raises(TypeError):
+        C.entry(ok, 200)
+    # an item of the list that is not a pair is passed over, not read past
+    odd = (*ok[:5], [(b"referer",), b"user-agent", (b"referer", b"r", b"x"), (b"referer", b"r")])
+    assert C.entry(odd, 200, 0, b"-", b"-", 1000.5, None)[5:7] == (b"-", b"r")
+
+
+def test_the_request_path_makes_entries_with_the_c_entry_exactly_when_it_is_built() -> None:
+    assert (accesslog.ENTRY is not accesslog.entry_py) is (accesslog._C is not None)
