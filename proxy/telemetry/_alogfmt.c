@@ -1,34 +1,39 @@
-/* The access log's line formatter (proxy/telemetry/accesslog.py), in C.
+/* The access log's line writer (proxy/telemetry/accesslog.py), in C.
 
-   `AccessLog.format` turns a batch of entries (tuples of atoms the request path
-   appended) into the text of their lines. In Python that loop cost ~7,000
-   instructions a line (a join of ~27 pieces, a regex over the batch, the pieces'
-   allocation); here it is a size pass and a copy pass over the same fields, with no
-   object made per line. `accesslog.py` keeps the Python formatter as the reference:
-   the two give the same bytes for every entry (tests/unit/telemetry/test_alogfmt.py
-   checks it with generated entries), and the Python one runs where this extension is
-   not built (DTABPROXY_PURE=1, no C compiler). Anything unexpected in an entry (a
-   wrong type, a number out of range) raises TypeError/ValueError/OverflowError and
-   the caller formats that batch in Python.
+   A `Lines` is one log's buffer of formatted text. The request path hands it what it has
+   when a request ends (its record, status, body bytes, service, client, end time and
+   failure class) and `add` writes the line into the buffer there and then: no entry
+   object is made, nothing of the request is kept alive, and the buffer is reused from
+   one hand-off to the next. The log's timer takes the text every 100 ms (`take`) for its
+   writer thread. In Python the same line cost ~7,000 instructions (a join of ~27
+   pieces); `accesslog.LinesPy` is the Python twin, and `AccessLog.format_py` the
+   formatter the tests hold this one to: the two give the same bytes for every request
+   (tests/unit/telemetry/test_alogfmt.py checks it with generated ones). Anything
+   unexpected (a field of another type, a number out of range) raises
+   TypeError/ValueError/OverflowError with nothing written, and the caller formats that
+   line in Python (`extend`).
 
-   entry(record, status, nbytes, service, client, end, failure) -> an entry
-   combined(batch, offset) -> bytes
-   json(batch, offset, router_json) -> bytes
+   Lines(json, router_json)
+     .add(record, status, nbytes, service, client, end, failure)  one line (or dropped)
+     .extend(text)          one line formatted elsewhere
+     .take() -> bytes       the text so far; the buffer starts again
+     .count .limit .dropped .offset   lines held, most held, dropped, perf_counter -> wall
 
-   An entry: (start, peer, method, target, version, user agent, referer, status,
-   body bytes, service, client, end, failure); start and end are perf_counter()
-   times, `offset` turns them into wall-clock time. */
+   A record is (start, peer, method, target, version, header list, ...) (`observe.RECORD`);
+   the User-Agent and Referer are the last of each in its header list. Times are
+   perf_counter() times; `offset` turns them into wall-clock time. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
-
-#define ENTRY_LEN 13
-enum { T0, PEER, METHOD, TARGET, VERSION, UA, REF, STATUS, NBYTES, SERVICE, CLIENT, T1, FAILURE };
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 static const char HEX[] = "0123456789abcdef";
 static const char *MONTHS[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
@@ -125,37 +130,91 @@ static inline int word_special(uint64_t x) {
     return ((below | high | del | quote | bslash) & HIGHS) != 0;
 }
 
-/* The length of `s` escaped by `table`: its own length when no byte needs escaping
-   (checked 8 bytes at a time, the last word overlapping the one before it, so no byte
-   is looked at alone), else counted byte by byte. */
+#if defined(__SSE2__)
+/* The same question of 16 bytes at once: a signed compare below 0x20 also takes every
+   byte of 0x80 and up (negative), and three compares for equality the rest. */
+static inline int block_special(__m128i x) {
+    __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmplt_epi8(x, _mm_set1_epi8(0x20)), _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f))),
+                               _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')), _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))));
+    return _mm_movemask_epi8(hit) != 0;
+}
+#endif
+
+/* Whether any byte of p[0..n) needs escaping, reading whole blocks (the last one
+   overlapping the one before it, so no byte is looked at alone): 16 bytes a step with
+   SSE2 (every x86-64), else 8. */
+static inline int any_special(const unsigned char *table, const unsigned char *p, Py_ssize_t n) {
+    uint64_t a;
+#if defined(__SSE2__)
+    if (n >= 16) {
+        for (Py_ssize_t i = 0; i + 16 < n; i += 16)
+            if (block_special(_mm_loadu_si128((const __m128i *)(p + i))))
+                return 1;
+        return block_special(_mm_loadu_si128((const __m128i *)(p + n - 16)));
+    }
+    if (n >= 8) {
+        uint64_t b;
+        memcpy(&a, p, 8);
+        memcpy(&b, p + n - 8, 8);
+        return block_special(_mm_set_epi64x((long long)b, (long long)a));
+    }
+#else
+    if (n >= 8) {
+        for (Py_ssize_t i = 0; i + 8 < n; i += 8) {
+            memcpy(&a, p + i, 8);
+            if (word_special(a))
+                return 1;
+        }
+        memcpy(&a, p + n - 8, 8);
+        return word_special(a);
+    }
+#endif
+    if (n >= 4) { /* two 4-byte reads, overlapping when n < 8 */
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + n - 4, 4);
+        return word_special((uint64_t)lo | (uint64_t)hi << 32);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) /* shorter than 4 bytes (a method, "-") */
+        if (table[p[i]] != 1)
+            return 1;
+    return 0;
+}
+
+/* The length of `s` escaped by `table`: its own length when no byte needs escaping (the
+   common case), else counted byte by byte. */
 static inline Py_ssize_t esc_len(const unsigned char *table, span s) {
     const unsigned char *p = (const unsigned char *)s.p;
-    uint64_t x;
-    if (s.n >= 8) {
-        Py_ssize_t i = 0;
-        for (; i + 8 < s.n; i += 8) {
-            memcpy(&x, p + i, 8);
-            if (word_special(x))
-                goto count;
-        }
-        memcpy(&x, p + s.n - 8, 8);
-        if (!word_special(x))
-            return s.n;
-    } else {
-        for (Py_ssize_t i = 0; i < s.n; i++) /* shorter than a word (a method, "-") */
-            if (table[p[i]] != 1)
-                goto count;
+    if (!any_special(table, p, s.n))
         return s.n;
-    }
-count:;
     Py_ssize_t n = 0;
     for (Py_ssize_t j = 0; j < s.n; j++)
         n += table[p[j]];
     return n;
 }
 
-static char *put(char *o, const char *p, Py_ssize_t n) {
-    memcpy(o, p, (size_t)n);
+/* n bytes from p to o: up to 32 (most fields, the time stamp) as two overlapping loads
+   and stores, not a call to memcpy; nothing is read or written outside the two ranges. */
+static inline char *put(char *o, const char *p, Py_ssize_t n) {
+    if (n > 16) {
+        memcpy(o, p, (size_t)n);
+    } else if (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, p, 8);
+        memcpy(&b, p + n - 8, 8);
+        memcpy(o, &a, 8);
+        memcpy(o + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + n - 4, 4);
+        memcpy(o, &a, 4);
+        memcpy(o + n - 4, &b, 4);
+    } else if (n > 0) {
+        o[0] = p[0];
+        o[n / 2] = p[n / 2];
+        o[n - 1] = p[n - 1];
+    }
     return o + n;
 }
 
@@ -247,33 +306,73 @@ static long long floordiv(long long a, long long b) {
     return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
-/* One entry's fields, checked. */
+/* One line's fields, checked, with their escaped lengths (the size is counted from them;
+   a field whose length did not change is copied as it is). */
 typedef struct {
     double t0, t1;
     span peer, method, target, version, ua, ref, service, client, failure;
     int has_failure;
     long long status, nbytes;
-    /* lengths escaped (the size pass counts them; the write pass copies a field whose
-       length did not change) */
     Py_ssize_t method_out, target_out, ua_out, ref_out, service_out, client_out, failure_out;
 } fields;
 
-static int read_entry(PyObject *e, fields *f) {
-    if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != ENTRY_LEN) {
-        PyErr_SetString(PyExc_TypeError, "access log entry: not a 13-tuple");
+static const span DASH_SPAN = {"-", 1};
+
+/* Whether a header's name is `name` (the codecs give names in lowercase). */
+static inline int name_is(PyObject *n, const char *name, Py_ssize_t len) {
+    return PyBytes_CheckExact(n) && PyBytes_GET_SIZE(n) == len && memcmp(PyBytes_AS_STRING(n), name, (size_t)len) == 0;
+}
+
+/* add()'s arguments read into `f`: the record's fields, the last User-Agent and Referer
+   of its header list (an item that is not a 2-tuple is passed over; the codecs make
+   none), then what the request ended with. -1 with TypeError/OverflowError set when one
+   is not what the request path passes. */
+static int read_args(PyObject *const *args, fields *f) {
+    PyObject *rec = args[0];
+    if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) < 6 || !PyList_CheckExact(PyTuple_GET_ITEM(rec, 5))) {
+        PyErr_SetString(PyExc_TypeError, "access log: the record is not (start, peer, method, target, version, headers, ...)");
         return -1;
     }
-    PyObject *fail = PyTuple_GET_ITEM(e, FAILURE);
+    PyObject *headers = PyTuple_GET_ITEM(rec, 5);
+    PyObject *ua = NULL, *ref = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(h) || PyTuple_GET_SIZE(h) != 2)
+            continue;
+        PyObject *name = PyTuple_GET_ITEM(h, 0);
+        if (name_is(name, "user-agent", 10))
+            ua = PyTuple_GET_ITEM(h, 1);
+        else if (name_is(name, "referer", 7))
+            ref = PyTuple_GET_ITEM(h, 1);
+    }
+    PyObject *fail = args[6];
     f->has_failure = fail != Py_None;
-    if (get_double(PyTuple_GET_ITEM(e, T0), &f->t0) || get_double(PyTuple_GET_ITEM(e, T1), &f->t1) ||
-        get_ascii(PyTuple_GET_ITEM(e, PEER), &f->peer) || get_bytes(PyTuple_GET_ITEM(e, METHOD), &f->method) ||
-        get_bytes(PyTuple_GET_ITEM(e, TARGET), &f->target) || get_bytes(PyTuple_GET_ITEM(e, VERSION), &f->version) ||
-        get_bytes(PyTuple_GET_ITEM(e, UA), &f->ua) || get_bytes(PyTuple_GET_ITEM(e, REF), &f->ref) ||
-        get_int(PyTuple_GET_ITEM(e, STATUS), &f->status) || get_int(PyTuple_GET_ITEM(e, NBYTES), &f->nbytes) ||
-        get_bytes(PyTuple_GET_ITEM(e, SERVICE), &f->service) || get_bytes(PyTuple_GET_ITEM(e, CLIENT), &f->client) ||
-        (f->has_failure && get_ascii(fail, &f->failure)))
+    if (get_double(PyTuple_GET_ITEM(rec, 0), &f->t0) || get_ascii(PyTuple_GET_ITEM(rec, 1), &f->peer) ||
+        get_bytes(PyTuple_GET_ITEM(rec, 2), &f->method) || get_bytes(PyTuple_GET_ITEM(rec, 3), &f->target) ||
+        get_bytes(PyTuple_GET_ITEM(rec, 4), &f->version) || get_int(args[1], &f->status) ||
+        get_int(args[2], &f->nbytes) || get_bytes(args[3], &f->service) || get_bytes(args[4], &f->client) ||
+        get_double(args[5], &f->t1) || (f->has_failure && get_ascii(fail, &f->failure)))
+        return -1;
+    if (ua == NULL)
+        f->ua = DASH_SPAN;
+    else if (get_bytes(ua, &f->ua))
+        return -1;
+    if (ref == NULL)
+        f->ref = DASH_SPAN;
+    else if (get_bytes(ref, &f->ref))
         return -1;
     return 0;
+}
+
+static void escaped_lengths(fields *f, const unsigned char *table) {
+    f->method_out = esc_len(table, f->method);
+    f->target_out = esc_len(table, f->target);
+    f->ua_out = esc_len(table, f->ua);
+    f->ref_out = esc_len(table, f->ref);
+    f->service_out = esc_len(table, f->service);
+    f->client_out = esc_len(table, f->client);
+    f->failure_out = f->has_failure ? esc_len(table, f->failure) : 0;
 }
 
 static int is_v2(span v) { return v.n == 1 && v.p[0] == '2'; }
@@ -282,35 +381,8 @@ static int is_dash(span v) { return v.n == 1 && v.p[0] == '-'; }
 
 #define NUM_MAX 24 /* a long long's decimal text, sign included, with room */
 
-/* The batch's entries read and checked once, with their escaped lengths (`table`);
-   NULL with an exception set when one is not what `observe` appends. */
-static fields *read_batch(PyObject *batch, const unsigned char *table, Py_ssize_t *count) {
-    Py_ssize_t n = PyList_GET_SIZE(batch);
-    fields *fs = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(fields));
-    if (fs == NULL) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        fields *f = &fs[i];
-        if (read_entry(PyList_GET_ITEM(batch, i), f)) {
-            PyMem_Free(fs);
-            return NULL;
-        }
-        f->method_out = esc_len(table, f->method);
-        f->target_out = esc_len(table, f->target);
-        f->ua_out = esc_len(table, f->ua);
-        f->ref_out = esc_len(table, f->ref);
-        f->service_out = esc_len(table, f->service);
-        f->client_out = esc_len(table, f->client);
-        f->failure_out = f->has_failure ? esc_len(table, f->failure) : 0;
-    }
-    *count = n;
-    return fs;
-}
-
 static int out_of_range(void) {
-    PyErr_SetString(PyExc_OverflowError, "access log entry: a time out of range");
+    PyErr_SetString(PyExc_OverflowError, "access log: a time out of range");
     return -1;
 }
 
@@ -344,88 +416,53 @@ static int utc_at(utc_text *c, long long sec, int iso) {
     return 0;
 }
 
-/* The output of a batch: room for `size` bytes, then cut to what was written. Both free
-   the batch's fields. */
-static PyObject *new_out(Py_ssize_t size, fields *fs) {
-    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
-    if (out == NULL)
-        PyMem_Free(fs);
-    return out;
-}
-
-static PyObject *cut_out(PyObject *out, const char *end, fields *fs) {
-    PyMem_Free(fs);
-    if (_PyBytes_Resize(&out, end - PyBytes_AS_STRING(out)) < 0)
-        return NULL;
-    return out;
-}
-
 /* -- combined ---------------------------------------------------------------------------- */
 
-static PyObject *combined(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *batch;
-    double offset;
-    if (!PyArg_ParseTuple(args, "O!d:combined", &PyList_Type, &batch, &offset))
+static Py_ssize_t combined_size(const fields *f) {
+    /* the fixed text of a line is under 60 bytes; the stamp 26; three numbers */
+    return 64 + 26 + 3 * NUM_MAX + (f->peer.n ? f->peer.n : 1) + f->method.n + f->target_out +
+           (is_v2(f->version) ? 3 : f->version.n) + f->ref_out + f->ua_out + f->service_out + f->client_out;
+}
+
+/* One combined line at `o` (room for combined_size); NULL with an exception set, and
+   nothing written, when a time is out of range. */
+static char *combined_line(char *o, const fields *f, double offset) {
+    long long sec, us;
+    if (trunc_ll(f->t0 + offset, &sec) || trunc_ll((f->t1 - f->t0) * 1000000 + 0.5, &us) || utc_at(&STAMP, sec, 0))
         return NULL;
-    Py_ssize_t count;
-    fields *fs = read_batch(batch, APACHE_LEN, &count);
-    if (fs == NULL)
-        return NULL;
-    Py_ssize_t size = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        fields *f = &fs[i];
-        /* the fixed text of a line is under 60 bytes; the stamp 26; three numbers */
-        size += 64 + 26 + 3 * NUM_MAX + (f->peer.n ? f->peer.n : 1) + f->method.n + f->target_out +
-                (is_v2(f->version) ? 3 : f->version.n) + f->ref_out + f->ua_out + f->service_out + f->client_out;
-    }
-    PyObject *out = new_out(size, fs);
-    if (out == NULL)
-        return NULL;
-    char *o = PyBytes_AS_STRING(out);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        fields *f = &fs[i];
-        long long sec, us;
-        if (trunc_ll(f->t0 + offset, &sec) || trunc_ll((f->t1 - f->t0) * 1000000 + 0.5, &us) ||
-            utc_at(&STAMP, sec, 0))
-            goto fail;
-        long long ms = floordiv(us, 1000), frac = us - ms * 1000;
-        if (f->peer.n)
-            o = put(o, f->peer.p, f->peer.n);
-        else
-            *o++ = '-';
-        o = PUTS(o, " - - [");
-        o = put(o, STAMP.text, STAMP.n);
-        o = PUTS(o, "] \"");
-        o = put(o, f->method.p, f->method.n);
-        *o++ = ' ';
-        o = put_apache(o, f->target, f->target_out);
-        o = PUTS(o, " HTTP/");
-        o = is_v2(f->version) ? PUTS(o, "2.0") : put(o, f->version.p, f->version.n);
-        o = PUTS(o, "\" ");
-        o = put_ll(o, f->status);
-        *o++ = ' ';
-        o = put_ll(o, f->nbytes);
-        o = PUTS(o, " \"");
-        o = put_apache(o, f->ref, f->ref_out);
-        o = PUTS(o, "\" \"");
-        o = put_apache(o, f->ua, f->ua_out);
-        o = PUTS(o, "\" \"");
-        o = put_apache(o, f->service, f->service_out);
-        o = PUTS(o, "\" \"");
-        o = put_apache(o, f->client, f->client_out);
-        o = PUTS(o, "\" ");
-        o = put_ll(o, ms);
-        *o++ = '.';
-        *o++ = (char)('0' + frac / 100);
-        *o++ = (char)('0' + frac / 10 % 10);
-        *o++ = (char)('0' + frac % 10);
-        *o++ = '\n';
-    }
-    return cut_out(out, o, fs);
-fail:
-    PyMem_Free(fs);
-    Py_DECREF(out);
-    return NULL;
+    long long ms = floordiv(us, 1000), frac = us - ms * 1000;
+    if (f->peer.n)
+        o = put(o, f->peer.p, f->peer.n);
+    else
+        *o++ = '-';
+    o = PUTS(o, " - - [");
+    o = put(o, STAMP.text, STAMP.n);
+    o = PUTS(o, "] \"");
+    o = put(o, f->method.p, f->method.n);
+    *o++ = ' ';
+    o = put_apache(o, f->target, f->target_out);
+    o = PUTS(o, " HTTP/");
+    o = is_v2(f->version) ? PUTS(o, "2.0") : put(o, f->version.p, f->version.n);
+    o = PUTS(o, "\" ");
+    o = put_ll(o, f->status);
+    *o++ = ' ';
+    o = put_ll(o, f->nbytes);
+    o = PUTS(o, " \"");
+    o = put_apache(o, f->ref, f->ref_out);
+    o = PUTS(o, "\" \"");
+    o = put_apache(o, f->ua, f->ua_out);
+    o = PUTS(o, "\" \"");
+    o = put_apache(o, f->service, f->service_out);
+    o = PUTS(o, "\" \"");
+    o = put_apache(o, f->client, f->client_out);
+    o = PUTS(o, "\" ");
+    o = put_ll(o, ms);
+    *o++ = '.';
+    *o++ = (char)('0' + frac / 100);
+    *o++ = (char)('0' + frac / 10 % 10);
+    *o++ = (char)('0' + frac % 10);
+    *o++ = '\n';
+    return o;
 }
 
 /* -- JSON lines ---------------------------------------------------------------------------- */
@@ -470,152 +507,241 @@ static char *put_fixed3(char *o, double v) {
     return (n < 0 || n >= DURATION_MAX) ? NULL : o + n;
 }
 
-static PyObject *json_lines(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *batch;
-    double offset;
-    const char *router;
-    Py_ssize_t router_n;
-    if (!PyArg_ParseTuple(args, "O!dy#:json", &PyList_Type, &batch, &offset, &router, &router_n))
+static Py_ssize_t json_size(const fields *f, Py_ssize_t router_n) {
+    /* the template's text is under 200 bytes, the time 24; every string's quotes; the
+       duration's %.3f: 13 bytes below 1e9 ms (and snprintf's NUL), else DURATION_MAX */
+    double ms = (f->t1 - f->t0) * 1000;
+    return 200 + 24 + 2 * NUM_MAX + (!signbit(ms) && ms < 1e9 ? 16 : DURATION_MAX) + 14 + router_n + f->peer.n +
+           f->method_out + f->target_out + (is_v2(f->version) ? 3 : f->version.n) + f->ref_out + f->ua_out +
+           f->service_out + f->client_out + f->failure_out;
+}
+
+/* One JSON line at `o` (room for json_size); NULL with an exception set when a time is
+   out of range (what was written is not counted). */
+static char *json_line(char *o, const fields *f, double offset, const char *router, Py_ssize_t router_n) {
+    double t = f->t0 + offset;
+    long long sec;
+    if (trunc_ll(t, &sec) || utc_at(&ISO, sec, 1))
         return NULL;
-    Py_ssize_t count;
-    fields *fs = read_batch(batch, JSON_LEN, &count);
-    if (fs == NULL)
+    long long milli = (long long)((t - (double)sec) * 1000);
+    double dur_ms = (f->t1 - f->t0) * 1000;
+    if (!(dur_ms > -1e300 && dur_ms < 1e300) || milli < 0 || milli > 999) {
+        out_of_range();
         return NULL;
-    Py_ssize_t size = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        fields *f = &fs[i];
-        /* the template's text is under 200 bytes, the time 24; every string's quotes; the
-           duration's %.3f: 13 bytes below 1e9 ms (and snprintf's NUL), else DURATION_MAX */
-        double ms = (f->t1 - f->t0) * 1000;
-        size += 200 + 24 + 2 * NUM_MAX + (!signbit(ms) && ms < 1e9 ? 16 : DURATION_MAX) + 14 + router_n + f->peer.n +
-                f->method_out + f->target_out + (is_v2(f->version) ? 3 : f->version.n) + f->ref_out + f->ua_out +
-                f->service_out + f->client_out + f->failure_out;
     }
-    PyObject *out = new_out(size, fs);
+    o = PUTS(o, "{\"time\":\"");
+    o = put(o, ISO.text, ISO.n);
+    *o++ = '.';
+    *o++ = (char)('0' + milli / 100);
+    *o++ = (char)('0' + milli / 10 % 10);
+    *o++ = (char)('0' + milli % 10);
+    o = PUTS(o, "Z\",\"router\":");
+    o = put(o, router, router_n);
+    o = PUTS(o, ",\"remote\":\"");
+    o = put(o, f->peer.p, f->peer.n);
+    o = PUTS(o, "\",\"method\":");
+    o = put_json_str(o, f->method, f->method_out);
+    o = PUTS(o, ",\"uri\":");
+    o = put_json_str(o, f->target, f->target_out);
+    o = PUTS(o, ",\"protocol\":\"HTTP/");
+    o = is_v2(f->version) ? PUTS(o, "2.0") : put(o, f->version.p, f->version.n);
+    o = PUTS(o, "\",\"status\":");
+    o = put_ll(o, f->status);
+    o = PUTS(o, ",\"bytes\":");
+    o = put_ll(o, f->nbytes);
+    o = PUTS(o, ",\"referer\":");
+    o = put_json_opt(o, f->ref, f->ref_out);
+    o = PUTS(o, ",\"user_agent\":");
+    o = put_json_opt(o, f->ua, f->ua_out);
+    o = PUTS(o, ",\"service\":");
+    o = put_json_opt(o, f->service, f->service_out);
+    o = PUTS(o, ",\"client\":");
+    o = put_json_opt(o, f->client, f->client_out);
+    o = PUTS(o, ",\"duration_ms\":");
+    o = put_fixed3(o, dur_ms);
+    if (o == NULL) {
+        out_of_range();
+        return NULL;
+    }
+    o = PUTS(o, ",\"failure\":");
+    o = f->has_failure ? put_json_str(o, f->failure, f->failure_out) : PUTS(o, "null");
+    o = PUTS(o, "}\n");
+    return o;
+}
+
+/* -- Lines --------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    char *buf;
+    Py_ssize_t len, cap;
+    Py_ssize_t count;   /* lines in buf */
+    Py_ssize_t limit;   /* lines buf may hold: past it a line is dropped and counted */
+    Py_ssize_t dropped;
+    double offset;      /* perf_counter() time + offset = wall-clock time */
+    int json;
+    PyObject *router;   /* bytes: the router's name as a JSON string (JSON lines) */
+} Lines;
+
+/* A buffer this big is given back at `take` rather than kept for the next interval (a
+   burst's, or a run of very long lines). */
+#define KEEP_MAX (4 << 20)
+
+static int reserve(Lines *self, Py_ssize_t need) {
+    if (self->cap - self->len >= need)
+        return 0;
+    Py_ssize_t cap = self->cap ? self->cap : 1 << 16;
+    while (cap - self->len < need) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    char *buf = PyMem_Realloc(self->buf, (size_t)cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->buf = buf;
+    self->cap = cap;
+    return 0;
+}
+
+static PyObject *lines_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"json", "router_json", NULL};
+    int json = 0;
+    PyObject *router = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pS:Lines", kw, &json, &router))
+        return NULL;
+    Lines *self = (Lines *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->limit = PY_SSIZE_T_MAX;
+    self->json = json;
+    if (router == NULL)
+        router = PyBytes_FromStringAndSize("\"\"", 2);
+    else
+        Py_INCREF(router);
+    self->router = router;
+    if (router == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void lines_dealloc(Lines *self) {
+    PyMem_Free(self->buf);
+    Py_XDECREF(self->router);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *lines_add(Lines *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "add() takes 7 arguments (record, status, nbytes, service, client, end, failure)");
+        return NULL;
+    }
+    if (self->count >= self->limit) {
+        self->dropped++;
+        Py_RETURN_NONE;
+    }
+    fields f;
+    if (read_args(args, &f))
+        return NULL;
+    char *o;
+    if (self->json) {
+        escaped_lengths(&f, JSON_LEN);
+        Py_ssize_t router_n = PyBytes_GET_SIZE(self->router);
+        if (reserve(self, json_size(&f, router_n)))
+            return NULL;
+        o = json_line(self->buf + self->len, &f, self->offset, PyBytes_AS_STRING(self->router), router_n);
+    } else {
+        escaped_lengths(&f, APACHE_LEN);
+        if (reserve(self, combined_size(&f)))
+            return NULL;
+        o = combined_line(self->buf + self->len, &f, self->offset);
+    }
+    if (o == NULL)
+        return NULL;
+    self->len = o - self->buf;
+    self->count++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lines_extend(Lines *self, PyObject *text) {
+    if (!PyBytes_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "extend(): the line is not bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(text);
+    if (reserve(self, n))
+        return NULL;
+    memcpy(self->buf + self->len, PyBytes_AS_STRING(text), (size_t)n);
+    self->len += n;
+    self->count++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lines_take(Lines *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyBytes_FromStringAndSize(self->buf, self->len);
     if (out == NULL)
         return NULL;
-    char *o = PyBytes_AS_STRING(out);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        fields *f = &fs[i];
-        double t = f->t0 + offset;
-        long long sec;
-        if (trunc_ll(t, &sec) || utc_at(&ISO, sec, 1))
-            goto fail;
-        long long milli = (long long)((t - (double)sec) * 1000);
-        double dur_ms = (f->t1 - f->t0) * 1000;
-        if (!(dur_ms > -1e300 && dur_ms < 1e300) || milli < 0 || milli > 999)
-            goto range;
-        o = PUTS(o, "{\"time\":\"");
-        o = put(o, ISO.text, ISO.n);
-        *o++ = '.';
-        *o++ = (char)('0' + milli / 100);
-        *o++ = (char)('0' + milli / 10 % 10);
-        *o++ = (char)('0' + milli % 10);
-        o = PUTS(o, "Z\",\"router\":");
-        o = put(o, router, router_n);
-        o = PUTS(o, ",\"remote\":\"");
-        o = put(o, f->peer.p, f->peer.n);
-        o = PUTS(o, "\",\"method\":");
-        o = put_json_str(o, f->method, f->method_out);
-        o = PUTS(o, ",\"uri\":");
-        o = put_json_str(o, f->target, f->target_out);
-        o = PUTS(o, ",\"protocol\":\"HTTP/");
-        o = is_v2(f->version) ? PUTS(o, "2.0") : put(o, f->version.p, f->version.n);
-        o = PUTS(o, "\",\"status\":");
-        o = put_ll(o, f->status);
-        o = PUTS(o, ",\"bytes\":");
-        o = put_ll(o, f->nbytes);
-        o = PUTS(o, ",\"referer\":");
-        o = put_json_opt(o, f->ref, f->ref_out);
-        o = PUTS(o, ",\"user_agent\":");
-        o = put_json_opt(o, f->ua, f->ua_out);
-        o = PUTS(o, ",\"service\":");
-        o = put_json_opt(o, f->service, f->service_out);
-        o = PUTS(o, ",\"client\":");
-        o = put_json_opt(o, f->client, f->client_out);
-        o = PUTS(o, ",\"duration_ms\":");
-        o = put_fixed3(o, dur_ms);
-        if (o == NULL)
-            goto range;
-        o = PUTS(o, ",\"failure\":");
-        o = f->has_failure ? put_json_str(o, f->failure, f->failure_out) : PUTS(o, "null");
-        o = PUTS(o, "}\n");
+    self->len = 0;
+    self->count = 0;
+    if (self->cap > KEEP_MAX) {
+        PyMem_Free(self->buf);
+        self->buf = NULL;
+        self->cap = 0;
     }
-    return cut_out(out, o, fs);
-range:
-    out_of_range();
-fail:
-    PyMem_Free(fs);
-    Py_DECREF(out);
-    return NULL;
+    return out;
 }
 
-/* -- the entry ---------------------------------------------------------------------------- */
-
-static PyObject *DASH; /* b"-" */
-
-/* Whether a header's name is `name` (the codecs give names in lowercase). */
-static inline int name_is(PyObject *n, const char *name, Py_ssize_t len) {
-    return PyBytes_CheckExact(n) && PyBytes_GET_SIZE(n) == len && memcmp(PyBytes_AS_STRING(n), name, (size_t)len) == 0;
-}
-
-/* entry(record, status, body bytes, service, client, end, failure) -> the 13-tuple
-   `format` takes, with the User-Agent and Referer found in the record's header list: what
-   `accesslog.entry_py` does (the last of each wins), called by the compiled request path
-   (observe.log_request), where the loop over the header list cost ~75 instructions a
-   header. A header list item that is not a 2-tuple is passed over (the codecs make none). */
-static PyObject *entry(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "entry() takes 7 arguments");
-        return NULL;
-    }
-    PyObject *rec = args[0];
-    if (!PyTuple_CheckExact(rec) || PyTuple_GET_SIZE(rec) < 6 || !PyList_CheckExact(PyTuple_GET_ITEM(rec, 5))) {
-        PyErr_SetString(PyExc_TypeError, "entry(): the record is not (start, peer, method, target, version, headers, ...)");
-        return NULL;
-    }
-    PyObject *headers = PyTuple_GET_ITEM(rec, 5);
-    PyObject *ua = DASH, *ref = DASH;
-    Py_ssize_t n = PyList_GET_SIZE(headers);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *h = PyList_GET_ITEM(headers, i);
-        if (!PyTuple_CheckExact(h) || PyTuple_GET_SIZE(h) != 2)
-            continue;
-        PyObject *name = PyTuple_GET_ITEM(h, 0);
-        if (name_is(name, "user-agent", 10))
-            ua = PyTuple_GET_ITEM(h, 1);
-        else if (name_is(name, "referer", 7))
-            ref = PyTuple_GET_ITEM(h, 1);
-    }
-    PyObject *e = PyTuple_New(ENTRY_LEN);
-    if (e == NULL)
-        return NULL;
-    PyObject *items[ENTRY_LEN] = {
-        PyTuple_GET_ITEM(rec, 0), PyTuple_GET_ITEM(rec, 1), PyTuple_GET_ITEM(rec, 2), PyTuple_GET_ITEM(rec, 3),
-        PyTuple_GET_ITEM(rec, 4), ua, ref, args[1], args[2], args[3], args[4], args[5], args[6],
-    };
-    for (int i = 0; i < ENTRY_LEN; i++) {
-        Py_INCREF(items[i]);
-        PyTuple_SET_ITEM(e, i, items[i]);
-    }
-    return e;
-}
-
-static PyMethodDef methods[] = {
-    {"entry", (PyCFunction)(void (*)(void))entry, METH_FASTCALL,
-     "entry(record, status, nbytes, service, client, end, failure) -> a request's access log entry"},
-    {"combined", combined, METH_VARARGS, "combined(batch, offset) -> the combined-format lines of a batch"},
-    {"json", json_lines, METH_VARARGS, "json(batch, offset, router_json) -> the JSON lines of a batch"},
+static PyMethodDef lines_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))lines_add, METH_FASTCALL,
+     "add(record, status, nbytes, service, client, end, failure): a request's line (dropped and counted past limit)"},
+    {"extend", (PyCFunction)lines_extend, METH_O, "extend(text): a line formatted elsewhere"},
+    {"take", (PyCFunction)lines_take, METH_NOARGS, "take() -> the text written since the last take"},
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef lines_members[] = {
+    {"count", T_PYSSIZET, offsetof(Lines, count), READONLY, "lines held"},
+    {"limit", T_PYSSIZET, offsetof(Lines, limit), 0, "lines that may be held; past it a line is dropped"},
+    {"dropped", T_PYSSIZET, offsetof(Lines, dropped), 0, "lines dropped at the limit"},
+    {"offset", T_DOUBLE, offsetof(Lines, offset), 0, "perf_counter() time + offset = wall-clock time"},
+    {"json", T_INT, offsetof(Lines, json), READONLY, "JSON lines (else combined)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject LinesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "proxy.telemetry._alogfmt.Lines",
+    .tp_basicsize = sizeof(Lines),
+    .tp_dealloc = (destructor)lines_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Lines(json=False, router_json=b'\"\"'): an access log's formatted text, written line by line",
+    .tp_methods = lines_methods,
+    .tp_members = lines_members,
+    .tp_new = lines_new,
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_alogfmt", "The access log's line formatter.", -1, methods, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_alogfmt", "The access log's line writer.", -1, NULL, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__alogfmt(void) {
     init_tables();
-    if (DASH == NULL && (DASH = PyBytes_FromStringAndSize("-", 1)) == NULL)
+    if (PyType_Ready(&LinesType) < 0)
         return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&LinesType);
+    if (PyModule_AddObject(m, "Lines", (PyObject *)&LinesType) < 0) {
+        Py_DECREF(&LinesType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

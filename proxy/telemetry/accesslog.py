@@ -2,17 +2,20 @@
 request, in the combined log format plus the service name, the bound client and the
 duration, or as JSON lines (`httpAccessLogFormat: json`).
 
-The request path only appends one tuple of fields it already has to a bounded list
-(`AccessLog.add`; past `MAX_PENDING` entries a line is dropped and counted). A loop
-timer formats the pending entries in slices, off the request path, and a writer
-thread of its own writes them (disk stalls never block the loop) and rolls the file as the roll
-policy says. Nothing here parses a request or touches a transport.
+When a request ends, the request path hands the log's buffer (`AccessLog.sink`) the
+fields it already has, and the line is written into that buffer there and then, in C
+(`_alogfmt.Lines`, built beside the mypyc modules: ~1,000 instructions a line, where
+Python took ~7,000): no entry object is made, nothing of the request is kept alive, and
+the buffer is reused from one hand-off to the next. Past `MAX_PENDING` lines held (in
+the buffer and on their way to the file) a line is dropped and counted. A loop timer
+hands the text to a writer thread of its own every 100 ms, which writes it (disk stalls
+never block the loop) and rolls the file as the roll policy says. Nothing here parses a
+request or touches a transport.
 
-The formatting is in C (`_alogfmt.c`, built beside the mypyc modules): ~7,000
-instructions a line in Python, ~1,050 (combined) and ~1,200 (JSON) there; so is the
-request path's entry (`ENTRY`). `AccessLog.format_py` is the same
-formatter in Python, the reference the tests hold the C one to, and what runs where the
-extension is not built or not used (DTABPROXY_PURE=1, a stale build, no compiler).
+`LinesPy` is the buffer in Python, for a run without the extension (DTABPROXY_PURE=1, a
+stale build, no compiler): it keeps each request's entry (atoms only) and formats them
+at the hand-off, a batch at a time, with `AccessLog.format_py`, which is also the
+reference the tests hold the C writer to.
 
 Combined line (Apache's `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i"`, then
 ours: service, client, duration in milliseconds):
@@ -38,19 +41,12 @@ from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
-#: Entries waiting to be written. At 25k requests/s a 100 ms flush holds ~2,500; the
-#: bound leaves room for a slow disk and caps memory (~32k small tuples, a few MB).
+#: Lines held before they are written: in the buffer, and handed to the writer thread but
+#: not yet written. At 25k requests/s a 100 ms hand-off holds ~2,500; the bound leaves
+#: room for a slow disk and caps memory (~32k lines, a few MB).
 MAX_PENDING: Final = 32_768
-#: How often formatted lines are handed to the writer thread (and pending ones formatted).
+#: How often the text is handed to the writer thread.
 FLUSH_S: Final = 0.1
-#: Pending entries that get formatted on the next loop turn rather than at the timer: an
-#: entry keeps its request's target and header values alive until it is formatted, and at
-#: 25k requests/s 100 ms of them is about a megabyte the allocator cannot hand to the next
-#: requests while it is still warm in the cache; 128 entries are a few milliseconds.
-FORMAT_AT: Final = 128
-#: Lines formatted per loop callback: a slice of a few milliseconds, so a burst never
-#: holds the loop for long (the rest follows on the next turn).
-SLICE: Final = 1024
 
 _wall, _perf_counter = time.time, time.perf_counter  # module names, so tests can pin them
 
@@ -92,9 +88,9 @@ _NULL: Final = b"null"
 _SMALL: Final = tuple(b"%d" % i for i in range(1000))  # the text of small numbers, made once
 _FRAC3: Final = tuple(b"%03d" % i for i in range(1000))  # three decimals
 
-#: One request's fields, as `observe.log_request` appends them: (start, peer, method,
-#: target, version, user agent, referer, status, body bytes, service, client, end,
-#: failure). Typed, so the compiled loops below take it apart without generic unpacking.
+#: One request's fields, as `LinesPy` keeps them: (start, peer, method, target, version,
+#: user agent, referer, status, body bytes, service, client, end, failure). Typed, so the
+#: compiled loops below take it apart without generic unpacking.
 Entry = tuple[float, str, bytes, bytes, bytes, bytes, bytes, int, int, bytes, bytes, float, "str | None"]
 
 
@@ -103,8 +99,7 @@ def entry_py(rec: tuple[Any, ...], status: int, nbytes: int, service: bytes, cli
     """A request's entry from its record (`observe.RECORD`: start, peer, method, target,
     version, header list) and what it ended with: atoms only, the User-Agent and Referer
     (the last of each) taken from the header list, which the entry does not keep alive.
-    The C `entry` does the same (~75 instructions a header less, compiled, than this loop);
-    `ENTRY` is whichever is built."""
+    The C `Lines.add` reads the record the same way."""
     ua = ref = b"-"
     headers: list[tuple[bytes, bytes]] = rec[5]  # observe.RECORD: the header list
     for h in headers:
@@ -116,12 +111,46 @@ def entry_py(rec: tuple[Any, ...], status: int, nbytes: int, service: bytes, cli
     return (rec[0], rec[1], rec[2], rec[3], rec[4], ua, ref, status, nbytes, service, client, end, failure)
 
 
-#: What the request path calls for its entry: the C `entry` where it is built. Its result
-#: is typed Any on purpose: compiled, an `Entry` result would be taken apart into a C
-#: struct (every field checked, the floats unboxed) and boxed again to be appended.
-ENTRY: Final[Callable[[tuple[Any, ...], int, int, bytes, bytes, float, str | None], Any]] = (
-    _C.entry if _C is not None else entry_py
-)
+class LinesPy:
+    """`_alogfmt.Lines` in Python (the same methods and counts), for a run without the
+    extension: `add` keeps the request's entry, `take` formats what is kept in one batch
+    (`format_py` checks a whole batch for bytes to escape at once)."""
+
+    __slots__ = ("entries", "texts", "count", "limit", "dropped", "offset", "_format")
+
+    def __init__(self, fmt: Callable[[list[Entry], float], bytes]) -> None:
+        self.entries: list[Entry] = []
+        self.texts: list[bytes] = []
+        self.count = 0  # lines held
+        self.limit = MAX_PENDING  # past it a line is dropped and counted
+        self.dropped = 0
+        self.offset = 0.0  # perf_counter() time + offset = wall-clock time
+        self._format = fmt
+
+    def add(self, rec: tuple[Any, ...], status: int, nbytes: int, service: bytes, client: bytes, end: float,
+            failure: str | None) -> None:  # fmt: skip
+        if self.count >= self.limit:
+            self.dropped += 1
+            return
+        self.entries.append(entry_py(rec, status, nbytes, service, client, end, failure))
+        self.count += 1
+
+    def extend(self, text: bytes) -> None:
+        self._settle()
+        self.texts.append(text)
+        self.count += 1
+
+    def take(self) -> bytes:
+        self._settle()
+        text = b"".join(self.texts)
+        self.texts = []
+        self.count = 0
+        return text
+
+    def _settle(self) -> None:
+        if self.entries:
+            self.texts.append(self._format(self.entries, self.offset))
+            self.entries = []
 
 
 def _json_raw(value: bytes) -> bytes:
@@ -231,15 +260,15 @@ class _Writer:
 
 
 class AccessLog:
-    """One router's access log. `add` is the whole per-request cost."""
+    """One router's access log. `add` (or `observe.log_request`, inline) is the whole
+    per-request cost."""
 
-    __slots__ = ("pending", "max_pending", "names", "last_bound", "last_client", "path", "json", "router", "lines", "dropped", "write_errors", "_writer", "_clock",
-                 "_loop", "_timer", "_queue", "_runner", "_sent", "_ready", "_ready_lines", "_closed", "_iso", "_router_json")  # fmt: skip
+    __slots__ = ("sink", "add_line", "max_pending", "names", "last_bound", "last_client", "path", "json", "router", "lines", "write_errors", "_writer", "_clock",
+                 "_loop", "_timer", "_queue", "_runner", "_sent", "_closed", "_iso", "_router_json")  # fmt: skip
 
     def __init__(self, path: str, *, fmt: str = "combined", router: str = "", roll_policy: str = "never",
-                 append: bool = True, rotate_count: int = -1) -> None:  # fmt: skip
-        self.pending: list[Entry] = []
-        self.max_pending = MAX_PENDING
+                 append: bool = True, rotate_count: int = -1, max_pending: int = MAX_PENDING) -> None:  # fmt: skip
+        self.max_pending = max_pending
         self.names: dict[int, tuple[Any, bytes]] = {}  # id(Bound) -> (Bound, printed id): see client_name
         self.last_bound: object = None  # the client of the last request logged, and its printed id
         self.last_client = b"-"
@@ -247,22 +276,31 @@ class AccessLog:
         self.json = fmt == "json"
         self.router = router
         self.lines = 0  # written
-        self.dropped = 0  # not written: the pending list was full
         self.write_errors = 0
         self._writer = _Writer(path, append, roll_policy, rotate_count)
         self._clock = _Clock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        # Formatted text for the writer thread (started with the first), and the lines
-        # formatted: `_sent - lines - write_errors` are on their way to the file.
-        self._queue: queue.SimpleQueue[tuple[list[bytes], int] | None] = queue.SimpleQueue()
+        # Text for the writer thread (started with the first), and the lines handed to it:
+        # `_sent - lines - write_errors` are on their way to the file.
+        self._queue: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()
         self._runner: threading.Thread | None = None
         self._sent = 0
-        self._ready: list[bytes] = []  # formatted, not yet handed to the thread (`_ready_lines` lines)
-        self._ready_lines = 0
         self._closed = False
         self._iso = (-1, b"")
         self._router_json = json.encoder.encode_basestring_ascii(router).encode("ascii")
+        # The lines' buffer: the C writer where it is built, else its Python twin.
+        self.sink: Any = _C.Lines(self.json, self._router_json) if _C is not None else LinesPy(self.format_py)
+        self.sink.limit = max_pending
+        self.sink.offset = _wall() - _perf_counter()
+        #: What the request path calls (the buffer's bound `add`: one call from compiled code).
+        self.add_line: Callable[[tuple[Any, ...], int, int, bytes, bytes, float, str | None], None] = self.sink.add
+
+    @property
+    def dropped(self) -> int:
+        """Lines not written: MAX_PENDING lines were held already."""
+        n: int = self.sink.dropped
+        return n
 
     # -- the request path --------------------------------------------------------------------
 
@@ -281,21 +319,29 @@ class AccessLog:
         self.last_client = text
         return text
 
-    def add(self, entry: Entry) -> None:
-        """One request's fields (`observe.log_request` does the same inline); dropped and
-        counted when full. The first field is a perf_counter() time."""
-        p = self.pending
-        if len(p) < self.max_pending:
-            p.append(entry)
-            if len(p) == FORMAT_AT:
-                self.poke()
-        else:
-            self.dropped += 1
+    def add(self, rec: tuple[Any, ...], status: int, nbytes: int, service: bytes, client: bytes, end: float,
+            failure: str | None) -> None:  # fmt: skip
+        """One request's line: its record (`observe.RECORD`), what it ended with, `end` a
+        perf_counter() time (`observe.log_request` does the same inline). Dropped and
+        counted past the bound."""
+        try:
+            self.add_line(rec, status, nbytes, service, client, end, failure)
+        except (TypeError, ValueError, OverflowError):
+            self.add_py(rec, status, nbytes, service, client, end, failure)
 
-    def poke(self) -> None:
-        """FORMAT_AT entries are pending: format them on the next loop turn."""
-        if self._loop is not None and not self._closed:
-            self._loop.call_soon(self._format_soon)
+    def add_py(self, rec: tuple[Any, ...], status: int, nbytes: int, service: bytes, client: bytes, end: float,
+               failure: str | None) -> None:  # fmt: skip
+        """A line the C writer refused (a field of another type, a number out of its
+        range; it writes nothing then): formatted in Python, the same bytes, in its place.
+        One Python cannot write either (a time no calendar holds) is dropped and counted:
+        the request it describes is not failed for it."""
+        sink = self.sink
+        try:
+            text = self.format_py([entry_py(rec, status, nbytes, service, client, end, failure)], sink.offset)
+        except (TypeError, ValueError, OverflowError, UnicodeError):
+            sink.dropped += 1
+            return
+        sink.extend(text)
 
     # -- the background ------------------------------------------------------------------------
 
@@ -310,45 +356,25 @@ class AccessLog:
         self.flush()
         self._timer = self._loop.call_later(FLUSH_S, self._tick)
 
-    def flush(self, force: bool = False) -> None:
-        """Format pending entries (a slice now, the rest on the next loop turns) and hand
-        the text formatted so far to the writer thread."""
-        self._format_some(force)
-        if self._ready:
-            texts = self._ready  # written one by one: no joined copy of 100 ms of lines
-            self._ready = []
-            n = self._ready_lines
-            self._ready_lines = 0
-            self._hand_off(texts, n)
+    def flush(self) -> None:
+        """Hand the text so far to the writer thread (one bytes object a flush), then set
+        the buffer's bound for the next interval: MAX_PENDING lines, less those still on
+        their way to the file (a stalled disk stops new lines, not old ones), and its
+        clock offset."""
+        sink = self.sink
+        n: int = sink.count
+        if n:
+            text: bytes = sink.take()
+            self._sent += n
+            self._hand_off(text, n)
+        sink.limit = self.max_pending - (self._sent - self.lines - self.write_errors)
+        sink.offset = _wall() - _perf_counter()
 
-    def _format_soon(self) -> None:
-        if not self._closed:
-            self._format_some(False)
-
-    def _format_some(self, force: bool) -> None:
-        """Format up to SLICE pending entries into `_ready` (the writer gets them at the
-        next flush); more follow on the next loop turn. While MAX_PENDING lines are on
-        their way to the file (a stalled disk) entries stay pending, where the bound drops
-        and counts them; `force` (the drain) formats them anyway."""
-        p = self.pending
-        if not p:
-            return
-        k = SLICE if force else min(SLICE, self.max_pending - (self._sent - self.lines - self.write_errors))
-        if k <= 0:
-            return
-        batch = p[:k]
-        del p[:k]
-        self._ready.append(self.format(batch))
-        self._ready_lines += len(batch)
-        self._sent += len(batch)
-        if len(p) >= FORMAT_AT and self._loop is not None and not self._closed:
-            self._loop.call_soon(self._format_soon)
-
-    def _hand_off(self, texts: list[bytes], n: int) -> None:
+    def _hand_off(self, text: bytes, n: int) -> None:
         if self._runner is None:
             self._runner = threading.Thread(target=self._run, name=f"access-log-{self.router}", daemon=True)
             self._runner.start()
-        self._queue.put((texts, n))
+        self._queue.put((text, n))
 
     def _run(self) -> None:
         """The writer thread: texts in order, until None. Only this thread counts `lines`
@@ -359,36 +385,19 @@ class AccessLog:
             item = q.get()
             if item is None:
                 break
-            texts, n = item
+            text, n = item
             try:
-                for text in texts:
-                    writer.write(text)
+                writer.write(text)
             except OSError as exc:
                 self.write_errors += n
                 log.warning("access log %s: %d lines not written: %s", self.path, n, exc)
             else:
                 self.lines += n
 
-    def format(self, batch: list[Entry]) -> bytes:
-        """The lines of a batch of entries (off the request path).
-
-        An entry is `(start, peer, method, target, version, user agent, referer, status,
-        body bytes, service, client, end, failure)`, atoms only, times from perf_counter()
-        (`observe.end` appends it). The C formatter writes them when it is built; an entry
-        it does not take (a field of another type, a number out of its range) sends the
-        batch to the Python one, which gives the same bytes."""
-        offset = _wall() - _perf_counter()  # perf_counter() -> wall clock, once per batch
-        if _C is not None:
-            try:
-                text: bytes = _C.json(batch, offset, self._router_json) if self.json else _C.combined(batch, offset)
-                return text
-            except (TypeError, ValueError, OverflowError):
-                pass
-        return self.format_py(batch, offset)
-
     def format_py(self, batch: list[Entry], offset: float) -> bytes:
-        """`format` in Python: the reference for the C formatter, and the formatter where
-        it is not built. It keeps to locals, an inline memo and one escape check per batch
+        """The lines of a batch of entries, `offset` turning their perf_counter() times
+        into wall-clock time: the reference for the C writer, and the formatter where it
+        is not built (`LinesPy`). It keeps to locals, an inline memo and one escape check per batch
         (measured with callgrind: bench/micro/wire_h1.py accesslog)."""
         if not batch:
             return b""
@@ -463,9 +472,7 @@ class AccessLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.flush(force=True)  # what is formatted already, and the first slice
-        while self.pending:
-            self.flush(force=True)
+        self.flush()  # every line held, whatever the bound
         thread = self._runner
         if thread is not None:
             self._queue.put(None)

@@ -9,7 +9,7 @@ is None and the hooks in `proxy/wire/routing.py` cost one attribute test:
   fields the request already has (references, nothing parsed or copied);
 * `propagate(req, obs, l5d_trace, trace_fields, out)`, where the trace headers are
   written: reads W3C/B3/l5d context, decides sampling, writes the child context;
-* `end(req, rec)`, first in `_account`: one tuple onto the access log's pending list,
+* `end(req, rec)`, first in `_account`: the access log's line written into its buffer,
   one span onto each exporter's queue, and a 5xx the proxy answered itself into the
   rate-limited error log.
 
@@ -25,7 +25,7 @@ import logging
 from time import perf_counter, time
 from typing import Any, Final
 
-from .accesslog import ENTRY, FORMAT_AT, AccessLog
+from .accesslog import AccessLog
 from .errorlog import ERRORS
 from .export import Exporter, make_exporter
 from .tracectx import FLAG_SAMPLED
@@ -45,8 +45,8 @@ from .tracing import (
 log = logging.getLogger(__name__)
 
 #: The per-request record the wire builds (a tuple of fields it already has, so the
-#: request path makes no call for it): the start (a perf_counter() time; the log's
-#: flush turns it into wall time once per batch), the peer, method, target, version and
+#: request path makes no call for it): the start (a perf_counter() time; the log turns
+#: it into wall time with an offset it sets every 100 ms), the peer, method, target, version and
 #: header list; `propagate` appends the span of a sampled request.
 RECORD = ("start", "peer", "method", "target", "version", "headers", "span")
 # The record's fields by position (Final: compiled, each index is a constant, not a lookup).
@@ -102,16 +102,12 @@ def propagate(req: Any, obs: RouterObs | None, l5d_value: bytes | None,
 
 def log_request(obs: RouterObs, rec: tuple[Any, ...], status: int, nbytes: int, service: bytes, bound: object,
                 fclass: str | None, now: float) -> None:  # fmt: skip
-    """The access log's entry for a request that ended at `now` (a perf_counter() time),
+    """The access log's line for a request that ended at `now` (a perf_counter() time),
     typed, so the compiled request path calls it directly: route/request.py `_account`
-    does for a request with no span and no proxy error. The log gets atoms only;
-    `AccessLog.format` does the rest, in batches."""
+    does for a request with no span and no proxy error. `AccessLog.add` inline: one call
+    into the log's buffer, which writes the line (or drops and counts it)."""
     alog = obs.alog
     if alog is None:
-        return
-    pending: list[Any] = alog.pending  # Any: the entry is appended as the object it is (see accesslog.ENTRY)
-    if len(pending) >= alog.max_pending:
-        alog.dropped += 1
         return
     if bound is None:
         client = b"-"
@@ -119,11 +115,10 @@ def log_request(obs: RouterObs, rec: tuple[Any, ...], status: int, nbytes: int, 
         client = alog.last_client
     else:
         client = alog.client_name(bound)
-    # Atoms only (bytes, ints, floats): a tuple the collector stops tracking, and nothing
-    # of the request (its header list) kept alive until the flush.
-    pending.append(ENTRY(rec, status, nbytes, service, client, now, fclass))
-    if len(pending) == FORMAT_AT:  # formatted soon, not at the timer (see accesslog.FORMAT_AT)
-        alog.poke()
+    try:
+        alog.add_line(rec, status, nbytes, service, client, now, fclass)
+    except (TypeError, ValueError, OverflowError):  # a field the C writer does not take: Python's
+        alog.add_py(rec, status, nbytes, service, client, now, fclass)
 
 
 def end(req: Any, rec: tuple[Any, ...] | None, _clock: Any = perf_counter) -> None:
