@@ -465,7 +465,10 @@ class AccessLog:
         return b"%s.%03dZ" % (self._iso[1], int((t - sec) * 1000))
 
     async def close(self) -> None:
-        """Write what is pending, then close the file (drain, reload)."""
+        """Write every line held, then close the file (drain, reload). A request still in
+        flight on a router snapshot that had this log adds its line to the buffer after
+        that: `hand_over` gives those lines, and later ones, to the log that replaces this
+        one on a reload."""
         if self._closed:
             return
         self._closed = True
@@ -484,3 +487,20 @@ class AccessLog:
             self._writer.close()
         except OSError:
             pass
+
+    def hand_over(self, successor: AccessLog | None) -> None:
+        """After `close`, on a reload: the lines requests added since (in this log's format)
+        are written by `successor` ahead of its own, and every later line goes to it (in its
+        format and file). With no successor (the router is gone) they are dropped and
+        counted, and so is every later one."""
+        sink = self.sink
+        n: int = sink.count
+        if successor is None:
+            sink.take()
+            sink.dropped += n
+            sink.limit = 0
+            return
+        if n:
+            successor._sent += n
+            successor._hand_off(sink.take(), n)
+        self.sink, self.add_line = successor.sink, successor.add_line

@@ -204,20 +204,25 @@ class Observability:
                 del old_logs[rc.label]
                 self._logs[rc.label] = kept
                 continue
-            if kept is not None:
+            if kept is not None:  # its settings changed: closed before the file is opened again
                 del old_logs[rc.label]
                 await kept[1].close()
             try:
                 alog = AccessLog(ac.path, fmt=ac.format, router=rc.label, roll_policy=ac.roll_policy,
                                  append=ac.append, rotate_count=ac.rotate_count)  # fmt: skip
             except OSError as exc:
+                if kept is not None:
+                    kept[1].hand_over(None)
                 raise OSError(f"router {rc.label}: cannot open access log {ac.path}: {exc.strerror or exc}") from exc
             alog.start(loop)
             self._logs[rc.label] = (ac, alog)
+            if kept is not None:  # requests still in flight on the old snapshot: their lines go here
+                kept[1].hand_over(alog)
         for e in old_exporters.values():
             await e.close()
-        for _, alog in old_logs.values():
+        for _, alog in old_logs.values():  # routers gone
             await alog.close()
+            alog.hand_over(None)
 
     def router(self, rc: Any) -> RouterObs | None:
         """The hooks' object for a router snapshot; None when it has nothing to do."""

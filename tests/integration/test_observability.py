@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -354,15 +355,28 @@ def test_a_reload_keeps_an_unchanged_access_log_and_reopens_a_changed_one(run, t
             return load_text(f"routers:\n- protocol: http\n  label: web\n  httpAccessLog: {path}\n"
                              f"  httpAccessLogFormat: {fmt}\n  servers: [{{port: 0}}]\n")  # fmt: skip
 
+        def ended(log: Any, status: int) -> None:  # a request on a snapshot that had `log` ends
+            rec = (time.perf_counter(), "10.0.0.1", b"GET", b"/x", b"1.1", [(b"user-agent", b"ua")])
+            log.add(rec, status, 0, b"/svc/web", b"-", time.perf_counter(), None)
+
         await obs.apply(cfg(str(tmp_path / "a.log")), loop)
         first = obs.access_log("web")
         await obs.apply(cfg(str(tmp_path / "a.log")), loop)
         assert obs.access_log("web") is first
+        assert first is not None
+        ended(first, 200)
         await obs.apply(cfg(str(tmp_path / "a.log"), "json"), loop)
         second = obs.access_log("web")
         assert second is not None and second is not first and second.json
+        ended(first, 201)  # in flight across the reload: its line goes to the log that replaced it
+        ended(second, 202)
         await obs.apply(load_text("routers:\n- protocol: http\n  label: web\n  servers: [{port: 0}]\n"), loop)
         assert obs.access_log("web") is None
+        ended(second, 203)  # its router's log is gone: dropped and counted, the request not failed
+        assert second.dropped == 1
         await obs.close()
+        combined, *rest = (tmp_path / "a.log").read_text().splitlines()
+        assert '"GET /x HTTP/1.1" 200 0 "-" "ua" "/svc/web" "-"' in combined
+        assert [json.loads(line)["status"] for line in rest] == [201, 202]
 
     run(go())

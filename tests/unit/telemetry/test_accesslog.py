@@ -177,6 +177,41 @@ def test_a_stalled_disk_holds_memory_to_the_bound_and_loses_nothing_accepted(run
         os.close(reader)
 
 
+def test_lines_of_requests_that_end_after_a_reload_closed_their_log_are_handed_over(run, tmp_path) -> None:
+    """A request keeps the log of the router snapshot it started on. One that ends while
+    the reload closes that log (before the new one is open) is held in the old log's
+    format and written first by the new one; later ones go straight to the new one; with no
+    new one (the router is gone) they are dropped and counted."""
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        old = AccessLog(str(tmp_path / "a.log"), router="web")
+        old.start(loop)
+        old.add(*request())
+        await old.close()
+        old.add(*request(entry(status=201)))  # ended during the reload
+        new = AccessLog(str(tmp_path / "b.log"), fmt="json", router="web")
+        new.start(loop)
+        old.hand_over(new)
+        old.add(*request(entry(status=202)))  # ended after it
+        new.add(*request(entry(status=203)))
+        await new.close()
+        assert new.lines == 3 and old.dropped == 0
+        gone = AccessLog(str(tmp_path / "c.log"), router="gone")
+        await gone.close()
+        gone.add(*request())
+        gone.hand_over(None)
+        gone.add(*request())
+        assert gone.dropped == 2 and gone.sink.count == 0
+
+    run(go())
+    assert len((tmp_path / "a.log").read_text().splitlines()) == 1
+    first, *rest = (tmp_path / "b.log").read_text().splitlines()
+    assert first.startswith("10.0.0.1 - - [") and '" 201 12 ' in first  # the old log's format
+    assert [json.loads(line)["status"] for line in rest] == [202, 203]
+    assert (tmp_path / "c.log").read_text() == ""
+
+
 def test_append_or_truncate_and_roll_by_size_keeping_rotate_count(run, tmp_path) -> None:
     path = tmp_path / "a.log"
     path.write_text("old line\n")
