@@ -63,8 +63,8 @@ def ext_modules() -> list[object]:
 
 
 #: Extensions written in C, each with a Python twin the suite holds it to (and that runs
-#: where it is not built): the access log's line formatter, ~7,000 instructions a line
-#: in Python and ~1,050-1,200 in C. `optional`: a failed compile leaves the twin.
+#: where it is not built): the access log's line writer, ~7,000 instructions a line in
+#: Python and ~1,000-1,150 in C. `optional`: a failed compile leaves the twin.
 C_EXTENSIONS = [
     Extension("proxy.telemetry._alogfmt", ["proxy/telemetry/_alogfmt.c"], extra_compile_args=["-O2"], optional=True),
 ]

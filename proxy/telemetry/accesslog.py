@@ -52,7 +52,7 @@ _wall, _perf_counter = time.time, time.perf_counter  # module names, so tests ca
 
 
 def _load_c() -> Any:
-    """The C formatter, or None (not built; `_purepy` refuses it to a pure-Python run)."""
+    """The C line writer, or None (not built; `_purepy` refuses it to a pure-Python run)."""
     try:
         return importlib.import_module("proxy.telemetry._alogfmt")
     except ImportError:

@@ -40,9 +40,9 @@ def _load() -> ModuleType | None:
 
 C = _load()
 if C is None and os.environ.get("DTABPROXY_PURE") != "1":
-    # A compiled build without the formatter is a build that failed to compile it.
+    # A compiled build without the line writer is a build that failed to compile it.
     assert not _purepy.compiled(), "the mypyc build is there but proxy/telemetry/_alogfmt.c was not built"
-needs_c = pytest.mark.skipif(C is None, reason="the C formatter is not built (a pure-Python build)")
+needs_c = pytest.mark.skipif(C is None, reason="the C line writer is not built (a pure-Python build)")
 
 OFFSET = 1765000000.25 - 1000.0  # perf_counter() 1000.0 reads as 2025-12-06T05:46:40.250Z
 
@@ -147,7 +147,7 @@ def test_c_and_python_give_the_same_bytes(tmp_path_factory, batch, offset) -> No
 
 @needs_c
 def test_durations_print_as_python_prints_them_near_every_rounding_edge(tmp_path) -> None:
-    # The C formatter rounds ms x 1000 in integers away from ties and uses snprintf near
+    # The C writer rounds ms x 1000 in integers away from ties and uses snprintf near
     # them: durations around .0005 ms boundaries, exact binary ties, big and negative ones.
     assert C is not None
     import math
